@@ -1,0 +1,34 @@
+"""gunicorn settings for wsapp, all taken from the WSAPP_* environment (see the README).
+
+`gunicorn -c gunicorn.conf.py app:app`. Settings are validated here, before any worker
+starts, so a bad value stops the master with a message naming the variable.
+"""
+
+import sys
+
+from wsapp.settings import Settings, SettingsError
+
+try:
+    _settings = Settings.from_env()
+except SettingsError as exc:
+    sys.stderr.write(f"wsapp: {exc}\n")
+    sys.exit(2)
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+worker_class = "gevent"
+# one greenlet per open socket: this caps the connections a worker holds
+worker_connections = _settings.worker_connections
+# SIGTERM: the app closes its clients within WSAPP_SHUTDOWN_TIMEOUT; gunicorn waits a
+# little longer before it kills the worker
+graceful_timeout = int(_settings.shutdown_timeout_s) + 2
+timeout = 30
+keepalive = 5
+# never %(r)s or %(q)s: the request line carries ?token= when a client uses it
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
+errorlog = "-"
+loglevel = "info"
+# gunicorn's control socket is one per user by default: several instances (tests, two
+# "hosts" on one machine) would fight over it, and wsapp does not use it
+control_socket_disable = True

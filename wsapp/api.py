@@ -1,0 +1,96 @@
+"""The HTTP API: send and broadcast from anywhere curl runs, and health checks.
+
+Tokens come only from `Authorization: Bearer` here: a cookie would let another site's
+form post to the API on a user's behalf (CSRF).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+
+from . import auth
+from .errors import ApiError
+from .service import Service
+
+
+def _identity(service: Service, admin: bool) -> auth.Identity:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("missing_token", "send the token as Authorization: Bearer <jwt>")
+    identity = auth.verify_token(token.strip(), service.settings)  # raises the 401s
+    if admin and not identity.is_admin:
+        raise ApiError("forbidden")
+    return identity
+
+
+def _json_body(service: Service) -> dict[str, Any]:
+    if (request.content_length or 0) > service.settings.max_message_bytes:
+        raise ApiError("payload_too_large")
+    body = request.get_json(silent=True)  # Flask's MAX_CONTENT_LENGTH guards a missing length
+    if not isinstance(body, dict):
+        raise ApiError("bad_request", "the body must be a JSON object")
+    if "data" not in body:
+        raise ApiError("bad_request", "the body needs a 'data' field")
+    return body
+
+
+def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ApiError("bad_request", f"{name!r} must be a non-empty string")
+    return value
+
+
+def init_app(app: Flask, service: Service) -> None:
+    bp = Blueprint("api", __name__)
+    hub = service.hub
+
+    @bp.post("/api/broadcast")
+    def broadcast() -> Response:
+        sender = _identity(service, admin=True)
+        body = _json_body(service)
+        room = _string_field(body, "room", required=False)
+        if room is None:
+            delivered = hub.broadcast(sender.client_id, body["data"])
+        else:
+            delivered = hub.send_to_room(sender.client_id, room, body["data"])
+        return jsonify(delivered=delivered)
+
+    @bp.post("/api/send")
+    def send() -> Response | tuple[Response, int]:
+        sender = _identity(service, admin=False)
+        body = _json_body(service)
+        to = _string_field(body, "to", required=True)
+        assert to is not None
+        delivered = hub.send(sender.client_id, to, body["data"])
+        if delivered == 0:
+            raise ApiError("not_connected", f"client {to!r} is not connected", delivered=0)
+        return jsonify(delivered=delivered)
+
+    @bp.get("/api/clients")
+    def clients() -> Response:
+        _identity(service, admin=True)
+        counts = hub.clients()
+        listing = [{"client_id": cid, "connections": n} for cid, n in sorted(counts.items())]
+        return jsonify(clients=listing, total=len(listing), connections=sum(counts.values()))
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @bp.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        problems = []
+        if service.registry.draining:
+            problems.append("shutting down")
+        if not service.backplane.healthy:
+            problems.append("backplane unavailable")
+        if problems:
+            return jsonify(status="not_ready", error="not_ready", message="; ".join(problems)), 503
+        return jsonify(status="ready"), 200
+
+    app.register_blueprint(bp)

@@ -1,0 +1,145 @@
+"""Tokens: where a request carries one, whether it is valid, and minting new ones.
+
+Pure functions of values: they take headers, query and cookies as mappings and return
+`Identity` or raise `HandshakeRejected`. The accepted algorithms come from settings,
+never from the token's header, so `alg: none` and HS/RS confusion cannot pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from .errors import HandshakeRejected
+from .settings import Settings
+
+MAX_TOKEN_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class FoundToken:
+    token: str
+    source: str  # "subprotocol" | "header" | "query" | "cookie"
+    # the value the 101 response must select in Sec-WebSocket-Protocol, if any
+    subprotocol: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    client_id: str
+    is_admin: bool
+    expires_at: float  # unix seconds
+    claims: Mapping[str, Any]
+
+
+def offered_subprotocols(header: str | None) -> list[str]:
+    return [p.strip() for p in (header or "").split(",") if p.strip()]
+
+
+def find_token(headers: Mapping[str, str], query: Mapping[str, str],
+               cookies: Mapping[str, str]) -> FoundToken | None:
+    """The token of a request, first match wins (subprotocol, Bearer, ?token=, cookie).
+
+    A browser cannot set headers on `new WebSocket()`, so it offers the raw token as a
+    subprotocol (`[token]`, selected back as is) or the pair `["bearer", token]`
+    (`bearer` is selected). Any other offered protocol is not ours and is ignored.
+    """
+    offered = offered_subprotocols(headers.get("Sec-WebSocket-Protocol"))
+    if offered:
+        lowered = [p.lower() for p in offered]
+        if "bearer" in lowered:
+            i = lowered.index("bearer")
+            if i + 1 < len(offered):
+                return FoundToken(offered[i + 1], "subprotocol", offered[i])
+        for proto in offered:
+            if _looks_like_jwt(proto):
+                return FoundToken(proto, "subprotocol", proto)
+    auth = headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return FoundToken(value.strip(), "header")
+    if query.get("token"):
+        return FoundToken(query["token"], "query")
+    if cookies.get("access_token"):
+        return FoundToken(cookies["access_token"], "cookie")
+    return None
+
+
+def _looks_like_jwt(value: str) -> bool:
+    return value.count(".") == 2 and value.startswith("ey")
+
+
+def _verification_key(settings: Settings) -> str:
+    return settings.jwt_public_key or settings.jwt_secret
+
+
+def verify_token(token: str, settings: Settings, now: float | None = None) -> Identity:
+    """Check signature, algorithm, exp (required), nbf, iss and aud; return the identity."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise HandshakeRejected("invalid_token", "the token is too long")
+    options: dict[str, Any] = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
+    try:
+        claims = jwt.decode(
+            token,
+            _verification_key(settings),
+            algorithms=list(settings.jwt_algorithms),
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+            leeway=settings.jwt_leeway_s,
+            options=options,  # type: ignore[arg-type]
+        )
+    except jwt.ExpiredSignatureError:
+        raise HandshakeRejected("token_expired") from None
+    except jwt.ImmatureSignatureError:
+        raise HandshakeRejected("token_not_yet_valid") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise HandshakeRejected("invalid_token", f"the token has no {exc.claim!r} claim") from None
+    except (jwt.InvalidAudienceError, jwt.InvalidIssuerError) as exc:
+        raise HandshakeRejected("invalid_token", f"the token is not valid: {exc}") from None
+    except jwt.InvalidAlgorithmError:
+        raise HandshakeRejected("invalid_token", "the token's algorithm is not accepted") from None
+    except jwt.InvalidSignatureError:
+        raise HandshakeRejected("invalid_token", "the token's signature does not verify") from None
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise HandshakeRejected("invalid_token", "the token is malformed") from None
+
+    raw_id = claims.get(settings.jwt_client_id_claim)
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id) == "":
+        raise HandshakeRejected(
+            "invalid_token", f"the token has no usable {settings.jwt_client_id_claim!r} claim"
+        )
+    client_id = str(raw_id)
+    if len(client_id) > 256:
+        raise HandshakeRejected("invalid_token", "the client id is too long")
+    return Identity(client_id, is_admin(claims), float(claims["exp"]), claims)
+
+
+def is_admin(claims: Mapping[str, Any]) -> bool:
+    roles = claims.get("roles")
+    return (isinstance(roles, list) and "admin" in roles) or claims.get("role") == "admin"
+
+
+def mint_token(settings: Settings, client_id: str, admin: bool = False,
+               ttl_s: float = 3600) -> str:
+    """An HS256 token for `client_id`: the `token` command and the demo route use it."""
+    key = settings.jwt_secret
+    if not key:
+        raise RuntimeError("minting needs WSAPP_JWT_SECRET (or demo mode's generated secret)")
+    if "HS256" not in settings.jwt_algorithms:
+        raise RuntimeError("minting makes HS256 tokens, which WSAPP_JWT_ALGORITHMS does not accept")
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        settings.jwt_client_id_claim: client_id,
+        "iat": now,
+        "exp": now + int(ttl_s),
+        "roles": ["admin"] if admin else [],
+    }
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, key, algorithm="HS256")

@@ -1,0 +1,70 @@
+"""How a message reaches the connections it is for, on this worker or any other.
+
+`Backplane` is the one interface the hub talks to; `InProcessBackplane` (the embedded
+default) delivers straight into this worker's registry, and the Redis backplane
+(`wsapp.redis_backplane`) carries the same calls between workers and hosts. Nothing
+above this layer knows which one runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from .registry import Peer, Registry, Target, deliver
+
+
+class Backplane(ABC):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def start(self) -> None:
+        """Begin listening (called once the worker serves)."""
+
+    def stop(self) -> None:
+        """Stop listening and forget this node's presence."""
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @abstractmethod
+    def publish(self, target: Target, frame: bytes) -> int:
+        """Deliver an encoded frame to every connection `target` names, on every node.
+
+        Returns the number of connections it reached (cluster-wide)."""
+
+    @abstractmethod
+    def room_members(self, room: str) -> list[str]:
+        """Client ids in `room`, cluster-wide."""
+
+    @abstractmethod
+    def clients(self) -> dict[str, int]:
+        """Chat client ids and their connection counts, cluster-wide."""
+
+    # presence bookkeeping; the in-process registry already holds it all
+    def connected(self, peer: Peer) -> None:
+        """`peer` was added to the local registry."""
+
+    def disconnected(self, peer: Peer) -> None:
+        """`peer` was removed from the local registry."""
+
+    def joined(self, peer: Peer, room: str) -> bool:
+        """`peer` joined `room` locally; True if its client id is new in the room everywhere."""
+        return True
+
+    def left(self, peer: Peer, room: str) -> bool:
+        """`peer`'s client id left `room` locally; True if it is gone from the room everywhere."""
+        return True
+
+
+class InProcessBackplane(Backplane):
+    """One worker: the local registry is the whole truth."""
+
+    def publish(self, target: Target, frame: bytes) -> int:
+        return deliver(self.registry.targets(target), frame)
+
+    def room_members(self, room: str) -> list[str]:
+        return self.registry.room_members(room)
+
+    def clients(self) -> dict[str, int]:
+        return self.registry.clients()

@@ -1,0 +1,34 @@
+"""Per-connection message rate limit: a token bucket that also measures debt. No I/O.
+
+Within the rate plus its burst a message passes. Over it, the message is refused
+(`LIMITED`: the client gets a `rate_limited` error frame) and still costs a token, so
+a client that keeps sending digs a debt; once the debt passes another burst it is
+`CLOSE`d with 1008. A client that slows down pays the debt back and is fine again.
+"""
+
+from __future__ import annotations
+
+import time
+
+OK, LIMITED, CLOSE = 0, 1, 2
+
+
+class RateLimiter:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic() if now is None else now
+
+    def check(self, now: float | None = None) -> int:
+        if self.rate <= 0:
+            return OK
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return OK
+        return CLOSE if self.tokens < -self.burst else LIMITED

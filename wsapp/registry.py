@@ -1,0 +1,178 @@
+"""Who is connected to this worker: the one owner of the connection maps.
+
+`Registry` alone touches its maps, each change under `self._lock` (a `threading.Lock`,
+which gunicorn's gevent worker turns into a greenlet lock). No method does I/O while
+holding it, so it is never held across a switch; sending happens on snapshots, outside.
+
+It also owns admission: `reserve()` counts a connection against the per-worker and
+per-client limits (and refuses during shutdown) before the upgrade, atomically with
+the count, so two handshakes cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .connection import WebSocket
+from .errors import HandshakeRejected
+
+
+@dataclass(eq=False)
+class Peer:
+    """One connection of one client, as the rest of the service sees it."""
+
+    ws: WebSocket
+    client_id: str
+    is_admin: bool
+    expires_at: float  # the token's exp, unix seconds
+    remote_addr: str
+    route: str  # "chat" or "echo"; only chat peers receive messages
+    rooms: set[str] = field(default_factory=set)
+    connected_at: float = field(default_factory=time.time)
+
+    @property
+    def conn_id(self) -> str:
+        return self.ws.conn_id
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who a message goes to: everyone, one client id, or one room."""
+
+    kind: str  # "all" | "client" | "room"
+    key: str = ""
+    exclude_client: str = ""  # for presence: everyone in the room but the one who moved
+
+
+class Registry:
+    def __init__(self, max_connections: int, max_per_client: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.draining = False
+        self._lock = threading.Lock()  # guards every attribute below
+        self._count = 0  # connections held or reserved on this worker
+        self._per_client: dict[str, int] = {}  # client id -> connections held or reserved
+        self._peers: set[Peer] = set()
+        self._by_client: dict[str, set[Peer]] = {}  # chat peers only
+        self._rooms: dict[str, dict[str, set[Peer]]] = {}  # room -> client id -> its peers there
+
+    # ---- admission ----------------------------------------------------------------------
+
+    def reserve(self, client_id: str) -> None:
+        """Count one more connection for `client_id`, or refuse with 503/429."""
+        with self._lock:
+            if self.draining:
+                raise HandshakeRejected("shutting_down")
+            if self._count >= self.max_connections:
+                raise HandshakeRejected("server_busy")
+            held = self._per_client.get(client_id, 0)
+            if held >= self.max_per_client:
+                raise HandshakeRejected(
+                    "too_many_connections",
+                    f"client {client_id!r} already holds {held} connections (the limit is {self.max_per_client})",
+                )
+            self._count += 1
+            self._per_client[client_id] = held + 1
+
+    def release(self, client_id: str) -> None:
+        """Give back a reservation (the upgrade failed, or the peer has gone)."""
+        with self._lock:
+            self._count -= 1
+            left = self._per_client.get(client_id, 1) - 1
+            if left > 0:
+                self._per_client[client_id] = left
+            else:
+                self._per_client.pop(client_id, None)
+
+    # ---- membership ---------------------------------------------------------------------
+
+    def add(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers.add(peer)
+            if peer.route == "chat":
+                self._by_client.setdefault(peer.client_id, set()).add(peer)
+
+    def remove(self, peer: Peer) -> list[str]:
+        """Take the peer out of every map; return the rooms its client id has left."""
+        with self._lock:
+            if peer not in self._peers:
+                return []
+            self._peers.discard(peer)
+            peers = self._by_client.get(peer.client_id)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    del self._by_client[peer.client_id]
+            left = [room for room in list(peer.rooms) if self._leave_locked(peer, room)]
+            peer.rooms.clear()
+            return left
+
+    def join(self, peer: Peer, room: str) -> bool:
+        """Put the peer in `room`; True if its client id was not in the room before."""
+        with self._lock:
+            if peer not in self._peers:
+                return False
+            members = self._rooms.setdefault(room, {})
+            entered = peer.client_id not in members
+            members.setdefault(peer.client_id, set()).add(peer)
+            peer.rooms.add(room)
+            return entered
+
+    def leave(self, peer: Peer, room: str) -> bool:
+        """Take the peer out of `room`; True if that was its client id's last connection there."""
+        with self._lock:
+            if room not in peer.rooms:
+                return False
+            peer.rooms.discard(room)
+            return self._leave_locked(peer, room)
+
+    def _leave_locked(self, peer: Peer, room: str) -> bool:
+        members = self._rooms.get(room)
+        if members is None or peer.client_id not in members:
+            return False
+        peers = members[peer.client_id]
+        peers.discard(peer)
+        if peers:
+            return False
+        del members[peer.client_id]
+        if not members:
+            del self._rooms[room]
+        return True
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def targets(self, target: Target) -> list[Peer]:
+        """A snapshot of the chat peers a message to `target` reaches on this worker."""
+        with self._lock:
+            if target.kind == "all":
+                return [p for peers in self._by_client.values() for p in peers]
+            if target.kind == "client":
+                return list(self._by_client.get(target.key, ()))
+            members = self._rooms.get(target.key, {})
+            return [p for cid, peers in members.items() if cid != target.exclude_client for p in peers]
+
+    def room_members(self, room: str) -> list[str]:
+        with self._lock:
+            return sorted(self._rooms.get(room, {}))
+
+    def clients(self) -> dict[str, int]:
+        """Chat client ids on this worker and how many connections each holds."""
+        with self._lock:
+            return {cid: len(peers) for cid, peers in self._by_client.items()}
+
+    def peers(self) -> list[Peer]:
+        """A snapshot of every connection (chat and echo), for heartbeats and shutdown."""
+        with self._lock:
+            return list(self._peers)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._peers)
+
+
+def deliver(peers: Iterable[Peer], frame: bytes) -> int:
+    """Queue one encoded frame on each peer; never waits. Returns how many took it."""
+    return sum(1 for p in peers if p.ws.send_frame(frame))

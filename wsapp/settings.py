@@ -1,0 +1,289 @@
+"""Every setting of the service: one catalogue, parsed once, validated as a whole.
+
+Each `Option` has one environment name, one default and one line of doc; the README's
+settings table is generated from `OPTIONS` (`python -m wsapp.settings`) and a test
+checks that the two agree. `Settings.from_env` collects every problem before it fails,
+so a bad deployment learns all of its mistakes at once, each naming its variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SettingsError(Exception):
+    """One or more settings are invalid; `problems` names each variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < lo or (hi is not None and value > hi):
+            span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"must be {span}")
+        return value
+
+    return parse
+
+
+def _float(lo: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= lo:  # also refuses NaN
+            raise ValueError(f"must be a number of at least {lo}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = _csv(raw)
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com or *")
+    return tuple(o.rstrip("/").lower() for o in origins)
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(raw))
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256"}
+    algs = tuple(a.upper() for a in _csv(raw))
+    bad = [a for a in algs if a not in allowed]
+    if bad or not algs:
+        raise ValueError(f"must list algorithms from {sorted(allowed)}; 'none' is never accepted")
+    return algs
+
+
+def _public_key(raw: str) -> str:
+    """A PEM text, or the path of a file holding one."""
+    text = raw.strip()
+    if text and "-----BEGIN" not in text:
+        with open(text, encoding="ascii") as f:
+            text = f.read()
+    if text and "PUBLIC KEY-----" not in text:
+        raise ValueError("must be a PEM public key or the path of a file holding one")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    field: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("WSAPP_HOST", "host", "127.0.0.1", _str, "Address gunicorn binds to."),
+    Option("WSAPP_PORT", "port", "8000", _int(0, 65535), "Port gunicorn binds to."),
+    Option("WSAPP_WORKERS", "workers", "", _str,
+           "gunicorn workers. Empty: 1 without Redis, one per core with Redis. "
+           "More than 1 needs `WSAPP_REDIS_URL`."),
+    Option("WSAPP_WORKER_CONNECTIONS", "worker_connections", "20000", _int(1),
+           "gunicorn `worker_connections`: greenlets (open sockets) per worker; "
+           "keep it above `WSAPP_MAX_CONNECTIONS`."),
+    Option("WSAPP_JWT_SECRET", "jwt_secret", "", _str,
+           "HS256 secret. Unset (and no public key): demo mode with a generated secret."),
+    Option("WSAPP_JWT_PUBLIC_KEY", "jwt_public_key", "", _public_key,
+           "PEM public key (or a path to one) for RS256/ES256 tokens; replaces the secret."),
+    Option("WSAPP_JWT_ALGORITHMS", "jwt_algorithms", "", _str,
+           "Accepted algorithms, comma list. Empty: `HS256`, or `RS256,ES256` with a public key."),
+    Option("WSAPP_JWT_ISSUER", "jwt_issuer", "", _str, "Required `iss` claim, when set."),
+    Option("WSAPP_JWT_AUDIENCE", "jwt_audience", "", _str, "Required `aud` claim, when set."),
+    Option("WSAPP_JWT_CLIENT_ID_CLAIM", "jwt_client_id_claim", "sub", _str,
+           "Claim that holds the client id (`ID` for gin-vue-admin tokens)."),
+    Option("WSAPP_JWT_LEEWAY", "jwt_leeway_s", "10", _float(0),
+           "Seconds of clock skew allowed on `exp`/`nbf`/`iat`."),
+    Option("WSAPP_ALLOWED_ORIGINS", "allowed_origins", "", _origins,
+           "Comma list of exact origins, or `*`. Empty: no Origin, or Origin equal to Host."),
+    Option("WSAPP_MAX_CONNECTIONS", "max_connections", "10000", _int(1),
+           "WebSocket connections one worker holds before answering 503 `server_busy`."),
+    Option("WSAPP_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", "10", _int(1),
+           "Connections one client id may hold (per worker) before 429."),
+    Option("WSAPP_MAX_MESSAGE_BYTES", "max_message_bytes", "65536", _int(125, 64 * 1024 * 1024),
+           "Largest message (after decompression) and HTTP API body; over it: close 1009 / 413."),
+    Option("WSAPP_RATE_LIMIT", "rate_limit", "50", _float(0),
+           "Messages per second a connection may send; `0` turns the limit off."),
+    Option("WSAPP_RATE_BURST", "rate_burst", "", _str,
+           "Burst allowed above the rate, in messages. Empty: twice the rate."),
+    Option("WSAPP_SEND_QUEUE", "send_queue", "256", _int(1),
+           "Messages queued for one connection before it is closed 1008 as a slow consumer."),
+    Option("WSAPP_PING_INTERVAL", "ping_interval_s", "25", _float(0.05),
+           "Seconds between server pings."),
+    Option("WSAPP_PING_TIMEOUT", "ping_timeout_s", "20", _float(0.05),
+           "Seconds to wait for a pong before closing the connection."),
+    Option("WSAPP_SHUTDOWN_TIMEOUT", "shutdown_timeout_s", "10", _float(0.1),
+           "Seconds a worker takes at most to close its clients and exit on SIGTERM."),
+    Option("WSAPP_COMPRESSION", "compression", "0", _bool,
+           "Negotiate permessage-deflate when a client offers it."),
+    Option("WSAPP_DEMO_TOKENS", "demo_tokens", "0", _bool,
+           "Serve `POST /api/demo/token` even with a real secret (never in production)."),
+    Option("WSAPP_REDIS_URL", "redis_url", "", _str,
+           "Redis backplane, e.g. `redis://127.0.0.1:6379/0`. Empty: in-process registry."),
+    Option("WSAPP_METRICS_ALLOW", "metrics_allow", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+           _networks, "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody)."),
+    Option("WSAPP_TRUSTED_PROXIES", "trusted_proxies", "127.0.0.1/32,::1/128", _networks,
+           "Proxies whose `X-Forwarded-For`/`-Proto` are believed."),
+    Option("WSAPP_INSTANCE_PATH", "instance_path", "", _str,
+           "Folder for the demo-mode secret. Empty: Flask's instance folder."),
+    Option("WSAPP_LOG_LEVEL", "log_level", "INFO", lambda raw: raw.strip().upper(),
+           "Log level of the `wsapp` logger."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    worker_connections: int = 20000
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_client_id_claim: str = "sub"
+    jwt_leeway_s: float = 10.0
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 10000
+    max_connections_per_client: int = 10
+    max_message_bytes: int = 65536
+    rate_limit: float = 50.0
+    rate_burst: float = 100.0
+    send_queue: int = 256
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
+    shutdown_timeout_s: float = 10.0
+    compression: bool = False
+    demo_tokens: bool = False
+    redis_url: str = ""
+    metrics_allow: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    instance_path: str = ""
+    log_level: str = "INFO"
+    generated_secret: bool = False  # set by the app in demo mode, not an environment option
+
+    @property
+    def demo_mode(self) -> bool:
+        """No key configured: the service makes and keeps its own secret."""
+        return not self.jwt_secret and not self.jwt_public_key
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse every `WSAPP_*` variable; raise `SettingsError` naming each bad one."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for opt in OPTIONS:
+            raw = env.get(opt.env, opt.default)
+            try:
+                values[opt.field] = opt.parse(raw)
+            except (ValueError, OSError) as exc:
+                problems.append(f"{opt.env}={raw!r}: {exc}")
+        if not problems:
+            _derive(values, problems)
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _derive(values: dict[str, Any], problems: list[str]) -> None:
+    """Fill the settings whose default depends on others, and check them together."""
+    raw_algs = values["jwt_algorithms"]
+    try:
+        if raw_algs:
+            values["jwt_algorithms"] = _algorithms(raw_algs)
+        else:
+            values["jwt_algorithms"] = ("RS256", "ES256") if values["jwt_public_key"] else ("HS256",)
+    except ValueError as exc:
+        problems.append(f"WSAPP_JWT_ALGORITHMS={raw_algs!r}: {exc}")
+    else:
+        hmac = [a for a in values["jwt_algorithms"] if a.startswith("HS")]
+        if values["jwt_public_key"] and hmac:
+            problems.append(
+                f"WSAPP_JWT_ALGORITHMS={raw_algs!r}: HMAC algorithms cannot be used with "
+                "WSAPP_JWT_PUBLIC_KEY (a public key must never serve as an HMAC secret)"
+            )
+        if not values["jwt_public_key"] and len(hmac) != len(values["jwt_algorithms"]):
+            problems.append(
+                f"WSAPP_JWT_ALGORITHMS={raw_algs!r}: RS/ES/PS algorithms need WSAPP_JWT_PUBLIC_KEY"
+            )
+
+    raw_burst = values["rate_burst"]
+    try:
+        values["rate_burst"] = _float(1)(raw_burst) if raw_burst else max(1.0, 2 * values["rate_limit"])
+    except ValueError as exc:
+        problems.append(f"WSAPP_RATE_BURST={raw_burst!r}: {exc}")
+
+    raw_workers = values["workers"]
+    try:
+        if raw_workers:
+            values["workers"] = _int(1, 512)(raw_workers)
+        else:
+            values["workers"] = (os.cpu_count() or 1) if values["redis_url"] else 1
+    except ValueError as exc:
+        problems.append(f"WSAPP_WORKERS={raw_workers!r}: {exc}")
+    else:
+        if values["workers"] > 1 and not values["redis_url"]:
+            problems.append(
+                f"WSAPP_WORKERS={raw_workers!r}: more than one worker needs WSAPP_REDIS_URL; "
+                "without a backplane each worker sees only its own clients and directed "
+                "messages would silently miss. Set WSAPP_REDIS_URL=redis://host:6379/0 "
+                "or use one worker."
+            )
+
+    if values["ping_timeout_s"] > 0 and values["ping_interval_s"] <= 0:
+        problems.append("WSAPP_PING_INTERVAL: must be above 0")
+    if values["jwt_secret"] and len(values["jwt_secret"].encode()) < 32:
+        problems.append("WSAPP_JWT_SECRET: must be at least 32 bytes (RFC 7518: an HS256 key has 256 bits or more)")
+    if values["redis_url"] and not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"WSAPP_REDIS_URL={values['redis_url']!r}: must start with redis://, rediss:// or unix://")
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from OPTIONS."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for opt in OPTIONS:
+        default = f"`{opt.default}`" if opt.default else "(empty)"
+        rows.append(f"| `{opt.env}` | {default} | {opt.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

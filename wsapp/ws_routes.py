@@ -1,0 +1,151 @@
+"""The WebSocket routes (/ws/echo, /ws/chat) and the before-upgrade hook that guards them.
+
+Each connection is one greenlet running `_session` around its route: it reads and
+handles one message at a time (see `connection.WebSocket` for who writes). The
+session's `finally` is the one place a connection is cleaned up, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask import Flask, g, request
+
+from . import protocol, ratelimit
+from .connection import WebSocket
+from .errors import CloseCode, HandshakeRejected
+from .handshake import Accepted, check_handshake
+from .proxy import client_address
+from .registry import Peer
+from .service import Service
+from .transport import Sock
+
+log = logging.getLogger("wsapp.connections")
+
+
+def init_app(app: Flask, service: Service) -> None:
+    sock = Sock(app)
+    app.extensions["wsapp.sock"] = sock
+    settings = service.settings
+    hub = service.hub
+
+    @app.before_request
+    def before_upgrade() -> None:
+        """Run every handshake check before the 101; reserve the connection's slot."""
+        if request.endpoint not in sock.endpoints:
+            return
+        if service.registry.draining:
+            raise HandshakeRejected("shutting_down")
+        accepted = check_handshake(
+            method=request.method, headers=request.headers, query=request.args,
+            cookies=request.cookies, settings=settings,
+        )
+        service.registry.reserve(accepted.identity.client_id)
+        g.wsapp_accepted = accepted
+        g.wsapp_reserved = accepted.identity.client_id
+
+    @app.teardown_request
+    def release_unused_reservation(_exc: BaseException | None) -> None:
+        client_id = g.pop("wsapp_reserved", None)
+        if client_id is not None:  # the upgrade never became a session
+            service.registry.release(client_id)
+
+    @contextmanager
+    def _session(raw: socket.socket, accepted: Accepted, route: str) -> Iterator[Peer]:
+        ident = accepted.identity
+        ws = WebSocket(raw, conn_id=secrets.token_urlsafe(9), max_message_bytes=settings.max_message_bytes,
+                       send_queue=settings.send_queue, compression=accepted.extensions is not None)
+        peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at,
+                    client_address(request.remote_addr or "", request.headers.get("X-Forwarded-For"),
+                                   settings.trusted_proxies), route)
+        g.wsapp_reserved = None  # the session owns the slot now and releases it below
+        hub.connect(peer)
+        log.info("connect client=%s conn=%s route=%s addr=%s token_from=%s",
+                 peer.client_id, peer.conn_id, route, peer.remote_addr, accepted.token_source)
+        try:
+            yield peer
+        except Exception:
+            log.exception("error in %s session conn=%s", route, peer.conn_id)
+            ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            ws.close()
+            hub.disconnect(peer)
+            service.registry.release(peer.client_id)
+            ws.shutdown_socket()
+            log.info("disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
+                     peer.client_id, peer.conn_id, route, peer.remote_addr,
+                     time.monotonic() - ws.opened_at, ws.close_code, ws.close_reason)
+
+    @sock.route("/ws/echo")
+    def echo(raw: socket.socket, accepted: Accepted) -> None:
+        with _session(raw, accepted, "echo") as peer:
+            ws = peer.ws
+            limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
+            while (msg := ws.receive()) is not None:
+                if _rate_limited(ws, limiter):
+                    continue
+                if isinstance(msg, bytes):
+                    ws.send_binary(msg)
+                else:
+                    ws.send_text(msg)
+
+    @sock.route("/ws/chat")
+    def chat(raw: socket.socket, accepted: Accepted) -> None:
+        with _session(raw, accepted, "chat") as peer:
+            ws = peer.ws
+            ws.send_frame(protocol.text_frame(protocol.welcome(peer.client_id, peer.conn_id)))
+            limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
+            while (msg := ws.receive()) is not None:
+                if _rate_limited(ws, limiter):
+                    continue
+                if isinstance(msg, bytes):
+                    ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
+                    continue
+                _handle_chat_frame(service, peer, msg)
+
+
+def _rate_limited(ws: WebSocket, limiter: ratelimit.RateLimiter) -> bool:
+    verdict = limiter.check()
+    if verdict == ratelimit.OK:
+        return False
+    if verdict == ratelimit.CLOSE:
+        ws.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+    else:
+        ws.send_frame(protocol.text_frame(protocol.error("rate_limited", "too many messages: slow down")))
+    return True
+
+
+def _handle_chat_frame(service: Service, peer: Peer, text: str) -> None:
+    hub, ws = service.hub, peer.ws
+    try:
+        cmd = protocol.parse_command(text)
+    except protocol.FrameError as err:
+        ws.send_frame(protocol.text_frame(protocol.error(err.code, err.message, err.msg_id)))
+        return
+    delivered = 0
+    if cmd.type == "broadcast":
+        delivered = hub.broadcast(peer.client_id, cmd.data)
+    elif cmd.type == "direct":
+        delivered = hub.send(peer.client_id, cmd.to, cmd.data)
+        if delivered == 0:
+            ws.send_frame(protocol.text_frame(protocol.error(
+                "not_connected", f"client {cmd.to!r} is not connected", cmd.id)))
+            return
+    elif cmd.type == "room":
+        if cmd.room not in peer.rooms:
+            ws.send_frame(protocol.text_frame(protocol.error(
+                "not_in_room", f"join {cmd.room!r} before sending to it", cmd.id)))
+            return
+        delivered = hub.send_to_room(peer.client_id, cmd.room, cmd.data)
+    elif cmd.type == "join":
+        members = hub.join(peer, cmd.room)
+        ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members)))
+    elif cmd.type == "leave":
+        hub.leave(peer, cmd.room)
+    if cmd.id is not None:
+        ws.send_frame(protocol.text_frame(protocol.ack(cmd.id, delivered)))
