@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
 from . import api, demo, ws_routes
-from .backplane import InProcessBackplane
+from .backplane import Backplane, InProcessBackplane
 from .errors import HTTP_ERRORS, ApiError, HandshakeRejected, WsappError, http_error_response
 from .hub import Hub
 from .registry import Registry
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     registry = Registry(settings.max_connections, settings.max_connections_per_client)
-    backplane = InProcessBackplane(registry)
+    backplane = _make_backplane(settings, registry)
     service = Service(settings, registry, backplane, Hub(registry, backplane))
     app.extensions["wsapp"] = service
 
@@ -52,6 +52,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         return send_from_directory(str(ROOT / "static"), "index.html")
 
     return app
+
+
+def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
+    if settings.redis_url:
+        from .redis_backplane import RedisBackplane
+
+        backplane: Backplane = RedisBackplane(registry, settings)
+    else:
+        backplane = InProcessBackplane(registry)
+    backplane.start()
+    return backplane
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -1,0 +1,222 @@
+"""Test helpers: a real gunicorn (gevent worker) process, tokens, HTTP and WebSocket clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+_LISTENING = re.compile(r"Listening at: http://[^:\s]+:(\d+)")
+
+
+def make_token(client_id: str | None = "alice", *, admin: bool = False, ttl: float = 3600,
+               secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    now = time.time()
+    body: dict[str, Any] = {"iat": int(now), "exp": int(now + ttl)}
+    if client_id is not None:
+        body["sub"] = client_id
+    if admin:
+        body["roles"] = ["admin"]
+    body.update(claims)
+    body = {k: v for k, v in body.items() if v is not None}
+    return jwt.encode(body, secret, algorithm=algorithm)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A gunicorn process serving app:app with the gevent worker, on a port it picked."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="wsapp-", suffix=".log")[1]))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WSAPP_")}
+        env.update({"WSAPP_HOST": "127.0.0.1", "WSAPP_PORT": "0", "WSAPP_JWT_SECRET": SECRET,
+                    "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-instance-"),
+                    "PYTHONUNBUFFERED": "1"})
+        env.update(self.env)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            match = _LISTENING.search(self.log())
+            if match and not self.port:
+                self.port = int(match.group(1))
+            if self.port and self._healthy():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not become healthy:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def http(base: str, method: str, path: str, body: Any = None, token: str | None = None,
+         raw: bytes | None = None, headers: dict[str, str] | None = None) -> HttpResult:
+    hdrs = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            payload = resp.read()
+            status, rh = resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        payload, status, rh = err.read(), err.code, dict(err.headers)
+    try:
+        parsed: Any = json.loads(payload) if payload else None
+    except ValueError:
+        parsed = payload.decode(errors="replace")
+    return HttpResult(status, parsed, rh)
+
+
+def ws_connect(server: Server, path: str = "/ws/chat", token: str | None = None,
+               timeout: float = 10, **kwargs: Any) -> websocket.WebSocket:
+    """A websocket-client connection; the token goes in a Bearer header unless told otherwise."""
+    header = list(kwargs.pop("header", []))
+    if token is not None:
+        header.append(f"Authorization: Bearer {token}")
+    return websocket.create_connection(server.ws_url + path, timeout=timeout, header=header, **kwargs)
+
+
+def recv_json(ws: websocket.WebSocket, timeout: float = 10) -> dict[str, Any]:
+    ws.settimeout(timeout)
+    return json.loads(ws.recv())  # type: ignore[no-any-return]
+
+
+def recv_until(ws: websocket.WebSocket, pred: Any, timeout: float = 10) -> dict[str, Any]:
+    """Read JSON frames until one satisfies `pred`; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no matching frame")
+        msg = recv_json(ws, left)
+        if pred(msg):
+            return msg
+
+
+def chat_client(server: Server, client_id: str, **kw: Any) -> websocket.WebSocket:
+    """A /ws/chat connection for `client_id`, its welcome frame already read."""
+    ws = ws_connect(server, "/ws/chat", make_token(client_id, **kw))
+    welcome = recv_json(ws)
+    assert welcome["type"] == "welcome" and welcome["client_id"] == client_id
+    return ws
+
+
+def read_close(ws: websocket.WebSocket, timeout: float = 10) -> tuple[int, str]:
+    """Read frames until the server's close frame; return its (code, reason)."""
+    ws.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+            return code, data[2:].decode("utf-8", "replace")
+    raise TimeoutError("no close frame")
+
+
+def raw_handshake(port: int, path: str = "/ws/echo", headers: dict[str, str] | None = None,
+                  method: str = "GET", timeout: float = 5) -> tuple[int, dict[str, str], bytes, socket.socket]:
+    """Send a hand-written opening handshake; return status, headers, body and the socket."""
+    base = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    for k, v in (headers or {}).items():
+        if v is None:
+            base.pop(k, None)
+        else:
+            base[k] = v
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    req = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in base.items()) + "\r\n"
+    sock.sendall(req.encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    if status != 101:
+        length = int(hdrs.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return status, hdrs, rest, sock
