@@ -187,7 +187,8 @@ def read_close(ws: websocket.WebSocket, timeout: float = 10) -> tuple[int, str]:
 
 
 def raw_handshake(port: int, path: str = "/ws/echo", headers: dict[str, str] | None = None,
-                  method: str = "GET", timeout: float = 5) -> tuple[int, dict[str, str], bytes, socket.socket]:
+                  method: str = "GET", timeout: float = 5,
+                  rcvbuf: int | None = None) -> tuple[int, dict[str, str], bytes, socket.socket]:
     """Send a hand-written opening handshake; return status, headers, body and the socket."""
     base = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
@@ -196,7 +197,11 @@ def raw_handshake(port: int, path: str = "/ws/echo", headers: dict[str, str] | N
             base.pop(k, None)
         else:
             base[k] = v
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect, so the TCP window really is small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
     req = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in base.items()) + "\r\n"
     sock.sendall(req.encode())
     buf = b""

@@ -1,0 +1,349 @@
+"""The demo page in a real browser (Debian's chromium driven by Playwright).
+
+Each test starts its own gunicorn in demo-token mode and drives the page the way a
+person would: get a token, connect, join rooms, send. The assertions look only at what
+the page shows (stable ids and data-testid attributes), never at the page's JS state.
+
+Without /usr/bin/chromium (or Playwright) the tests skip, except under CI=true, where
+they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ROOT, Server, http, make_token
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+TIMEOUT_MS = 10_000
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None  # type: ignore[assignment]
+
+
+def _unavailable() -> str | None:
+    if sync_playwright is None:
+        return "playwright is not installed"
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    why = _unavailable()
+    if why:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"browser tests must run in CI: {why}")
+        pytest.skip(why)
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def demo_server(start_server: Callable[..., Server]) -> Server:
+    return start_server(WSAPP_DEMO_TOKENS="1", WSAPP_RATE_LIMIT="0")
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages in their own contexts (separate storage, like two people); JS errors fail the test."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def make(**kw: Any) -> Page:
+        ctx = browser.new_context(**kw)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # nothing may be loaded from another site: the page must work offline
+        page.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1") else route.abort(),
+        )
+        return page
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_page(page: Page, server: Server) -> None:
+    page.goto(server.url + "/")
+    expect(page.locator("#chat-state")).to_have_attribute("data-state", "idle")
+
+
+def get_demo_token(page: Page, client_id: str, admin: bool = False) -> None:
+    page.fill("#client-id", client_id)
+    page.set_checked("#admin", admin)
+    page.click("#get-token")
+    expect(page.get_by_test_id("token-info")).to_contain_text(f"“{client_id}”")
+    expect(page.get_by_test_id("token-info")).to_contain_text("admin" if admin else "not admin")
+
+
+def connect_chat(page: Page, client_id: str) -> None:
+    page.click("#chat-connect")
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    expect(page.get_by_test_id("chat-me")).to_contain_text(f"You are {client_id}")
+
+
+def join_room(page: Page, room: str) -> None:
+    page.fill("#room-name", room)
+    page.press("#room-name", "Enter")
+    expect(page.locator(f'[data-testid="room"][data-room="{room}"]')).to_be_visible()
+
+
+def members(page: Page, room: str) -> Any:
+    return page.locator(f'[data-testid="room"][data-room="{room}"] [data-testid="member"]')
+
+
+def send_chat(page: Page, kind: str, text: str, *, to: str = "", room: str = "") -> None:
+    page.select_option("#send-kind", kind)
+    if to:
+        page.fill("#send-to", to)
+    if room:
+        page.select_option("#send-room", room)
+    page.fill("#send-text", text)
+    page.press("#send-text", "Enter")  # Enter sends
+    expect(page.locator("#send-text")).to_have_value("")
+
+
+def messages(page: Page, kind: str) -> Any:
+    return page.locator(f'[data-testid="chat-msg"][data-kind="{kind}"]')
+
+
+def test_two_pages_chat_rooms_broadcast_and_direct(demo_server: Server, new_page: Callable[..., Page]) -> None:
+    alice, bob = new_page(viewport={"width": 1280, "height": 900}), new_page()
+    for page, name in ((alice, "alice"), (bob, "bob")):
+        open_page(page, demo_server)
+        get_demo_token(page, name)
+        connect_chat(page, name)
+
+    # rooms: alice joins first and sees bob arrive (presence); bob sees alice (joined)
+    join_room(alice, "lobby")
+    expect(members(alice, "lobby")).to_have_text(["alice (you)"])
+    join_room(bob, "lobby")
+    expect(members(bob, "lobby")).to_have_text(["alice", "bob (you)"])
+    expect(members(alice, "lobby")).to_have_text(["alice (you)", "bob"])
+
+    # broadcast reaches both pages, sender included
+    send_chat(alice, "broadcast", "hello everyone")
+    for page in (alice, bob):
+        expect(messages(page, "broadcast").filter(has_text="hello everyone")).to_contain_text("alice:")
+
+    # a room message
+    send_chat(bob, "room", "hi lobby", room="lobby")
+    expect(messages(alice, "room").filter(has_text="hi lobby")).to_contain_text("#lobby")
+
+    # a direct message: the receiver sees who sent it, the sender sees its ack
+    send_chat(bob, "direct", "psst, alice", to="alice")
+    got = messages(alice, "direct").filter(has_text="psst, alice")
+    expect(got).to_contain_text("bob → alice:")
+    expect(got).to_have_attribute("data-from", "bob")
+    sent = messages(bob, "direct-out").filter(has_text="psst, alice")
+    expect(sent.get_by_test_id("delivery")).to_have_text("delivered to 1 connection")
+    expect(messages(bob, "direct")).to_have_count(0)  # a direct message is not copied to others
+
+    # a direct message to nobody is reported, not silently dropped
+    send_chat(bob, "direct", "anyone?", to="nobody-here")
+    expect(messages(bob, "direct-out").filter(has_text="anyone?").get_by_test_id("delivery")).to_have_text(
+        "not delivered: not_connected"
+    )
+    expect(messages(bob, "error").filter(has_text="not_connected")).to_have_count(1)
+
+    # screenshot of the chat view for the README, taken while bob is still in the lobby
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    alice.locator("#chat-view").screenshot(path=str(SCREENSHOTS / "chat.png"))
+    alice.screenshot(path=str(SCREENSHOTS / "page.png"), full_page=True)
+
+    # bob leaves: alice's member list follows the presence frame
+    bob.locator('[data-testid="room"][data-room="lobby"] button').click()
+    expect(bob.locator('[data-testid="room"]')).to_have_count(0)
+    expect(members(alice, "lobby")).to_have_text(["alice (you)"])
+
+    # bob disconnects: his page shows the close code and reason, and does not reconnect
+    bob.click("#chat-disconnect")
+    expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", "closed")
+    expect(bob.get_by_test_id("chat-close")).to_have_attribute("data-code", "1000")
+    expect(bob.get_by_test_id("chat-retry")).to_have_text("—")
+
+
+def test_http_api_reaches_the_page_live(demo_server: Server, new_page: Callable[..., Page]) -> None:
+    carol = new_page()
+    open_page(carol, demo_server)
+    get_demo_token(carol, "carol")
+    connect_chat(carol, "carol")
+    join_room(carol, "news")
+
+    # an HTTP broadcast from outside the browser appears on the page
+    admin = make_token("ops", admin=True)
+    res = http(demo_server.url, "POST", "/api/broadcast", {"data": "deploy at noon"}, token=admin)
+    assert res.status == 200 and res.body == {"delivered": 1}
+    expect(messages(carol, "broadcast").filter(has_text="deploy at noon")).to_contain_text("ops:")
+    res = http(demo_server.url, "POST", "/api/broadcast", {"data": {"n": 1}, "room": "news"}, token=admin)
+    assert res.status == 200 and res.body == {"delivered": 1}
+    expect(messages(carol, "room").filter(has_text='{"n":1}')).to_contain_text("#news")
+
+    # the page's HTTP panel sends over HTTP to a second page, which receives it live
+    dave = new_page()
+    open_page(dave, demo_server)
+    get_demo_token(dave, "dave")
+    connect_chat(dave, "dave")
+
+    carol.select_option("#http-endpoint", "send")
+    carol.fill("#http-to", "dave")
+    carol.fill("#http-data", "via /api/send")
+    curl = carol.get_by_test_id("http-curl")
+    expect(curl).to_contain_text(f"curl -sS -X POST '{demo_server.url}/api/send'")
+    expect(curl).to_contain_text("Authorization: Bearer $TOKEN")
+    expect(curl).to_contain_text('\'{"data":"via /api/send","to":"dave"}\'')
+    carol.press("#http-data", "Enter")
+    expect(carol.get_by_test_id("http-result")).to_have_attribute("data-status", "200")
+    expect(carol.get_by_test_id("http-result")).to_contain_text('"delivered":1')
+    got = messages(dave, "direct").filter(has_text="via /api/send")
+    expect(got).to_contain_text("carol → dave:")
+
+    # a non-admin token may not broadcast: the panel shows the API's 403
+    carol.select_option("#http-endpoint", "broadcast")
+    carol.click("#http-submit")
+    expect(carol.get_by_test_id("http-result")).to_have_attribute("data-status", "403")
+    expect(carol.get_by_test_id("http-result")).to_contain_text("forbidden")
+
+
+def test_echo(demo_server: Server, new_page: Callable[..., Page]) -> None:
+    page = new_page()
+    open_page(page, demo_server)
+    get_demo_token(page, "erin")
+    page.select_option("#token-offer", "pair")  # ["bearer", token]: the server selects "bearer"
+    page.click("#echo-connect")
+    expect(page.get_by_test_id("echo-state")).to_have_attribute("data-state", "open")
+    page.fill("#echo-input", "ping ünïcode ✓")
+    page.press("#echo-input", "Enter")
+    expect(page.get_by_test_id("echo-msg")).to_have_text(["← ping ünïcode ✓"])
+
+
+@pytest.mark.parametrize(
+    ("token_kind", "error"),
+    [("bad_signature", "invalid_token"), ("expired", "token_expired"), ("none", "missing_token")],
+)
+def test_refused_handshake_shows_the_reason_and_does_not_retry(
+    demo_server: Server, new_page: Callable[..., Page], token_kind: str, error: str
+) -> None:
+    token = {
+        "bad_signature": make_token("mallory", secret="not-the-server-secret-0123456789abcdef"),
+        "expired": make_token("mallory", ttl=-3600),
+        "none": "",
+    }[token_kind]
+    page = new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    open_page(page, demo_server)
+    page.fill("#token", token)
+    page.click("#chat-connect")
+
+    state = page.get_by_test_id("chat-state")
+    expect(state).to_have_attribute("data-state", "refused")
+    refusal = page.get_by_test_id("chat-refusal")
+    expect(refusal).to_be_visible()
+    expect(refusal).to_have_attribute("data-error", error)
+    expect(refusal).to_contain_text(f"Handshake refused. {error}:")
+    expect(page.get_by_test_id("chat-close")).to_have_attribute("data-code", "1006")
+    # a token the server refuses is not retried: no countdown, the Connect button is back
+    expect(page.get_by_test_id("chat-retry")).to_have_text("—")
+    expect(page.locator("#chat-connect")).to_be_enabled()
+    page.wait_for_timeout(1500)  # longer than the first backoff step: nothing must happen
+    expect(state).to_have_attribute("data-state", "refused")
+    assert sockets == [demo_server.ws_url + "/ws/chat"]
+
+
+def test_valid_token_refused_for_another_reason_is_retried_with_backoff(
+    start_server: Callable[..., Server], new_page: Callable[..., Page]
+) -> None:
+    # one connection per client id: a second tab with the same id is refused with 429
+    srv = start_server(WSAPP_DEMO_TOKENS="1", WSAPP_RATE_LIMIT="0", WSAPP_MAX_CONNECTIONS_PER_CLIENT="1")
+    first, second = new_page(), new_page()
+    for page in (first, second):
+        open_page(page, srv)
+        page.fill("#token", make_token("frank"))
+    connect_chat(first, "frank")
+    second.click("#chat-connect")
+    expect(second.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "token_ok")
+    expect(second.get_by_test_id("chat-refusal")).to_contain_text("too many connections")
+    expect(second.get_by_test_id("chat-state")).to_have_attribute("data-state", "retrying")
+    expect(second.get_by_test_id("chat-retry")).to_contain_text("attempt 1")
+    # once the first tab lets go, the retry gets in
+    first.click("#chat-disconnect")
+    expect(second.get_by_test_id("chat-state")).to_have_attribute("data-state", "open", timeout=15_000)
+    expect(second.get_by_test_id("chat-refusal")).to_be_hidden()
+
+
+def test_phone_width_and_keyboard_only(demo_server: Server, new_page: Callable[..., Page]) -> None:
+    page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    open_page(page, demo_server)
+
+    # keyboard only: the client id field, Enter gets a token; Tab reaches Connect; Enter connects
+    page.focus("#client-id")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("gina")
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("token-info")).to_contain_text("“gina”")
+    focus_order = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("document.activeElement.id")
+        focus_order.append(focused)
+        if focused == "chat-connect":
+            break
+    assert focus_order[-1] == "chat-connect", focus_order
+    assert focus_order.index("token") < focus_order.index("token-offer")  # reading order
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    page.focus("#room-name")
+    page.keyboard.press("Enter")
+    expect(members(page, "lobby")).to_have_text(["gina (you)"])
+    page.focus("#send-text")
+    page.keyboard.type("typed, not clicked")
+    page.keyboard.press("Enter")
+    expect(messages(page, "broadcast").filter(has_text="typed, not clicked")).to_have_count(1)
+
+    # nothing is wider than the phone
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than a 390px screen"
+    page.locator("#chat-view").scroll_into_view_if_needed()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chat-phone.png"))
+
+
+def test_server_going_away_is_retried_with_backoff(
+    start_server: Callable[..., Server], new_page: Callable[..., Page]
+) -> None:
+    srv = start_server(WSAPP_DEMO_TOKENS="1", WSAPP_RATE_LIMIT="0", WSAPP_SHUTDOWN_TIMEOUT="2")
+    page = new_page()
+    open_page(page, srv)
+    get_demo_token(page, "hank")
+    connect_chat(page, "hank")
+    srv.stop()
+    # the close is shown (1001 from a draining server; 1006 if the socket just drops) ...
+    close = page.get_by_test_id("chat-close")
+    expect(close).to_have_attribute("data-code", re.compile(r"^(1001|1006)$"))
+    expect(page.get_by_test_id("chat-summary")).to_contain_text("last close 10")
+    # ... and the page keeps trying, with a growing delay, telling why it cannot get in
+    expect(page.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "unreachable")
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "retrying")
+    expect(page.get_by_test_id("chat-retry")).to_contain_text("attempt 2")

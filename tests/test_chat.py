@@ -1,0 +1,146 @@
+"""/ws/chat: every frame type, errors that keep the connection open, rooms and presence."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import Server, chat_client, make_token, read_close, recv_json, recv_until, ws_connect
+
+
+def send(ws, **frame) -> None:  # type: ignore[no-untyped-def]
+    ws.send(json.dumps(frame))
+
+
+def test_welcome_names_client_and_connection(server: Server) -> None:
+    ws = ws_connect(server, "/ws/chat", make_token("wel"))
+    welcome = recv_json(ws)
+    assert welcome["type"] == "welcome" and welcome["client_id"] == "wel" and welcome["conn_id"]
+    ws.close()
+
+
+def test_broadcast_reaches_everyone_with_from_from_the_token(server: Server) -> None:
+    a, b = chat_client(server, "b-alice"), chat_client(server, "b-bob")
+    send(a, type="broadcast", data={"text": "hi"}, id="m1", **{"from": "forged"})
+    for ws in (a, b):
+        msg = recv_until(ws, lambda m: m["type"] == "broadcast")
+        assert msg["from"] == "b-alice" and msg["data"] == {"text": "hi"} and isinstance(msg["ts"], float)
+    ack = recv_until(a, lambda m: m["type"] == "ack")
+    assert ack["id"] == "m1" and ack["delivered"] >= 2
+    a.close(), b.close()
+
+
+def test_direct_reaches_only_its_target(server: Server) -> None:
+    a, b, c = chat_client(server, "d-a"), chat_client(server, "d-b"), chat_client(server, "d-c")
+    send(a, type="direct", to="d-b", data="psst", id=1)
+    msg = recv_json(b)
+    assert msg == {"type": "direct", "from": "d-a", "to": "d-b", "data": "psst", "ts": msg["ts"]}
+    assert recv_json(a) == {"type": "ack", "id": 1, "delivered": 1}
+    send(c, type="broadcast", data="marker")
+    assert recv_json(b)["data"] == "marker"  # b got nothing else in between
+    for ws in (a, b, c):
+        ws.close()
+
+
+def test_one_client_two_connections_both_get_a_direct(server: Server) -> None:
+    a = chat_client(server, "two-sender")
+    b1, b2 = chat_client(server, "two"), chat_client(server, "two")
+    send(a, type="direct", to="two", data="both", id="x")
+    assert recv_json(b1)["data"] == "both" and recv_json(b2)["data"] == "both"
+    assert recv_json(a)["delivered"] == 2
+    for ws in (a, b1, b2):
+        ws.close()
+
+
+def test_direct_to_someone_not_connected(server: Server) -> None:
+    a = chat_client(server, "lonely")
+    send(a, type="direct", to="nobody-here", data=1, id="n")
+    err = recv_json(a)
+    assert err["type"] == "error" and err["code"] == "not_connected" and err["id"] == "n"
+    a.close()
+
+
+def test_ack_only_for_frames_with_an_id(server: Server) -> None:
+    a = chat_client(server, "noid")
+    send(a, type="join", room="quiet")
+    assert recv_json(a)["type"] == "joined"
+    send(a, type="room", room="quiet", data="x")
+    assert recv_json(a)["type"] == "room"
+    send(a, type="leave", room="quiet", id="L")
+    assert recv_json(a) == {"type": "ack", "id": "L", "delivered": 0}
+    a.close()
+
+
+def test_rooms_joined_members_presence_and_room_messages(server: Server) -> None:
+    a, b, out = chat_client(server, "r-a"), chat_client(server, "r-b"), chat_client(server, "r-out")
+    send(a, type="join", room="lobby", id="j1")
+    assert recv_json(a) == {"type": "joined", "room": "lobby", "members": ["r-a"]}
+    assert recv_json(a) == {"type": "ack", "id": "j1", "delivered": 0}
+    send(b, type="join", room="lobby")
+    assert recv_json(b) == {"type": "joined", "room": "lobby", "members": ["r-a", "r-b"]}
+    assert recv_json(a) == {"type": "presence", "room": "lobby", "event": "join", "client_id": "r-b"}
+    send(b, type="room", room="lobby", data="hello room", id="rm")
+    for ws in (a, b):
+        msg = recv_until(ws, lambda m: m["type"] == "room")
+        assert (msg["room"], msg["from"], msg["data"]) == ("lobby", "r-b", "hello room")
+    assert recv_until(b, lambda m: m["type"] == "ack")["delivered"] == 2
+    send(out, type="room", room="lobby", data="not a member", id="o")
+    assert recv_json(out)["code"] == "not_in_room"
+    send(b, type="leave", room="lobby")
+    assert recv_json(a) == {"type": "presence", "room": "lobby", "event": "leave", "client_id": "r-b"}
+    b.close()
+    send(a, type="broadcast", data="only-after")
+    assert recv_until(out, lambda m: m["type"] == "broadcast")["data"] == "only-after"  # out saw no presence
+    a.close(), out.close()
+
+
+def test_presence_leave_only_when_last_connection_in_room_goes(server: Server) -> None:
+    a = chat_client(server, "p-a")
+    b1, b2 = chat_client(server, "p-b"), chat_client(server, "p-b")
+    send(a, type="join", room="pr")
+    recv_json(a)
+    send(b1, type="join", room="pr")
+    recv_json(b1)
+    assert recv_json(a)["event"] == "join"
+    send(b2, type="join", room="pr")
+    assert recv_json(b2)["members"] == ["p-a", "p-b"]
+    b1.close()
+    send(a, type="broadcast", data="probe")
+    assert recv_json(a)["type"] == "broadcast"  # no leave while b2 is still in the room
+    b2.close()
+    assert recv_until(a, lambda m: m["type"] == "presence") == {
+        "type": "presence", "room": "pr", "event": "leave", "client_id": "p-b"}
+    a.close()
+
+
+def test_bad_frames_get_errors_and_the_connection_stays_open(server: Server) -> None:
+    a = chat_client(server, "bad")
+    cases = [("{not json", "bad_json"), ('"just a string"', "bad_json"), ('{"type":"dance"}', "unknown_type"),
+             ('{"type":"direct","data":1,"id":"q"}', "missing_field"), ('{"type":"join"}', "missing_field")]
+    for raw, code in cases:
+        a.send(raw)
+        err = recv_json(a)
+        assert err["type"] == "error" and err["code"] == code and err["message"]
+        assert err.get("id") == ("q" if '"id"' in raw else None)
+    send(a, type="broadcast", data="still here", id="ok")
+    assert recv_until(a, lambda m: m["type"] == "ack")["id"] == "ok"
+    a.close()
+
+
+def test_binary_frame_on_chat_closes_1003_and_others_are_fine(server: Server) -> None:
+    a, b = chat_client(server, "bin-a"), chat_client(server, "bin-b")
+    a.send_binary(b"\x00\x01")
+    assert read_close(a)[0] == 1003
+    send(b, type="broadcast", data="fine", id=1)
+    assert recv_until(b, lambda m: m["type"] == "ack")["delivered"] >= 1
+    b.close()
+
+
+def test_invalid_utf8_closes_1007_and_others_are_fine(server: Server) -> None:
+    import websocket
+
+    a, b = chat_client(server, "u8-a"), chat_client(server, "u8-b")
+    a.send_frame(websocket.ABNF.create_frame(b"\xff\xfe", websocket.ABNF.OPCODE_TEXT))
+    assert read_close(a)[0] == 1007
+    send(b, type="broadcast", data="fine")
+    assert recv_json(b)["data"] == "fine"
+    b.close()

@@ -1,0 +1,359 @@
+"""wsapp.client, the terminal client: run as a real subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import IO, Any
+
+import pytest
+from helpers import ROOT, Server, chat_client, free_port, make_token, recv_json, recv_until
+
+TIMEOUT = 5.0
+CLOSED_1000 = "* closed: code 1000"
+
+
+def client_env(token: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "WSAPP_TOKEN"}
+    if token is not None:
+        env["WSAPP_TOKEN"] = token
+    return env
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Client:
+    """`python -m wsapp.client ARGS` with stdin, stdout and stderr on pipes, read line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wsapp.client", *args],
+            cwd=ROOT,
+            env=env or client_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self.lines: dict[str, queue.Queue[str | None]] = {"out": queue.Queue(), "err": queue.Queue()}
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.threads = [self._pump(self.proc.stdout, "out"), self._pump(self.proc.stderr, "err")]
+
+    def _pump(self, stream: IO[str], name: str) -> threading.Thread:
+        def run() -> None:
+            for line in stream:
+                self.lines[name].put(line.rstrip("\n"))
+            self.lines[name].put(None)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def line(self, name: str = "out", timeout: float = TIMEOUT) -> str | None:
+        """The next line of stdout ("out") or stderr ("err"); None at EOF."""
+        try:
+            return self.lines[name].get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line on std{name} within {timeout} s") from None
+
+    def json(self) -> dict[str, Any]:
+        line = self.line()
+        assert line is not None and line.startswith("< "), line
+        return json.loads(line[2:])  # type: ignore[no-any-return]
+
+    def connected(self) -> Client:
+        line = self.line("err")
+        assert line is not None and line.startswith("* connected to ws://"), line
+        return self
+
+    def type(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(f"{line}\n" for line in lines))
+        self.proc.stdin.flush()
+
+    def eof(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def rest(self, name: str) -> list[str]:
+        """Every remaining line of a stream, up to its EOF."""
+        out = []
+        while (line := self.line(name)) is not None:
+            out.append(line)
+        return out
+
+    def wait(self) -> int:
+        return self.proc.wait(TIMEOUT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    pass
+
+
+@pytest.fixture
+def spawn() -> Any:
+    started: list[Client] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Client:
+        started.append(Client(*args, env=env))
+        return started[-1]
+
+    yield start
+    for client in started:
+        client.close()
+
+
+def log_line(server: Server, pattern: str, timeout: float = TIMEOUT) -> str:
+    """The first server log line matching `pattern` (the log is written as things happen)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.log().splitlines():
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no log line matches {pattern!r}")
+
+
+def test_help_documents_token_commands_and_exit_codes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wsapp.client", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert out.returncode == 0
+    for text in (
+        "WSAPP_TOKEN",
+        "Authorization: Bearer",
+        "--subprotocol",
+        "/direct ID TEXT",
+        "/join ROOM",
+        "/room ROOM TEXT",
+        "/broadcast TEXT",
+        "/binary HEX",
+        "/quit",
+        "3 handshake refused",
+    ):
+        assert text in out.stdout
+
+
+def test_echo_round_trip_then_eof_closes_with_1000(server: Server, spawn: Any) -> None:
+    who = unique("echo")
+    client = spawn(f"{server.ws_url}/ws/echo", "--token", make_token(who)).connected()
+    for text in ("hello", "héllo ✓ 🎉", '{"type": "not chat here"}'):
+        client.type(text)
+        assert client.line() == f"< {text}"
+    client.type("/binary 0102ff", "/raw /join is sent as it is", "/join r")
+    assert client.line() == "< [binary 3 bytes] 0102ff"
+    assert client.line() == "< /join is sent as it is"
+    assert client.line("err") == "error: unknown command /join (chat commands need --chat); /raw TEXT sends TEXT as is"
+    client.eof()
+    assert client.rest("err") == [CLOSED_1000]
+    assert client.rest("out") == []
+    assert client.wait() == 0
+    assert "route=echo" in log_line(server, rf"disconnect client={who} .* code=1000 ")
+
+
+def test_token_from_env_and_as_subprotocol(server: Server, spawn: Any) -> None:
+    who = unique("env")
+    client = spawn(f"{server.ws_url}/ws/echo", "--subprotocol", env=client_env(make_token(who))).connected()
+    client.type("/quit")
+    assert client.rest("err") == [CLOSED_1000]
+    assert client.wait() == 0
+    log_line(server, rf"connect client={who} .* token_from=subprotocol")
+    log_line(server, rf"disconnect client={who} .* code=1000 ")
+
+
+def test_chat_helpers_reach_other_clients(server: Server, spawn: Any) -> None:
+    me, other = unique("carol"), unique("dave")
+    peer = chat_client(server, other)
+    client = spawn(f"{server.ws_url}/ws/chat", "--token", make_token(me)).connected()
+    welcome = client.json()
+    assert (welcome["type"], welcome["client_id"]) == ("welcome", me)
+
+    client.type("/join lobby")
+    assert client.json() == {"type": "joined", "room": "lobby", "members": [me]}
+    peer.send(json.dumps({"type": "join", "room": "lobby"}))
+    joined = recv_json(peer)
+    assert (joined["type"], joined["room"], sorted(joined["members"])) == ("joined", "lobby", sorted([me, other]))
+    assert client.json() == {"type": "presence", "room": "lobby", "event": "join", "client_id": other}
+
+    client.type("/room lobby hi all")
+    msg = recv_json(peer)
+    assert {k: msg[k] for k in ("type", "room", "from", "data")} == {
+        "type": "room",
+        "room": "lobby",
+        "from": me,
+        "data": "hi all",
+    }
+    assert client.json()["data"] == "hi all"  # room messages reach the sender too
+
+    client.type(f"/direct {other} psst, just you")
+    msg = recv_until(peer, lambda m: m["type"] == "direct")
+    assert (msg["from"], msg["to"], msg["data"]) == (me, other, "psst, just you")
+
+    client.type("a plain line is a broadcast")
+    msg = recv_until(peer, lambda m: m["type"] == "broadcast")
+    assert (msg["from"], msg["data"]) == (me, "a plain line is a broadcast")
+
+    peer.send(json.dumps({"type": "direct", "to": me, "data": {"n": 1}}))
+    msg = client.json()
+    while msg["type"] == "broadcast":  # our own broadcast comes back to us first
+        msg = client.json()
+    assert (msg["type"], msg["from"], msg["data"]) == ("direct", other, {"n": 1})
+
+    client.type("/leave lobby")
+    assert recv_until(peer, lambda m: m["type"] == "presence") == {
+        "type": "presence",
+        "room": "lobby",
+        "event": "leave",
+        "client_id": me,
+    }
+
+    client.type(f"/direct {unique('nobody')} hello?", "/direct", "/frobnicate")
+    msg = client.json()
+    assert (msg["type"], msg["code"]) == ("error", "not_connected")
+    assert client.line("err") == "error: usage: /direct ID TEXT"
+    assert client.line("err") == "error: unknown command /frobnicate; see --help"
+    client.eof()
+    assert client.rest("err") == [CLOSED_1000]
+    assert client.wait() == 0
+    peer.close()
+
+
+def test_sigint_closes_with_1000_and_exits_0(server: Server, spawn: Any) -> None:
+    who = unique("sigint")
+    client = spawn(f"{server.ws_url}/ws/echo", "--token", make_token(who)).connected()
+    client.type("still here")
+    assert client.line() == "< still here"  # the main thread now waits on stdin
+    client.proc.send_signal(signal.SIGINT)
+    assert client.rest("err") == [CLOSED_1000]
+    assert client.wait() == 0
+    log_line(server, rf"disconnect client={who} .* code=1000 ")
+
+
+def test_ctrl_c_on_a_terminal_closes_with_1000(server: Server) -> None:
+    """Ctrl+C typed on a real (pseudo-)terminal: the line discipline sends SIGINT to the client."""
+    who = unique("tty")
+    master, slave = pty.openpty()
+    # make the pty the client's controlling terminal, as a shell would
+    become_tty = (
+        "import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'wsapp.client', *sys.argv[1:]])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", become_tty, f"{server.ws_url}/ws/echo", "--token", make_token(who)],
+        cwd=ROOT,
+        env=client_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+
+    def expect(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + TIMEOUT
+        while text.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([master], [], [], left)[0], f"no {text!r} in {seen!r}"
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # EIO: the client has exited and closed the terminal
+                raise AssertionError(f"no {text!r} in {seen!r}") from None
+
+    try:
+        expect("* connected to ")
+        os.write(master, b"typed on a tty\r")
+        expect("< typed on a tty")
+        os.write(master, b"\x03")  # Ctrl+C
+        expect(CLOSED_1000)
+        assert proc.wait(TIMEOUT) == 0
+        assert b"Traceback" not in seen
+        log_line(server, rf"disconnect client={who} .* code=1000 ")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
+        os.close(master)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--token", make_token("mallory", secret="not-the-server-secret-0123456789-abcdef")],
+            "error: handshake refused: HTTP 401 invalid_token: the token's signature does not verify",
+        ),
+        ([], "error: handshake refused: HTTP 401 missing_token: "),
+        (["--token", make_token("late", ttl=-3600)], "error: handshake refused: HTTP 401 token_expired"),
+    ],
+)
+def test_refused_handshake_prints_status_and_error_code(server: Server, args: list[str], expected: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wsapp.client", f"{server.ws_url}/ws/chat", *args],
+        cwd=ROOT,
+        env=client_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 3
+    assert out.stdout == ""
+    assert out.stderr.startswith(expected), out.stderr
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_no_server_exits_1() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws/echo"
+    out = subprocess.run(
+        [sys.executable, "-m", "wsapp.client", url, "--token", make_token()],
+        cwd=ROOT,
+        env=client_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: cannot connect to {url}: "), out.stderr
+
+
+def test_server_close_prints_code_and_reason_and_exits_1(server: Server, spawn: Any) -> None:
+    """Binary on chat: the server closes 1003; the client exits by itself, stdin still open."""
+    who = unique("bin")
+    client = spawn(f"{server.ws_url}/ws/chat", "--token", make_token(who)).connected()
+    assert client.json()["type"] == "welcome"
+    client.type("/binary 00ff")
+    assert client.rest("err") == ["* closed by server: code 1003, reason 'chat takes JSON text frames, not binary'"]
+    assert client.rest("out") == []
+    assert client.wait() == 1
+    log_line(server, rf"disconnect client={who} .* code=1003 ")
+
+
+def test_message_too_big_closes_1009(server: Server, spawn: Any) -> None:
+    client = spawn(f"{server.ws_url}/ws/echo", "--token", make_token(unique("big"))).connected()
+    client.type("x" * 65537)
+    assert client.rest("err") == ["* closed by server: code 1009, reason 'message too big'"]
+    assert client.wait() == 1
