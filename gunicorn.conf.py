@@ -4,7 +4,11 @@
 starts, so a bad value stops the master with a message naming the variable.
 """
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 
 from wsapp.settings import Settings, SettingsError
 
@@ -32,3 +36,24 @@ loglevel = "info"
 # gunicorn's control socket is one per user by default: several instances (tests, two
 # "hosts" on one machine) would fight over it, and wsapp does not use it
 control_socket_disable = True
+
+# prometheus-client's multiprocess mode: each worker writes its metrics to this folder
+# and /metrics merges them. It must be set before any worker imports prometheus_client.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics_dir = tempfile.mkdtemp(prefix="wsapp-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    _master_pid = os.getpid()
+    atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
+
+
+def post_worker_init(worker):
+    """SIGTERM: refuse new handshakes, close every client 1001, exit within the timeout."""
+    from wsapp import lifecycle
+
+    lifecycle.install(worker)
+
+
+def child_exit(server, worker):
+    from wsapp import metrics
+
+    metrics.mark_dead(worker.pid)

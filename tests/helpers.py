@@ -25,8 +25,15 @@ SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 _LISTENING = re.compile(r"Listening at: http://[^:\s]+:(\d+)")
 
 
-def make_token(client_id: str | None = "alice", *, admin: bool = False, ttl: float = 3600,
-               secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+def make_token(
+    client_id: str | None = "alice",
+    *,
+    admin: bool = False,
+    ttl: float = 3600,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
     now = time.time()
     body: dict[str, Any] = {"iat": int(now), "exp": int(now + ttl)}
     if client_id is not None:
@@ -63,14 +70,24 @@ class Server:
 
     def start(self, timeout: float = 20) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WSAPP_")}
-        env.update({"WSAPP_HOST": "127.0.0.1", "WSAPP_PORT": "0", "WSAPP_JWT_SECRET": SECRET,
-                    "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-instance-"),
-                    "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "WSAPP_HOST": "127.0.0.1",
+                "WSAPP_PORT": "0",
+                "WSAPP_JWT_SECRET": SECRET,
+                "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-instance-"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,8 +134,15 @@ class HttpResult:
     headers: dict[str, str]
 
 
-def http(base: str, method: str, path: str, body: Any = None, token: str | None = None,
-         raw: bytes | None = None, headers: dict[str, str] | None = None) -> HttpResult:
+def http(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResult:
     hdrs = dict(headers or {})
     data = raw
     if body is not None:
@@ -140,8 +164,9 @@ def http(base: str, method: str, path: str, body: Any = None, token: str | None 
     return HttpResult(status, parsed, rh)
 
 
-def ws_connect(server: Server, path: str = "/ws/chat", token: str | None = None,
-               timeout: float = 10, **kwargs: Any) -> websocket.WebSocket:
+def ws_connect(
+    server: Server, path: str = "/ws/chat", token: str | None = None, timeout: float = 10, **kwargs: Any
+) -> websocket.WebSocket:
     """A websocket-client connection; the token goes in a Bearer header unless told otherwise."""
     header = list(kwargs.pop("header", []))
     if token is not None:
@@ -186,12 +211,22 @@ def read_close(ws: websocket.WebSocket, timeout: float = 10) -> tuple[int, str]:
     raise TimeoutError("no close frame")
 
 
-def raw_handshake(port: int, path: str = "/ws/echo", headers: dict[str, str] | None = None,
-                  method: str = "GET", timeout: float = 5,
-                  rcvbuf: int | None = None) -> tuple[int, dict[str, str], bytes, socket.socket]:
+def raw_handshake(
+    port: int,
+    path: str = "/ws/echo",
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    timeout: float = 5,
+    rcvbuf: int | None = None,
+) -> tuple[int, dict[str, str], bytes, socket.socket]:
     """Send a hand-written opening handshake; return status, headers, body and the socket."""
-    base = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    base = {
+        "Host": f"127.0.0.1:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
     for k, v in (headers or {}).items():
         if v is None:
             base.pop(k, None)
@@ -225,3 +260,45 @@ def raw_handshake(port: int, path: str = "/ws/echo", headers: dict[str, str] | N
                 break
             rest += chunk
     return status, hdrs, rest, sock
+
+
+class Reader:
+    """Reads a websocket-client connection in a thread, so its pings are answered at once,
+    and queues the JSON frames it gets."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        import queue
+        import threading
+
+        self.ws = ws
+        self.frames: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.closed: tuple[int, str] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.ws.settimeout(None)
+        try:
+            while True:
+                opcode, data = self.ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                self.frames.put(json.loads(data))
+        except Exception:  # noqa: BLE001 - the connection ended; the test looks at what was read
+            pass
+
+    def next(self, pred: Any = lambda m: True, timeout: float = 10) -> dict[str, Any]:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                msg = self.frames.get(timeout=max(0.0, left))
+            except queue.Empty:
+                raise TimeoutError("no matching frame") from None
+            if pred(msg):
+                return msg
+
+    def send(self, **frame: Any) -> None:
+        self.ws.send(json.dumps(frame))

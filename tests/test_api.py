@@ -55,8 +55,11 @@ def test_clients_lists_connections_per_client(server: Server) -> None:
 
 
 def test_auth_errors(server: Server) -> None:
-    for method, path, body in (("POST", "/api/broadcast", {"data": 1}), ("POST", "/api/send", {"to": "x", "data": 1}),
-                               ("GET", "/api/clients", None)):
+    for method, path, body in (
+        ("POST", "/api/broadcast", {"data": 1}),
+        ("POST", "/api/send", {"to": "x", "data": 1}),
+        ("GET", "/api/clients", None),
+    ):
         r = http(server.url, method, path, body)
         assert (r.status, r.body["error"]) == (401, "missing_token")
         r = http(server.url, method, path, body, token="bad.token.here")
@@ -70,7 +73,9 @@ def test_auth_errors(server: Server) -> None:
 
 def test_bad_json_and_missing_fields_are_400(server: Server) -> None:
     for raw in (b"{nope", b"[1]", b'"x"'):
-        r = http(server.url, "POST", "/api/broadcast", raw=raw, token=ADMIN, headers={"Content-Type": "application/json"})
+        r = http(
+            server.url, "POST", "/api/broadcast", raw=raw, token=ADMIN, headers={"Content-Type": "application/json"}
+        )
         assert (r.status, r.body["error"]) == (400, "bad_request")
     assert http(server.url, "POST", "/api/broadcast", {"nodata": 1}, ADMIN).status == 400
     assert http(server.url, "POST", "/api/send", {"data": 1}, make_token()).status == 400

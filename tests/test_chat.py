@@ -108,14 +108,23 @@ def test_presence_leave_only_when_last_connection_in_room_goes(server: Server) -
     assert recv_json(a)["type"] == "broadcast"  # no leave while b2 is still in the room
     b2.close()
     assert recv_until(a, lambda m: m["type"] == "presence") == {
-        "type": "presence", "room": "pr", "event": "leave", "client_id": "p-b"}
+        "type": "presence",
+        "room": "pr",
+        "event": "leave",
+        "client_id": "p-b",
+    }
     a.close()
 
 
 def test_bad_frames_get_errors_and_the_connection_stays_open(server: Server) -> None:
     a = chat_client(server, "bad")
-    cases = [("{not json", "bad_json"), ('"just a string"', "bad_json"), ('{"type":"dance"}', "unknown_type"),
-             ('{"type":"direct","data":1,"id":"q"}', "missing_field"), ('{"type":"join"}', "missing_field")]
+    cases = [
+        ("{not json", "bad_json"),
+        ('"just a string"', "bad_json"),
+        ('{"type":"dance"}', "unknown_type"),
+        ('{"type":"direct","data":1,"id":"q"}', "missing_field"),
+        ('{"type":"join"}', "missing_field"),
+    ]
     for raw, code in cases:
         a.send(raw)
         err = recv_json(a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import pty
@@ -9,6 +11,7 @@ import queue
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ import uuid
 from typing import IO, Any
 
 import pytest
+
 from helpers import ROOT, Server, chat_client, free_port, make_token, recv_json, recv_until
 
 TIMEOUT = 5.0
@@ -306,6 +310,10 @@ def test_ctrl_c_on_a_terminal_closes_with_1000(server: Server) -> None:
             "error: handshake refused: HTTP 401 invalid_token: the token's signature does not verify",
         ),
         ([], "error: handshake refused: HTTP 401 missing_token: "),
+        (
+            ["--token", make_token("web"), "--origin", "https://evil.example"],
+            "error: handshake refused: HTTP 403 origin_not_allowed: ",
+        ),
         (["--token", make_token("late", ttl=-3600)], "error: handshake refused: HTTP 401 token_expired"),
     ],
 )
@@ -357,3 +365,100 @@ def test_message_too_big_closes_1009(server: Server, spawn: Any) -> None:
     client.type("x" * 65537)
     assert client.rest("err") == ["* closed by server: code 1009, reason 'message too big'"]
     assert client.wait() == 1
+
+
+class FakeServer:
+    """A bare one-connection WebSocket server, for what wsapp cannot be made to do on cue."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/ws/echo"
+        self.conn: socket.socket | None = None
+
+    def accept(self) -> None:
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(TIMEOUT)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += self.conn.recv(4096)
+        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+        assert key is not None
+        accept = base64.b64encode(hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
+
+    def send(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        assert self.conn is not None and len(payload) < 126
+        self.conn.sendall(bytes([0x80 * fin | opcode, len(payload)]) + payload)
+
+    def recv(self) -> tuple[int, bytes]:
+        """One frame from the client (always masked): (opcode, payload)."""
+        assert self.conn is not None
+        head = self._exactly(2)
+        assert head[1] & 0x80, "client frames must be masked"
+        length = head[1] & 0x7F
+        assert length < 126
+        mask, data = self._exactly(4), self._exactly(length)
+        return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+    def _exactly(self, n: int) -> bytes:
+        assert self.conn is not None
+        buf = b""
+        while len(buf) < n:
+            chunk = self.conn.recv(n - len(buf))
+            assert chunk, "the client closed the connection"
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def fake() -> Any:
+    srv = FakeServer()
+    yield srv
+    srv.close()
+
+
+def test_pings_fragments_and_a_server_close_1000(fake: FakeServer, spawn: Any) -> None:
+    client = spawn(fake.url, "--token", make_token())
+    fake.accept()
+    client.connected()
+    fake.send(0x9, b"are you there")
+    assert fake.recv() == (0xA, b"are you there")  # pong, same payload
+    fake.send(0x1, b"frag", fin=False)
+    fake.send(0x0, b"mented")
+    fake.send(0x2, b"")
+    assert client.line() == "< fragmented"
+    assert client.line() == "< [binary 0 bytes]"
+    fake.send(0x8, (1000).to_bytes(2, "big") + b"bye")
+    assert fake.recv() == (0x8, (1000).to_bytes(2, "big"))  # the close is answered with its code
+    assert client.rest("err") == ["* closed by server: code 1000, reason 'bye'"]
+    assert client.wait() == 0
+
+
+def test_connection_lost_without_a_close_frame_exits_1(fake: FakeServer, spawn: Any) -> None:
+    client = spawn(fake.url, "--token", make_token())
+    fake.accept()
+    client.connected()
+    assert fake.conn is not None
+    fake.conn.close()
+    err = client.rest("err")
+    assert len(err) == 1 and err[0].startswith("* connection lost (1006): "), err
+    assert client.wait() == 1
+
+
+def test_unanswered_close_gives_up_after_one_second(fake: FakeServer, spawn: Any) -> None:
+    client = spawn(fake.url, "--token", make_token())
+    fake.accept()
+    client.connected()
+    client.eof()
+    started = time.monotonic()
+    assert fake.recv() == (0x8, (1000).to_bytes(2, "big"))  # and the fake never answers
+    assert client.rest("err") == ["* no close frame from the server within 1 s"]
+    assert client.wait() == 0
+    assert 0.8 < time.monotonic() - started < 3

@@ -69,8 +69,9 @@ def test_many_concurrent_senders_large_messages_arrive_whole_once_in_order(start
 def test_a_client_that_never_reads_is_closed_and_others_keep_receiving(start_server) -> None:  # type: ignore[no-untyped-def]
     srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="32")
     # the stalled client: a raw socket with a tiny receive window that never reads
-    status, _, _, stalled = raw_handshake(srv.port, "/ws/chat", {"Authorization": f"Bearer {make_token('stalled')}"},
-                                          rcvbuf=4096)
+    status, _, _, stalled = raw_handshake(
+        srv.port, "/ws/chat", {"Authorization": f"Bearer {make_token('stalled')}"}, rcvbuf=4096
+    )
     assert status == 101
     others = [chat_client(srv, f"reader-{i}") for i in range(50)]
     admin, sender = make_token("ops", admin=True), make_token("flooder")

@@ -39,8 +39,13 @@ def error_code(data: bytes, limit: int = 65536, inflate: bool = False) -> int:
 
 
 def test_text_binary_ping_pong_close() -> None:
-    data = (client_frame(1, "héllo".encode()) + client_frame(2, b"\x00\xff") + client_frame(9, b"p")
-            + client_frame(10, b"q") + client_frame(8, struct.pack("!H", 1000) + b"bye"))
+    data = (
+        client_frame(1, "héllo".encode())
+        + client_frame(2, b"\x00\xff")
+        + client_frame(9, b"p")
+        + client_frame(10, b"q")
+        + client_frame(8, struct.pack("!H", 1000) + b"bye")
+    )
     assert feed(data) == [Message("héllo"), Message(b"\x00\xff"), Ping(b"p"), Pong(b"q"), Close(1000, "bye")]
 
 
@@ -52,7 +57,7 @@ def test_all_length_encodings_and_byte_by_byte_arrival() -> None:
         events: list[frames.Event] = []
         step = 1 if n < 200 else 4096
         for i in range(0, len(raw), step):
-            events += reader.feed(raw[i:i + step])
+            events += reader.feed(raw[i : i + step])
         assert events == [Message(payload)]
 
 

@@ -37,15 +37,19 @@ def test_no_upgrade_header_is_400_not_websocket(server: Server) -> None:
 
 
 def test_wrong_version_is_426_with_upgrade_header(server: Server) -> None:
-    status, hdrs, _, sock = raw_handshake(server.port, headers={"Sec-WebSocket-Version": "8",
-                                                                 "Authorization": bearer(make_token())})
+    status, hdrs, _, sock = raw_handshake(
+        server.port, headers={"Sec-WebSocket-Version": "8", "Authorization": bearer(make_token())}
+    )
     sock.close()
     assert status == 426
     assert hdrs["upgrade"] == "websocket" and hdrs["sec-websocket-version"] == "13"
 
 
 def test_bad_key_is_400(server: Server) -> None:
-    assert refusal(server, **{"Sec-WebSocket-Key": "short", "Authorization": bearer(make_token())}) == (400, "not_websocket")
+    assert refusal(server, **{"Sec-WebSocket-Key": "short", "Authorization": bearer(make_token())}) == (
+        400,
+        "not_websocket",
+    )
 
 
 def test_no_token_is_401_missing_token(server: Server) -> None:
@@ -150,8 +154,13 @@ def test_each_token_source_identifies_the_client(server: Server, how: str) -> No
 
 
 def test_no_compression_unless_enabled(server: Server) -> None:
-    status, hdrs, _, sock = raw_handshake(server.port, headers={
-        "Authorization": bearer(make_token()), "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"})
+    status, hdrs, _, sock = raw_handshake(
+        server.port,
+        headers={
+            "Authorization": bearer(make_token()),
+            "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+        },
+    )
     sock.close()
     assert status == 101 and "sec-websocket-extensions" not in hdrs
 

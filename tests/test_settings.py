@@ -22,8 +22,14 @@ def test_defaults_match_the_contract() -> None:
 
 def test_every_problem_is_reported_naming_its_variable() -> None:
     with pytest.raises(SettingsError) as info:
-        Settings.from_env({"WSAPP_PORT": "http", "WSAPP_SEND_QUEUE": "0", "WSAPP_COMPRESSION": "maybe",
-                           "WSAPP_ALLOWED_ORIGINS": "example.com"})
+        Settings.from_env(
+            {
+                "WSAPP_PORT": "http",
+                "WSAPP_SEND_QUEUE": "0",
+                "WSAPP_COMPRESSION": "maybe",
+                "WSAPP_ALLOWED_ORIGINS": "example.com",
+            }
+        )
     text = str(info.value)
     for name in ("WSAPP_PORT", "WSAPP_SEND_QUEUE", "WSAPP_COMPRESSION", "WSAPP_ALLOWED_ORIGINS"):
         assert name in text

@@ -10,8 +10,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from . import auth
+from . import auth, metrics
 from .errors import ApiError
+from .proxy import address_allowed, client_address
 from .service import Service
 
 
@@ -92,5 +93,15 @@ def init_app(app: Flask, service: Service) -> None:
         if problems:
             return jsonify(status="not_ready", error="not_ready", message="; ".join(problems)), 503
         return jsonify(status="ready"), 200
+
+    @bp.get("/metrics")
+    def prometheus() -> Response:
+        addr = client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"), service.settings.trusted_proxies
+        )
+        if not address_allowed(addr, service.settings.metrics_allow):
+            raise ApiError("forbidden", "metrics are served to WSAPP_METRICS_ALLOW networks only")
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
 
     app.register_blueprint(bp)

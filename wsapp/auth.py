@@ -40,8 +40,7 @@ def offered_subprotocols(header: str | None) -> list[str]:
     return [p.strip() for p in (header or "").split(",") if p.strip()]
 
 
-def find_token(headers: Mapping[str, str], query: Mapping[str, str],
-               cookies: Mapping[str, str]) -> FoundToken | None:
+def find_token(headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]) -> FoundToken | None:
     """The token of a request, first match wins (subprotocol, Bearer, ?token=, cookie).
 
     A browser cannot set headers on `new WebSocket()`, so it offers the raw token as a
@@ -109,9 +108,7 @@ def verify_token(token: str, settings: Settings, now: float | None = None) -> Id
 
     raw_id = claims.get(settings.jwt_client_id_claim)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id) == "":
-        raise HandshakeRejected(
-            "invalid_token", f"the token has no usable {settings.jwt_client_id_claim!r} claim"
-        )
+        raise HandshakeRejected("invalid_token", f"the token has no usable {settings.jwt_client_id_claim!r} claim")
     client_id = str(raw_id)
     if len(client_id) > 256:
         raise HandshakeRejected("invalid_token", "the client id is too long")
@@ -123,8 +120,7 @@ def is_admin(claims: Mapping[str, Any]) -> bool:
     return (isinstance(roles, list) and "admin" in roles) or claims.get("role") == "admin"
 
 
-def mint_token(settings: Settings, client_id: str, admin: bool = False,
-               ttl_s: float = 3600) -> str:
+def mint_token(settings: Settings, client_id: str, admin: bool = False, ttl_s: float = 3600) -> str:
     """An HS256 token for `client_id`: the `token` command and the demo route use it."""
     key = settings.jwt_secret
     if not key:

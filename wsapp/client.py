@@ -222,11 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="ws:// or wss:// URL, e.g. ws://127.0.0.1:8000/ws/chat")
-    parser.add_argument("--token", default=os.environ.get("WSAPP_TOKEN"), help="JWT (default: $WSAPP_TOKEN)")
-    parser.add_argument("--subprotocol", action="store_true", help='offer the token as subprotocols "bearer, <jwt>"')
     add = parser.add_argument
+    add("url", help="ws:// or wss:// URL, e.g. ws://127.0.0.1:8000/ws/chat")
+    add("--token", default=os.environ.get("WSAPP_TOKEN"), help="JWT (default: $WSAPP_TOKEN)")
+    add("--subprotocol", action="store_true", help='offer the token as subprotocols "bearer, <jwt>"')
     add("--chat", action=argparse.BooleanOptionalAction, help="chat mode (default: on when the path ends in /ws/chat)")
+    add("--origin", help="send this Origin header (default: none, as a non-browser client)")
     add("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra handshake header")
     add("--timeout", type=float, default=10.0, help="seconds to connect and handshake (default 10)")
     return parser
@@ -241,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.token:
         headers.append(f"Authorization: Bearer {args.token}")
     try:
-        ws = websocket.create_connection(args.url, timeout=args.timeout, header=headers, subprotocols=subprotocols)
+        ws = websocket.create_connection(
+            args.url, timeout=args.timeout, header=headers, subprotocols=subprotocols,
+            origin=args.origin, suppress_origin=args.origin is None,
+        )  # fmt: skip
     except websocket.WebSocketBadStatusException as exc:
         error(f"handshake refused: {refusal(exc)}")
         return EXIT_REFUSED

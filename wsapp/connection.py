@@ -21,36 +21,33 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import gevent
 
 from . import frames
 from .errors import CloseCode
+from .metrics import SLOW_CONSUMERS, Traffic
 
 RECV_BYTES = 65536
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # how long we wait for the peer's close reply
+_PING = frames.encode_frame(frames.OP_PING, b"")
 
 
 class WebSocket:
-    def __init__(self, sock: socket.socket, *, conn_id: str, max_message_bytes: int,
-                 send_queue: int, compression: bool,
-                 on_slow_consumer: Callable[[WebSocket], None] | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, *, conn_id: str, max_message_bytes: int, send_queue: int, compression: bool
+    ) -> None:
         self.sock = sock
         self.conn_id = conn_id
         self.compression = compression
         self.max_queue = send_queue
         self.opened_at = time.monotonic()
-        self.last_pong_at = self.opened_at
+        self.last_ping_at = self.opened_at  # the heartbeat pings when this is an interval old
         self.ping_sent_at: float | None = None  # None: no ping awaiting its pong
         self.close_code: int | None = None  # the code this connection ended with
         self.close_reason = ""
-        self.bytes_in = 0
-        self.messages_in = 0
-        self._reader = frames.FrameReader(
-            max_message_bytes, frames.Inflater() if compression else None
-        )
+        self._reader = frames.FrameReader(max_message_bytes, frames.Inflater() if compression else None)
         self._events: deque[frames.Event] = deque()
         # Frames waiting for the writer. Only send_frame()/close() append; only the
         # writer pops. No lock: under gevent nothing yields between check and change.
@@ -58,7 +55,7 @@ class WebSocket:
         self._writer: gevent.Greenlet[Any, Any] | None = None
         self._closing = False  # our close frame is queued: no more frames accepted
         self._peer_closed = False  # the peer's close frame (or EOF) has been read
-        self._on_slow_consumer = on_slow_consumer
+        self._handshake_done = False  # both close frames exchanged: nothing more will come
 
     # ---- any greenlet -------------------------------------------------------------
 
@@ -88,10 +85,12 @@ class WebSocket:
     def send_binary(self, data: bytes) -> bool:
         return self.send_frame(frames.encode_frame(frames.OP_BINARY, data))
 
-    def ping(self) -> None:
+    def ping(self, now: float) -> None:
+        """Send a ping (the heartbeat's); the pong clears `ping_sent_at`."""
+        self.last_ping_at = now
         if self.ping_sent_at is None:
-            self.ping_sent_at = time.monotonic()
-        self.send_frame(frames.encode_frame(frames.OP_PING, b""))
+            self.ping_sent_at = now
+        self.send_frame(_PING)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, drop_queue: bool = False) -> None:
         """Start the closing handshake; idempotent. Queued frames go out first unless
@@ -105,8 +104,9 @@ class WebSocket:
             self._queue.clear()
         if self._peer_closed:
             # answering the peer's close: echo its code (RFC 6455 §5.5.1)
-            self._queue.append(frames.encode_close(code) if code != CloseCode.NO_STATUS
-                               else frames.encode_frame(frames.OP_CLOSE, b""))
+            self._queue.append(
+                frames.encode_close(code) if code != CloseCode.NO_STATUS else frames.encode_frame(frames.OP_CLOSE, b"")
+            )
         else:
             self._queue.append(frames.encode_close(code, reason))
         if self._writer is None:
@@ -124,8 +124,7 @@ class WebSocket:
             pass
 
     def _evict_slow_consumer(self) -> None:
-        if self._on_slow_consumer is not None:
-            self._on_slow_consumer(self)
+        SLOW_CONSUMERS.inc()
         self.close(CloseCode.POLICY_VIOLATION, "slow consumer", drop_queue=True)
 
     # ---- the writer greenlet --------------------------------------------------------
@@ -133,13 +132,16 @@ class WebSocket:
     def _write_loop(self) -> None:
         try:
             while self._queue:
-                if len(self._queue) == 1:
+                count = len(self._queue)
+                if count == 1:
                     data = self._queue.popleft()
                 else:
                     # everything queued in one write: one syscall for a burst
                     data = b"".join(self._queue)
                     self._queue.clear()
                 self.sock.sendall(data)
+                Traffic.messages_out += count
+                Traffic.bytes_out += len(data)
         except OSError:
             self.abort()
         finally:
@@ -159,16 +161,16 @@ class WebSocket:
                 if isinstance(event, frames.Message):
                     if self._closing:
                         continue  # after our close frame, data is read and dropped
-                    self.messages_in += 1
+                    Traffic.messages_in += 1
                     return event.data
                 if isinstance(event, frames.Ping):
                     if not self._closing:
                         self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
                 elif isinstance(event, frames.Pong):
-                    self.last_pong_at = time.monotonic()
                     self.ping_sent_at = None
                 elif isinstance(event, frames.Close):
                     self._peer_closed = True
+                    self._handshake_done = True
                     self._events.clear()
                     self.close(event.code, event.reason)  # a no-op if we closed first
                     return None
@@ -184,7 +186,7 @@ class WebSocket:
                 if self.close_code is None:
                     self.close_code = CloseCode.ABNORMAL
                 return None
-            self.bytes_in += len(data)
+            Traffic.bytes_in += len(data)
             try:
                 self._events.extend(self._reader.feed(data))
             except frames.ProtocolError as exc:
@@ -195,20 +197,22 @@ class WebSocket:
     def shutdown_socket(self) -> None:
         """Called once by the route when the session is over: release the socket.
 
-        Our close frame goes out first; then we half-close and read to the peer's EOF,
-        so that unread bytes do not turn our close frame into a TCP reset.
+        Our close frame goes out first. After a complete closing handshake the server
+        closes TCP at once (RFC 6455 §7.1.1); otherwise the peer may still be sending, so
+        we half-close and read to its EOF, lest unread bytes turn our close into a reset.
         """
         self._closing = True
         writer = self._writer
         if writer is not None:
             writer.join(timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(CLOSE_HANDSHAKE_TIMEOUT_S, False):
-                while self.sock.recv(RECV_BYTES):
-                    pass
-        except OSError:
-            pass
+        if not self._handshake_done:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                with gevent.Timeout(CLOSE_HANDSHAKE_TIMEOUT_S, False):
+                    while self.sock.recv(RECV_BYTES):
+                        pass
+            except OSError:
+                pass
         try:
             self.sock.close()
         except OSError:

@@ -60,8 +60,14 @@ class CloseCode:
 class WsappError(Exception):
     """Base of the errors that become an HTTP answer."""
 
-    def __init__(self, code: str, message: str | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         default_status, default_message = HTTP_ERRORS[code]
         self.code = code
         self.status = status or default_status

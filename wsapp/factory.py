@@ -10,7 +10,7 @@ from flask import Flask, Response, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from . import api, demo, ws_routes
+from . import api, demo, heartbeat, metrics, ws_routes
 from .backplane import Backplane, InProcessBackplane
 from .errors import HTTP_ERRORS, ApiError, HandshakeRejected, WsappError, http_error_response
 from .hub import Hub
@@ -25,15 +25,22 @@ log = logging.getLogger("wsapp")
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: settings, service objects, routes, hooks. `None` reads the environment."""
     settings = Settings.from_env() if settings is None else settings
-    app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static",
-                instance_path=settings.instance_path or str(ROOT / "instance"))
+    app = Flask(
+        __name__,
+        static_folder=str(ROOT / "static"),
+        static_url_path="/static",
+        instance_path=settings.instance_path or str(ROOT / "instance"),
+    )
     _configure_logging(settings)
     if settings.demo_mode:
         secret = demo.load_or_create_secret(app.instance_path)
         settings = settings.replace(jwt_secret=secret, generated_secret=True)
-        log.warning("DEMO MODE: WSAPP_JWT_SECRET is not set, so tokens are signed with a generated "
-                    "secret kept in %s and anyone may mint one at POST /api/demo/token. "
-                    "Set WSAPP_JWT_SECRET for production.", os.path.join(app.instance_path, demo.SECRET_FILE))
+        log.warning(
+            "DEMO MODE: WSAPP_JWT_SECRET is not set, so tokens are signed with a generated "
+            "secret kept in %s and anyone may mint one at POST /api/demo/token. "
+            "Set WSAPP_JWT_SECRET for production.",
+            os.path.join(app.instance_path, demo.SECRET_FILE),
+        )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -42,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     service = Service(settings, registry, backplane, Hub(registry, backplane))
     app.extensions["wsapp"] = service
 
+    heartbeat.start(registry, settings)
     _register_error_handlers(app)
     ws_routes.init_app(app, service)
     api.init_app(app, service)
@@ -81,16 +89,20 @@ _HTTP_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_all
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(WsappError)
     def wsapp_error(err: WsappError) -> Response:
+        if isinstance(err, HandshakeRejected):
+            metrics.HANDSHAKES_REFUSED.labels(err.code).inc()
         return http_error_response(err)
 
     @app.errorhandler(WebsocketMismatch)
     def websocket_only(_err: WebsocketMismatch) -> Response:
-        return http_error_response(HandshakeRejected("not_websocket"))
+        return wsapp_error(HandshakeRejected("not_websocket"))
 
     @app.errorhandler(HTTPException)
     def http_exception(err: HTTPException) -> Response:
         if err.code == 405 and request.path in app.extensions["wsapp.sock"].paths:
-            return http_error_response(HandshakeRejected("not_websocket", f"a WebSocket handshake is a GET, not {request.method}"))
+            return wsapp_error(
+                HandshakeRejected("not_websocket", f"a WebSocket handshake is a GET, not {request.method}")
+            )
         code = _HTTP_STATUS_CODES.get(err.code or 500, "internal_error")
         status = err.code or 500
         message = HTTP_ERRORS[code][1] if code != "bad_request" else (err.description or HTTP_ERRORS[code][1])

@@ -156,8 +156,8 @@ class FrameReader:
             end = pos + head + 4 + length
             if n < end:
                 break
-            mask = bytes(buf[pos + head:pos + head + 4])
-            payload = unmask(bytes(buf[pos + head + 4:end]), mask)
+            mask = bytes(buf[pos + head : pos + head + 4])
+            payload = unmask(bytes(buf[pos + head + 4 : end]), mask)
             pos = end
             event = self._on_frame(opcode, bool(fin), bool(rsv1), payload)
             if event is not None:

@@ -12,10 +12,13 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from . import auth, origin
 from .errors import HandshakeRejected
 from .settings import Settings
+
+Headers = Mapping[str, str] | Any  # a dict, or Werkzeug's case-insensitive EnvironHeaders
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -45,7 +48,9 @@ def check_websocket_request(method: str, headers: Mapping[str, str]) -> str:
         )
     if headers.get("Sec-WebSocket-Version", "").strip() != "13":
         raise HandshakeRejected(
-            "not_websocket", "only WebSocket version 13 is supported", status=426,
+            "not_websocket",
+            "only WebSocket version 13 is supported",
+            status=426,
             headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
         )
     key = headers.get("Sec-WebSocket-Key", "").strip()
@@ -69,8 +74,12 @@ def negotiate_deflate(header: str | None) -> str | None:
         if name.lower() != "permessage-deflate":
             continue
         names = {p.split("=", 1)[0].strip().lower(): p for p in params if p}
-        known = {"server_no_context_takeover", "client_no_context_takeover",
-                 "server_max_window_bits", "client_max_window_bits"}
+        known = {
+            "server_no_context_takeover",
+            "client_no_context_takeover",
+            "server_max_window_bits",
+            "client_max_window_bits",
+        }
         if set(names) - known:
             continue
         if "server_max_window_bits" in names:
@@ -81,8 +90,9 @@ def negotiate_deflate(header: str | None) -> str | None:
     return None
 
 
-def check_handshake(*, method: str, headers: Mapping[str, str], query: Mapping[str, str],
-                    cookies: Mapping[str, str], settings: Settings) -> Accepted:
+def check_handshake(
+    *, method: str, headers: Headers, query: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
+) -> Accepted:
     """Every check that needs only the request: shape, Origin, token.
 
     Capacity (per client, per worker, draining) is the registry's to decide, since it

@@ -29,7 +29,10 @@ class SettingsError(Exception):
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
         if value < lo or (hi is not None and value > hi):
             span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ValueError(f"must be {span}")
@@ -40,7 +43,10 @@ def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
 
 def _float(lo: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
         if not value >= lo:  # also refuses NaN
             raise ValueError(f"must be a number of at least {lo}")
         return value
@@ -109,58 +115,148 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("WSAPP_HOST", "host", "127.0.0.1", _str, "Address gunicorn binds to."),
     Option("WSAPP_PORT", "port", "8000", _int(0, 65535), "Port gunicorn binds to."),
-    Option("WSAPP_WORKERS", "workers", "", _str,
-           "gunicorn workers. Empty: 1 without Redis, one per core with Redis. "
-           "More than 1 needs `WSAPP_REDIS_URL`."),
-    Option("WSAPP_WORKER_CONNECTIONS", "worker_connections", "20000", _int(1),
-           "gunicorn `worker_connections`: greenlets (open sockets) per worker; "
-           "keep it above `WSAPP_MAX_CONNECTIONS`."),
-    Option("WSAPP_JWT_SECRET", "jwt_secret", "", _str,
-           "HS256 secret. Unset (and no public key): demo mode with a generated secret."),
-    Option("WSAPP_JWT_PUBLIC_KEY", "jwt_public_key", "", _public_key,
-           "PEM public key (or a path to one) for RS256/ES256 tokens; replaces the secret."),
-    Option("WSAPP_JWT_ALGORITHMS", "jwt_algorithms", "", _str,
-           "Accepted algorithms, comma list. Empty: `HS256`, or `RS256,ES256` with a public key."),
+    Option(
+        "WSAPP_WORKERS",
+        "workers",
+        "",
+        _str,
+        "gunicorn workers. Empty: 1 without Redis, one per core with Redis. More than 1 needs `WSAPP_REDIS_URL`.",
+    ),
+    Option(
+        "WSAPP_WORKER_CONNECTIONS",
+        "worker_connections",
+        "20000",
+        _int(1),
+        "gunicorn `worker_connections`: greenlets (open sockets) per worker; keep it above `WSAPP_MAX_CONNECTIONS`.",
+    ),
+    Option(
+        "WSAPP_JWT_SECRET",
+        "jwt_secret",
+        "",
+        _str,
+        "HS256 secret. Unset (and no public key): demo mode with a generated secret.",
+    ),
+    Option(
+        "WSAPP_JWT_PUBLIC_KEY",
+        "jwt_public_key",
+        "",
+        _public_key,
+        "PEM public key (or a path to one) for RS256/ES256 tokens; replaces the secret.",
+    ),
+    Option(
+        "WSAPP_JWT_ALGORITHMS",
+        "jwt_algorithms",
+        "",
+        _str,
+        "Accepted algorithms, comma list. Empty: `HS256`, or `RS256,ES256` with a public key.",
+    ),
     Option("WSAPP_JWT_ISSUER", "jwt_issuer", "", _str, "Required `iss` claim, when set."),
     Option("WSAPP_JWT_AUDIENCE", "jwt_audience", "", _str, "Required `aud` claim, when set."),
-    Option("WSAPP_JWT_CLIENT_ID_CLAIM", "jwt_client_id_claim", "sub", _str,
-           "Claim that holds the client id (`ID` for gin-vue-admin tokens)."),
-    Option("WSAPP_JWT_LEEWAY", "jwt_leeway_s", "10", _float(0),
-           "Seconds of clock skew allowed on `exp`/`nbf`/`iat`."),
-    Option("WSAPP_ALLOWED_ORIGINS", "allowed_origins", "", _origins,
-           "Comma list of exact origins, or `*`. Empty: no Origin, or Origin equal to Host."),
-    Option("WSAPP_MAX_CONNECTIONS", "max_connections", "10000", _int(1),
-           "WebSocket connections one worker holds before answering 503 `server_busy`."),
-    Option("WSAPP_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", "10", _int(1),
-           "Connections one client id may hold (per worker) before 429."),
-    Option("WSAPP_MAX_MESSAGE_BYTES", "max_message_bytes", "65536", _int(125, 64 * 1024 * 1024),
-           "Largest message (after decompression) and HTTP API body; over it: close 1009 / 413."),
-    Option("WSAPP_RATE_LIMIT", "rate_limit", "50", _float(0),
-           "Messages per second a connection may send; `0` turns the limit off."),
-    Option("WSAPP_RATE_BURST", "rate_burst", "", _str,
-           "Burst allowed above the rate, in messages. Empty: twice the rate."),
-    Option("WSAPP_SEND_QUEUE", "send_queue", "256", _int(1),
-           "Messages queued for one connection before it is closed 1008 as a slow consumer."),
-    Option("WSAPP_PING_INTERVAL", "ping_interval_s", "25", _float(0.05),
-           "Seconds between server pings."),
-    Option("WSAPP_PING_TIMEOUT", "ping_timeout_s", "20", _float(0.05),
-           "Seconds to wait for a pong before closing the connection."),
-    Option("WSAPP_SHUTDOWN_TIMEOUT", "shutdown_timeout_s", "10", _float(0.1),
-           "Seconds a worker takes at most to close its clients and exit on SIGTERM."),
-    Option("WSAPP_COMPRESSION", "compression", "0", _bool,
-           "Negotiate permessage-deflate when a client offers it."),
-    Option("WSAPP_DEMO_TOKENS", "demo_tokens", "0", _bool,
-           "Serve `POST /api/demo/token` even with a real secret (never in production)."),
-    Option("WSAPP_REDIS_URL", "redis_url", "", _str,
-           "Redis backplane, e.g. `redis://127.0.0.1:6379/0`. Empty: in-process registry."),
-    Option("WSAPP_METRICS_ALLOW", "metrics_allow", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
-           _networks, "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody)."),
-    Option("WSAPP_TRUSTED_PROXIES", "trusted_proxies", "127.0.0.1/32,::1/128", _networks,
-           "Proxies whose `X-Forwarded-For`/`-Proto` are believed."),
-    Option("WSAPP_INSTANCE_PATH", "instance_path", "", _str,
-           "Folder for the demo-mode secret. Empty: Flask's instance folder."),
-    Option("WSAPP_LOG_LEVEL", "log_level", "INFO", lambda raw: raw.strip().upper(),
-           "Log level of the `wsapp` logger."),
+    Option(
+        "WSAPP_JWT_CLIENT_ID_CLAIM",
+        "jwt_client_id_claim",
+        "sub",
+        _str,
+        "Claim that holds the client id (`ID` for gin-vue-admin tokens).",
+    ),
+    Option("WSAPP_JWT_LEEWAY", "jwt_leeway_s", "10", _float(0), "Seconds of clock skew allowed on `exp`/`nbf`/`iat`."),
+    Option(
+        "WSAPP_ALLOWED_ORIGINS",
+        "allowed_origins",
+        "",
+        _origins,
+        "Comma list of exact origins, or `*`. Empty: no Origin, or Origin equal to Host.",
+    ),
+    Option(
+        "WSAPP_MAX_CONNECTIONS",
+        "max_connections",
+        "10000",
+        _int(1),
+        "WebSocket connections one worker holds before answering 503 `server_busy`.",
+    ),
+    Option(
+        "WSAPP_MAX_CONNECTIONS_PER_CLIENT",
+        "max_connections_per_client",
+        "10",
+        _int(1),
+        "Connections one client id may hold (per worker) before 429.",
+    ),
+    Option(
+        "WSAPP_MAX_MESSAGE_BYTES",
+        "max_message_bytes",
+        "65536",
+        _int(125, 64 * 1024 * 1024),
+        "Largest message (after decompression) and HTTP API body; over it: close 1009 / 413.",
+    ),
+    Option(
+        "WSAPP_RATE_LIMIT",
+        "rate_limit",
+        "50",
+        _float(0),
+        "Messages per second a connection may send; `0` turns the limit off.",
+    ),
+    Option(
+        "WSAPP_RATE_BURST", "rate_burst", "", _str, "Burst allowed above the rate, in messages. Empty: twice the rate."
+    ),
+    Option(
+        "WSAPP_SEND_QUEUE",
+        "send_queue",
+        "256",
+        _int(1),
+        "Messages queued for one connection before it is closed 1008 as a slow consumer.",
+    ),
+    Option("WSAPP_PING_INTERVAL", "ping_interval_s", "25", _float(0.05), "Seconds between server pings."),
+    Option(
+        "WSAPP_PING_TIMEOUT",
+        "ping_timeout_s",
+        "20",
+        _float(0.05),
+        "Seconds to wait for a pong before closing the connection.",
+    ),
+    Option(
+        "WSAPP_SHUTDOWN_TIMEOUT",
+        "shutdown_timeout_s",
+        "10",
+        _float(0.1),
+        "Seconds a worker takes at most to close its clients and exit on SIGTERM.",
+    ),
+    Option("WSAPP_COMPRESSION", "compression", "0", _bool, "Negotiate permessage-deflate when a client offers it."),
+    Option(
+        "WSAPP_DEMO_TOKENS",
+        "demo_tokens",
+        "0",
+        _bool,
+        "Serve `POST /api/demo/token` even with a real secret (never in production).",
+    ),
+    Option(
+        "WSAPP_REDIS_URL",
+        "redis_url",
+        "",
+        _str,
+        "Redis backplane, e.g. `redis://127.0.0.1:6379/0`. Empty: in-process registry.",
+    ),
+    Option(
+        "WSAPP_METRICS_ALLOW",
+        "metrics_allow",
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+        _networks,
+        "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody).",
+    ),
+    Option(
+        "WSAPP_TRUSTED_PROXIES",
+        "trusted_proxies",
+        "127.0.0.1/32,::1/128",
+        _networks,
+        "Proxies whose `X-Forwarded-For`/`-Proto` are believed.",
+    ),
+    Option(
+        "WSAPP_INSTANCE_PATH",
+        "instance_path",
+        "",
+        _str,
+        "Folder for the demo-mode secret. Empty: Flask's instance folder.",
+    ),
+    Option("WSAPP_LOG_LEVEL", "log_level", "INFO", lambda raw: raw.strip().upper(), "Log level of the `wsapp` logger."),
 )
 
 
@@ -213,8 +309,8 @@ class Settings:
                 values[opt.field] = opt.parse(raw)
             except (ValueError, OSError) as exc:
                 problems.append(f"{opt.env}={raw!r}: {exc}")
-        if not problems:
-            _derive(values, problems)
+                values[opt.field] = opt.parse(opt.default)  # so the checks below still run
+        _derive(values, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -241,9 +337,7 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
                 "WSAPP_JWT_PUBLIC_KEY (a public key must never serve as an HMAC secret)"
             )
         if not values["jwt_public_key"] and len(hmac) != len(values["jwt_algorithms"]):
-            problems.append(
-                f"WSAPP_JWT_ALGORITHMS={raw_algs!r}: RS/ES/PS algorithms need WSAPP_JWT_PUBLIC_KEY"
-            )
+            problems.append(f"WSAPP_JWT_ALGORITHMS={raw_algs!r}: RS/ES/PS algorithms need WSAPP_JWT_PUBLIC_KEY")
 
     raw_burst = values["rate_burst"]
     try:

@@ -46,7 +46,7 @@ def upgrade(accepted: Accepted) -> socket.socket:
     return sock
 
 
-class Sock(flask_sock.Sock):
+class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type hints
     def __init__(self, app: Any = None) -> None:
         self.endpoints: set[str] = set()  # the before-upgrade hook guards these
         self.paths: set[str] = set()

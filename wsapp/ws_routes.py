@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from flask import Flask, g, request
 
-from . import protocol, ratelimit
+from . import metrics, protocol, ratelimit
 from .connection import WebSocket
 from .errors import CloseCode, HandshakeRejected
 from .handshake import Accepted, check_handshake
@@ -42,8 +42,11 @@ def init_app(app: Flask, service: Service) -> None:
         if service.registry.draining:
             raise HandshakeRejected("shutting_down")
         accepted = check_handshake(
-            method=request.method, headers=request.headers, query=request.args,
-            cookies=request.cookies, settings=settings,
+            method=request.method,
+            headers=request.headers,
+            query=request.args,
+            cookies=request.cookies,
+            settings=settings,
         )
         service.registry.reserve(accepted.identity.client_id)
         g.wsapp_accepted = accepted
@@ -58,15 +61,33 @@ def init_app(app: Flask, service: Service) -> None:
     @contextmanager
     def _session(raw: socket.socket, accepted: Accepted, route: str) -> Iterator[Peer]:
         ident = accepted.identity
-        ws = WebSocket(raw, conn_id=secrets.token_urlsafe(9), max_message_bytes=settings.max_message_bytes,
-                       send_queue=settings.send_queue, compression=accepted.extensions is not None)
-        peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at,
-                    client_address(request.remote_addr or "", request.headers.get("X-Forwarded-For"),
-                                   settings.trusted_proxies), route)
+        ws = WebSocket(
+            raw,
+            conn_id=secrets.token_urlsafe(9),
+            max_message_bytes=settings.max_message_bytes,
+            send_queue=settings.send_queue,
+            compression=accepted.extensions is not None,
+        )
+        peer = Peer(
+            ws,
+            ident.client_id,
+            ident.is_admin,
+            ident.expires_at,
+            client_address(request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies),
+            route,
+        )
         g.wsapp_reserved = None  # the session owns the slot now and releases it below
         hub.connect(peer)
-        log.info("connect client=%s conn=%s route=%s addr=%s token_from=%s",
-                 peer.client_id, peer.conn_id, route, peer.remote_addr, accepted.token_source)
+        metrics.CONNECTIONS_OPENED.labels(route).inc()
+        metrics.CONNECTIONS_OPEN.labels(route).inc()
+        log.info(
+            "connect client=%s conn=%s route=%s addr=%s token_from=%s",
+            peer.client_id,
+            peer.conn_id,
+            route,
+            peer.remote_addr,
+            accepted.token_source,
+        )
         try:
             yield peer
         except Exception:
@@ -75,11 +96,20 @@ def init_app(app: Flask, service: Service) -> None:
         finally:
             ws.close()
             hub.disconnect(peer)
-            service.registry.release(peer.client_id)
             ws.shutdown_socket()
-            log.info("disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
-                     peer.client_id, peer.conn_id, route, peer.remote_addr,
-                     time.monotonic() - ws.opened_at, ws.close_code, ws.close_reason)
+            service.registry.release(peer.client_id)
+            metrics.CONNECTIONS_OPEN.labels(route).dec()
+            metrics.CONNECTIONS_CLOSED.labels(route, str(ws.close_code)).inc()
+            log.info(
+                "disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
+                peer.client_id,
+                peer.conn_id,
+                route,
+                peer.remote_addr,
+                time.monotonic() - ws.opened_at,
+                ws.close_code,
+                ws.close_reason,
+            )
 
     @sock.route("/ws/echo")
     def echo(raw: socket.socket, accepted: Accepted) -> None:
@@ -133,13 +163,15 @@ def _handle_chat_frame(service: Service, peer: Peer, text: str) -> None:
     elif cmd.type == "direct":
         delivered = hub.send(peer.client_id, cmd.to, cmd.data)
         if delivered == 0:
-            ws.send_frame(protocol.text_frame(protocol.error(
-                "not_connected", f"client {cmd.to!r} is not connected", cmd.id)))
+            ws.send_frame(
+                protocol.text_frame(protocol.error("not_connected", f"client {cmd.to!r} is not connected", cmd.id))
+            )
             return
     elif cmd.type == "room":
         if cmd.room not in peer.rooms:
-            ws.send_frame(protocol.text_frame(protocol.error(
-                "not_in_room", f"join {cmd.room!r} before sending to it", cmd.id)))
+            ws.send_frame(
+                protocol.text_frame(protocol.error("not_in_room", f"join {cmd.room!r} before sending to it", cmd.id))
+            )
             return
         delivered = hub.send_to_room(peer.client_id, cmd.room, cmd.data)
     elif cmd.type == "join":

@@ -1,0 +1,65 @@
+"""Send and broadcast to wsapp clients from any Python process, through Redis.
+
+A cron job, a queue worker or a shell needs no gunicorn and no WebSocket: it publishes
+on the same Redis bus, in the same wire format, as the web workers do (the code is
+`wsapp.redis_backplane.Bus`), and gets the same cluster-wide `delivered` counts::
+
+    from wsapp.emitter import Emitter
+
+    with Emitter("redis://127.0.0.1:6379/0") as emitter:
+        emitter.broadcast({"text": "deploy at 18:00"})             # every chat connection
+        emitter.broadcast({"text": "standup"}, room="team-a")       # one room
+        if emitter.send("alice", {"text": "your report is ready"}) == 0:
+            ...                                                     # alice is not connected
+
+Clients receive the same frames as from the HTTP API, with `"from"` set to `sender`
+("server" unless given). Each call is one Redis round trip; if Redis is unreachable it
+raises `redis.RedisError` (or `OSError`), and nothing is queued for later: pub/sub
+delivers at most once, to the clients connected at that moment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from types import TracebackType
+from typing import Any
+
+from . import protocol
+from .redis_backplane import Bus, connect
+from .registry import Target
+
+
+class Emitter:
+    """A publisher for one Redis URL (the `WSAPP_REDIS_URL` of the service). Thread-safe."""
+
+    def __init__(self, redis_url: str, *, sender: str = "server", timeout_s: float = 5.0) -> None:
+        # not a node: it holds no connections and is never in the live set, so every
+        # node's connections count towards `delivered`
+        self._bus = Bus(connect(redis_url, timeout_s, name="wsapp-emitter"), f"emitter-{secrets.token_hex(4)}")
+        self.sender = sender
+
+    def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None) -> int:
+        """Send `data` to every chat connection, or to the members of `room`. Returns connections reached."""
+        sender = sender or self.sender
+        if room is None:
+            return self._bus.publish(Target("all"), protocol.text_frame(protocol.broadcast(sender, data)))
+        frame = protocol.text_frame(protocol.room_message(room, sender, data))
+        return self._bus.publish(Target("room", room), frame)
+
+    def send(self, to: str, data: Any, *, sender: str | None = None) -> int:
+        """Send `data` to every connection of client id `to`. Returns connections reached; 0: not connected."""
+        frame = protocol.text_frame(protocol.direct(sender or self.sender, to, data))
+        return self._bus.publish(Target("client", to), frame)
+
+    def clients(self) -> dict[str, int]:
+        """Connected chat client ids and their connection counts, cluster-wide."""
+        return self._bus.clients()
+
+    def close(self) -> None:
+        self._bus.client.close()
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
