@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import ROOT, Server, http, make_token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -270,6 +271,9 @@ def test_refused_handshake_shows_the_reason_and_does_not_retry(
     page.wait_for_timeout(1500)  # longer than the first backoff step: nothing must happen
     expect(state).to_have_attribute("data-state", "refused")
     assert sockets == [demo_server.ws_url + "/ws/chat"]
+    if token_kind == "bad_signature":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#conn-panel").screenshot(path=str(SCREENSHOTS / "refused.png"))
 
 
 def test_valid_token_refused_for_another_reason_is_retried_with_backoff(
@@ -314,6 +318,7 @@ def test_phone_width_and_keyboard_only(demo_server: Server, new_page: Callable[.
     assert focus_order.index("token") < focus_order.index("token-offer")  # reading order
     page.keyboard.press("Enter")
     expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    expect(page.locator("#chat-disconnect")).to_be_focused()  # focus is not lost to <body>
     page.focus("#room-name")
     page.keyboard.press("Enter")
     expect(members(page, "lobby")).to_have_text(["gina (you)"])
@@ -330,7 +335,7 @@ def test_phone_width_and_keyboard_only(demo_server: Server, new_page: Callable[.
     page.screenshot(path=str(SCREENSHOTS / "chat-phone.png"))
 
 
-def test_server_going_away_is_retried_with_backoff(
+def test_server_going_away_is_shown_and_retried_with_backoff(
     start_server: Callable[..., Server], new_page: Callable[..., Page]
 ) -> None:
     srv = start_server(WSAPP_DEMO_TOKENS="1", WSAPP_RATE_LIMIT="0", WSAPP_SHUTDOWN_TIMEOUT="2")
@@ -339,11 +344,27 @@ def test_server_going_away_is_retried_with_backoff(
     get_demo_token(page, "hank")
     connect_chat(page, "hank")
     srv.stop()
-    # the close is shown (1001 from a draining server; 1006 if the socket just drops) ...
-    close = page.get_by_test_id("chat-close")
-    expect(close).to_have_attribute("data-code", re.compile(r"^(1001|1006)$"))
-    expect(page.get_by_test_id("chat-summary")).to_contain_text("last close 10")
+    # the server says goodbye with 1001 (its draining close); the page shows code and reason
+    expect(messages(page, "system").filter(has_text="closed")).to_have_text(re.compile("1001 server shutting down"))
+    expect(page.get_by_test_id("chat-close")).to_have_attribute("data-code", re.compile(r"^100[16]$"))
+    expect(page.get_by_test_id("chat-summary")).to_contain_text(re.compile(r"last close 100[16]"))
     # ... and the page keeps trying, with a growing delay, telling why it cannot get in
     expect(page.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "unreachable")
     expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "retrying")
     expect(page.get_by_test_id("chat-retry")).to_contain_text("attempt 2")
+
+
+def test_token_expiring_while_connected_closes_4401_without_retry(
+    demo_server: Server, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    open_page(page, demo_server)
+    page.fill("#token", make_token("ivy", ttl=2))
+    connect_chat(page, "ivy")
+    expect(page.get_by_test_id("chat-close")).to_have_attribute("data-code", "4401")
+    expect(page.get_by_test_id("chat-reason")).to_have_text("token expired")
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "closed")
+    expect(page.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "token_expired")
+    page.wait_for_timeout(1500)  # longer than the first backoff step: no reconnect with a dead token
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "closed")
+    expect(page.get_by_test_id("chat-retry")).to_have_text("—")
