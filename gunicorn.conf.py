@@ -27,7 +27,9 @@ worker_connections = _settings.worker_connections
 # little longer before it kills the worker
 graceful_timeout = int(_settings.shutdown_timeout_s) + 2
 timeout = 30
-keepalive = 5
+# an idle keep-alive connection holds a stopping worker this long: keep it inside the
+# shutdown budget (5 s at the default 10 s; nginx's upstream keepalive_timeout is 4 s)
+keepalive = max(1, min(5, int(_settings.shutdown_timeout_s) - 3))
 # never %(r)s or %(q)s: the request line carries ?token= when a client uses it
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'

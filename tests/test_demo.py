@@ -56,8 +56,14 @@ def test_no_demo_route_with_a_real_secret_unless_asked(start_server) -> None:  #
 def test_token_command_mints_a_token_the_server_accepts(start_server) -> None:  # type: ignore[no-untyped-def]
     srv = start_server()
     env = {**os.environ, **srv.env, "WSAPP_JWT_SECRET": SECRET}
-    out = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "token", "cli-user", "--admin", "--ttl", "60"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "token", "cli-user", "--admin", "--ttl", "60"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     token = out.stdout.strip()
     assert http(srv.url, "GET", "/api/clients", token=token).status == 200
     ws = ws_connect(srv, "/ws/chat", token)

@@ -30,6 +30,7 @@ class Accepted:
     subprotocol: str | None  # selected back in Sec-WebSocket-Protocol
     extensions: str | None  # Sec-WebSocket-Extensions of the response
     token_source: str
+    remote_addr: str = ""  # the client's address, X-Forwarded-For believed from trusted proxies
 
 
 def accept_key(key: str) -> str:

@@ -32,7 +32,8 @@ class Hub:
         left_rooms = self.registry.remove(peer)
         self.backplane.disconnected(peer)
         for room in left_rooms:
-            self._announce_leave(peer, room)
+            if self.backplane.left(peer, room):
+                self._announce_leave(peer, room)
 
     # ---- messages -------------------------------------------------------------------
 
@@ -50,20 +51,26 @@ class Hub:
     # ---- rooms ------------------------------------------------------------------------
 
     def join(self, peer: Peer, room: str) -> list[str]:
-        """Add the peer to `room`; return the room's members (the peer's client id included)."""
-        if self.registry.join(peer, room) and self.backplane.joined(peer, room):
+        """Add the peer to `room`; return the room's members (the peer's client id included).
+
+        The backplane hears of every connection's join (its counts are per connection);
+        the room hears `presence` only when the client id is new in it everywhere."""
+        entered_here = self.registry.join(peer, room)
+        if self.backplane.joined(peer, room) and entered_here:
             frame = protocol.text_frame(protocol.presence(room, "join", peer.client_id))
             self.backplane.publish(Target("room", room, exclude_client=peer.client_id), frame)
         return self.backplane.room_members(room)
 
     def leave(self, peer: Peer, room: str) -> None:
-        if self.registry.leave(peer, room):
+        if room not in peer.rooms:
+            return
+        last_here = self.registry.leave(peer, room)
+        if self.backplane.left(peer, room) and last_here:
             self._announce_leave(peer, room)
 
     def _announce_leave(self, peer: Peer, room: str) -> None:
-        if self.backplane.left(peer, room):
-            frame = protocol.text_frame(protocol.presence(room, "leave", peer.client_id))
-            self.backplane.publish(Target("room", room, exclude_client=peer.client_id), frame)
+        frame = protocol.text_frame(protocol.presence(room, "leave", peer.client_id))
+        self.backplane.publish(Target("room", room, exclude_client=peer.client_id), frame)
 
     def clients(self) -> dict[str, int]:
         return self.backplane.clients()

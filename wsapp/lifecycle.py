@@ -1,10 +1,13 @@
 """Graceful shutdown of a worker: refuse new handshakes, close every client 1001, exit in time.
 
-gunicorn's gevent worker handles SIGTERM by stopping its accept loop and waiting for
-its greenlets; `install(worker)` (called from gunicorn.conf.py's `post_worker_init`)
-adds our part in front: `drain()` marks the registry draining (handshakes get 503
-`shutting_down`, /readyz 503), sends every client close 1001, and cuts whoever has not
-finished the close handshake before `WSAPP_SHUTDOWN_TIMEOUT` is up.
+gunicorn's gevent worker handles SIGTERM by closing its listener and waiting for the
+HTTP requests in flight (WebSocket sessions are greenlets of our own, which it does
+not know of). `install(worker)` (called from gunicorn.conf.py's `post_worker_init`)
+puts our drain first: the registry is marked draining, so handshakes still reaching
+the listener get 503 `shutting_down` and /readyz 503; every client gets close 1001;
+whoever has not finished the close handshake in time is cut; only then is the worker
+told to stop, leaving it gunicorn's keep-alive time to finish HTTP requests, so that
+the whole exit fits in `WSAPP_SHUTDOWN_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from .service import Service
 log = logging.getLogger("wsapp")
 
 
-def drain(service: Service) -> None:
+def drain(service: Service, budget_s: float) -> None:
+    """Close every connection 1001 and wait up to `budget_s` for them to finish."""
     registry = service.registry
     if registry.draining:
         return
     registry.draining = True
-    deadline = time.monotonic() + max(0.1, service.settings.shutdown_timeout_s - 1.0)
+    deadline = time.monotonic() + budget_s
     peers = registry.peers()
     log.info("shutting down: closing %d connections (1001)", len(peers))
     for peer in peers:
@@ -40,12 +44,18 @@ def drain(service: Service) -> None:
 
 
 def install(worker: Any) -> None:
-    """Chain our drain onto the worker's SIGTERM handler."""
+    """Put our drain in front of the worker's SIGTERM handling."""
     service: Service = worker.wsgi.extensions["wsapp"]
-    original = worker.handle_exit
+    # leave room for gunicorn's 1 s loop tick and an idle keep-alive request to end
+    budget_s = max(0.5, service.settings.shutdown_timeout_s - worker.cfg.keepalive - 1.5)
+
+    def drain_then_stop() -> None:
+        try:
+            drain(service, budget_s)
+        finally:
+            worker.alive = False  # now gunicorn closes its listener and exits
 
     def on_sigterm(sig: int, frame: Any) -> None:
-        original(sig, frame)  # the worker stops accepting and waits for its greenlets
-        gevent.spawn(drain, service)
+        gevent.spawn(drain_then_stop)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -218,7 +218,8 @@ OPTIONS: tuple[Option, ...] = (
         "shutdown_timeout_s",
         "10",
         _float(0.1),
-        "Seconds a worker takes at most to close its clients and exit on SIGTERM.",
+        "Seconds a worker takes at most to close its clients and exit on SIGTERM "
+        "(gunicorn's keep-alive becomes min(5, this - 3)).",
     ),
     Option("WSAPP_COMPRESSION", "compression", "0", _bool, "Negotiate permessage-deflate when a client offers it."),
     Option(
@@ -234,6 +235,20 @@ OPTIONS: tuple[Option, ...] = (
         "",
         _str,
         "Redis backplane, e.g. `redis://127.0.0.1:6379/0`. Empty: in-process registry.",
+    ),
+    Option(
+        "WSAPP_REDIS_HEARTBEAT",
+        "redis_heartbeat_s",
+        "5",
+        _float(0.05),
+        "Seconds between a node's heartbeats in Redis (renews its presence, cleans up dead nodes).",
+    ),
+    Option(
+        "WSAPP_REDIS_PRESENCE_TTL",
+        "redis_presence_ttl_s",
+        "15",
+        _float(0.1),
+        "Seconds after its last heartbeat that a dead node stops counting; at least twice the heartbeat.",
     ),
     Option(
         "WSAPP_METRICS_ALLOW",
@@ -286,6 +301,8 @@ class Settings:
     compression: bool = False
     demo_tokens: bool = False
     redis_url: str = ""
+    redis_heartbeat_s: float = 5.0
+    redis_presence_ttl_s: float = 15.0
     metrics_allow: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     instance_path: str = ""
@@ -362,6 +379,8 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
                 "or use one worker."
             )
 
+    if values["redis_presence_ttl_s"] < 2 * values["redis_heartbeat_s"]:
+        problems.append("WSAPP_REDIS_PRESENCE_TTL: must be at least twice WSAPP_REDIS_HEARTBEAT")
     if values["ping_timeout_s"] > 0 and values["ping_interval_s"] <= 0:
         problems.append("WSAPP_PING_INTERVAL: must be above 0")
     if values["jwt_secret"] and len(values["jwt_secret"].encode()) < 32:

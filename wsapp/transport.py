@@ -17,6 +17,7 @@ from functools import wraps
 from typing import Any
 
 import flask_sock
+import gevent
 from flask import Response, current_app, g, request
 
 from .handshake import Accepted, switching_protocols
@@ -39,10 +40,18 @@ def raw_socket(environ: dict[str, Any]) -> socket.socket:
 
 
 def upgrade(accepted: Accepted) -> socket.socket:
-    """Write the 101 and hand back the socket, now speaking WebSocket."""
-    sock = raw_socket(request.environ)
-    sock.settimeout(None)
-    sock.sendall(switching_protocols(accepted))
+    """Write the 101 and hand back the socket, now speaking WebSocket.
+
+    The socket is a duplicate: the WSGI request ends right after the upgrade, and
+    gunicorn then closes its own copy and frees its greenlet, while the connection
+    lives on in a session greenlet of its own (see `Sock.route`)."""
+    sock = raw_socket(request.environ).dup()
+    try:
+        sock.settimeout(None)
+        sock.sendall(switching_protocols(accepted))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -55,6 +64,13 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
     def route(self, path: str, bp: Any = None, **kwargs: Any) -> Callable[..., Any]:
         """Register `f(sock, accepted, *args)` as a WebSocket route at `path`.
 
+        After the 101, `f` runs in a fresh greenlet and the WSGI request returns at
+        once. A connection then holds no gunicorn greenlet, no Flask request context
+        and only a shallow stack (what an idle connection costs is mostly that), and
+        gunicorn's `worker_connections` caps HTTP requests in flight, not WebSockets
+        (`WSAPP_MAX_CONNECTIONS` does that). `g.wsapp_upgraded` tells the request's
+        teardown that the session now owns what the handshake reserved.
+
         The rule is a `websocket=True` one, as in flask-sock: a request with no upgrade
         fails routing with `WebsocketMismatch` and another method with
         `MethodNotAllowed`; the app answers both on these paths with `not_websocket`."""
@@ -63,7 +79,9 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
             @wraps(f)
             def websocket_route(*args: Any, **kw: Any) -> Response:
                 accepted: Accepted = g.wsapp_accepted
-                f(upgrade(accepted), accepted, *args, **kw)
+                sock = upgrade(accepted)
+                g.wsapp_upgraded = True
+                gevent.spawn(f, sock, accepted, *args, **kw)
                 return _AfterUpgrade()
 
             kwargs["websocket"] = True

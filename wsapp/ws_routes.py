@@ -1,12 +1,15 @@
 """The WebSocket routes (/ws/echo, /ws/chat) and the before-upgrade hook that guards them.
 
-Each connection is one greenlet running `_session` around its route: it reads and
+The hook runs in the WSGI request; after the 101 each connection is one greenlet of
+its own running `_session` around its route (see `transport.Sock.route`): it reads and
 handles one message at a time (see `connection.WebSocket` for who writes). The
-session's `finally` is the one place a connection is cleaned up, whatever ended it.
+session's `finally` is the one place a connection is cleaned up, whatever ended it,
+and it releases the slot the hook reserved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import socket
@@ -49,13 +52,16 @@ def init_app(app: Flask, service: Service) -> None:
             settings=settings,
         )
         service.registry.reserve(accepted.identity.client_id)
-        g.wsapp_accepted = accepted
         g.wsapp_reserved = accepted.identity.client_id
+        remote = client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
+        )
+        g.wsapp_accepted = dataclasses.replace(accepted, remote_addr=remote)
 
     @app.teardown_request
     def release_unused_reservation(_exc: BaseException | None) -> None:
         client_id = g.pop("wsapp_reserved", None)
-        if client_id is not None:  # the upgrade never became a session
+        if client_id is not None and not g.get("wsapp_upgraded"):  # no session took it over
             service.registry.release(client_id)
 
     @contextmanager
@@ -68,15 +74,7 @@ def init_app(app: Flask, service: Service) -> None:
             send_queue=settings.send_queue,
             compression=accepted.extensions is not None,
         )
-        peer = Peer(
-            ws,
-            ident.client_id,
-            ident.is_admin,
-            ident.expires_at,
-            client_address(request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies),
-            route,
-        )
-        g.wsapp_reserved = None  # the session owns the slot now and releases it below
+        peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at, accepted.remote_addr, route)
         hub.connect(peer)
         metrics.CONNECTIONS_OPENED.labels(route).inc()
         metrics.CONNECTIONS_OPEN.labels(route).inc()

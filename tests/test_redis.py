@@ -1,0 +1,368 @@
+"""The Redis backplane: several gunicorn processes ("hosts") and workers act as one service.
+
+A real redis-server runs on a free port for the module; each test flushes it and starts
+its own gunicorn instances with a short heartbeat and presence TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import websocket
+
+from helpers import Server, chat_client, free_port, http, make_token, recv_json, recv_until
+from wsapp.emitter import Emitter
+
+HEARTBEAT_S, TTL_S = 0.5, 2.0
+ADMIN = make_token("admin", admin=True)
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisProcess:
+    """A redis-server on one port that a test may stop and start again (same port, empty data)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisProcess]:
+    """A real redis-server on a free port for this module; in CI it must exist."""
+    if not os.path.exists(REDIS_SERVER):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    srv = RedisProcess()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def node(redis_server: RedisProcess, start_server: Callable[..., Server]) -> Callable[..., Server]:
+    """Start a gunicorn instance on the shared Redis: `node()`, `node(WSAPP_WORKERS="2")`."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()  # a previous test stopped it
+    redis_server.client().flushall()
+
+    def start(**env: str) -> Server:
+        base = {
+            "WSAPP_REDIS_URL": redis_server.url, "WSAPP_WORKERS": "1", "WSAPP_RATE_LIMIT": "0",
+            "WSAPP_SHUTDOWN_TIMEOUT": "1", "WSAPP_REDIS_HEARTBEAT": str(HEARTBEAT_S),
+            "WSAPP_REDIS_PRESENCE_TTL": str(TTL_S),
+        }  # fmt: skip
+        return start_server(**{**base, **env})
+
+    return start
+
+
+@pytest.fixture
+def two_hosts(node: Callable[..., Server]) -> tuple[Server, Server]:
+    """Two gunicorn instances on different ports, one worker each: two "hosts"."""
+    return node(), node()
+
+
+def send(ws: websocket.WebSocket, **frame: Any) -> None:
+    ws.send(json.dumps(frame))
+
+
+def ack(ws: websocket.WebSocket, msg_id: Any) -> dict[str, Any]:
+    return recv_until(ws, lambda m: m["type"] in ("ack", "error") and m.get("id") == msg_id)
+
+
+def clients(srv: Server) -> dict[str, int]:
+    body = http(srv.url, "GET", "/api/clients", token=ADMIN).body
+    return {c["client_id"]: c["connections"] for c in body["clients"]}
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll `check` until it holds; return the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_broadcast_reaches_every_node_and_counts_cluster_wide(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    on_a, on_b = chat_client(a, "bc-a"), chat_client(b, "bc-b")
+    resp = http(a.url, "POST", "/api/broadcast", {"data": "hi"}, token=ADMIN)
+    assert (resp.status, resp.body) == (200, {"delivered": 2})
+    for ws in (on_a, on_b):
+        assert recv_json(ws) | {"ts": 0} == {"type": "broadcast", "from": "admin", "data": "hi", "ts": 0}
+    send(on_b, type="broadcast", data=2, id="b1")
+    assert ack(on_b, "b1") == {"type": "ack", "id": "b1", "delivered": 2}
+    assert recv_json(on_a)["data"] == 2
+
+
+def test_direct_reaches_both_connections_of_a_client_on_two_nodes(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    dora_a, dora_b, sam = chat_client(a, "dora"), chat_client(b, "dora"), chat_client(a, "sam")
+    send(sam, type="direct", to="dora", data="psst", id=1)
+    assert ack(sam, 1) == {"type": "ack", "id": 1, "delivered": 2}
+    for ws in (dora_a, dora_b):
+        msg = recv_json(ws)
+        assert (msg["type"], msg["from"], msg["to"], msg["data"]) == ("direct", "sam", "dora", "psst")
+    resp = http(b.url, "POST", "/api/send", {"to": "dora", "data": 2}, token=make_token("sam"))
+    assert (resp.status, resp.body) == (200, {"delivered": 2})
+    assert recv_json(dora_a)["data"] == recv_json(dora_b)["data"] == 2
+
+
+def test_http_send_on_one_node_reaches_a_client_on_the_other(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    bea, carl = chat_client(b, "bea"), chat_client(a, "carl")
+    resp = http(a.url, "POST", "/api/send", {"to": "bea", "data": {"n": 1}}, token=make_token("carl"))
+    assert (resp.status, resp.body) == (200, {"delivered": 1})
+    assert recv_json(bea)["data"] == {"n": 1}
+    resp = http(a.url, "POST", "/api/send", {"to": "nobody", "data": 1}, token=make_token("carl"))
+    assert resp.status == 404 and resp.body["error"] == "not_connected" and resp.body["delivered"] == 0
+    send(carl, type="direct", to="nobody", data=1, id="n")
+    assert ack(carl, "n")["code"] == "not_connected"
+
+
+def test_rooms_and_presence_span_nodes(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    rita, rob, olga = chat_client(a, "rita"), chat_client(b, "rob"), chat_client(b, "olga")
+    send(rita, type="join", room="ops")
+    assert recv_until(rita, lambda m: m["type"] == "joined")["members"] == ["rita"]
+    send(rob, type="join", room="ops")
+    assert recv_until(rob, lambda m: m["type"] == "joined")["members"] == ["rita", "rob"]
+    assert recv_json(rita) == {"type": "presence", "room": "ops", "event": "join", "client_id": "rob"}
+
+    send(rob, type="room", room="ops", data="deploy", id="r")
+    assert ack(rob, "r")["delivered"] == 2
+    msg = recv_json(rita)
+    assert (msg["type"], msg["room"], msg["from"], msg["data"]) == ("room", "ops", "rob", "deploy")
+    resp = http(b.url, "POST", "/api/broadcast", {"room": "ops", "data": 3}, token=ADMIN)
+    assert (resp.status, resp.body) == (200, {"delivered": 2})
+    assert recv_json(rita)["data"] == 3
+    assert recv_until(rob, lambda m: m["type"] == "room")["data"] == 3
+
+    rob.close()  # his last connection in the room, on node B: rita on node A hears it
+    assert recv_json(rita) == {"type": "presence", "room": "ops", "event": "leave", "client_id": "rob"}
+    send(olga, type="join", room="ops")
+    assert recv_until(olga, lambda m: m["type"] == "joined")["members"] == ["olga", "rita"]
+    olga.settimeout(0.3)
+    with pytest.raises(websocket.WebSocketTimeoutException):  # no message of a room she was not in
+        olga.recv()
+
+
+def test_room_counts_follow_every_connection_of_a_client(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    mo1, mo2 = chat_client(b, "mo"), chat_client(b, "mo")
+    for ws in (mo1, mo2):  # the second join is not news to the room: the heartbeat counts it
+        send(ws, type="join", room="r", id="j")
+        ack(ws, "j")
+
+    def delivered() -> int:
+        return int(http(a.url, "POST", "/api/broadcast", {"room": "r", "data": 0}, token=ADMIN).body["delivered"])
+
+    eventually(lambda: delivered() == 2, 3 * HEARTBEAT_S + 1, "both of mo's connections counted")
+    send(mo2, type="leave", room="r", id="l")
+    ack(mo2, "l")
+    eventually(lambda: delivered() == 1, 3 * HEARTBEAT_S + 1, "mo's remaining connection counted")
+    mo1.close()
+    eventually(lambda: delivered() == 0, 3, "nobody left in the room")
+
+
+def test_api_clients_lists_every_node(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    conns = [chat_client(a, "x1"), chat_client(b, "x1"), chat_client(b, "x2")]
+    for srv in (a, b):
+        body = http(srv.url, "GET", "/api/clients", token=ADMIN).body
+        assert body["clients"] == [{"client_id": "x1", "connections": 2}, {"client_id": "x2", "connections": 1}]
+        assert body["total"] == 2
+    conns.pop().close()
+    eventually(lambda: clients(a) == {"x1": 2}, 5, "x2 gone from node A's listing")
+
+
+def test_one_senders_messages_arrive_in_order_across_nodes(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    rx, tx = chat_client(b, "rx"), chat_client(a, "tx")
+    count = 200  # under the receiver's send queue (256), so nothing is dropped while we read
+    for i in range(count):
+        send(tx, type="direct", to="rx", data=i)
+    assert [recv_json(rx)["data"] for _ in range(count)] == list(range(count))
+
+
+def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_server: RedisProcess) -> None:
+    srv = node(WSAPP_WORKERS="2")
+    r = redis_server.client()
+    eventually(lambda: r.zcard("wsapp:nodes") == 2, 10, "both workers registered")
+    conns: dict[str, websocket.WebSocket] = {}
+
+    def spread() -> int:  # how many workers hold a connection
+        return sum(1 for n in r.zrange("wsapp:nodes", 0, -1) if r.hlen(b"wsapp:n:" + n + b":c"))
+
+    while len(conns) < 4 or (spread() < 2 and len(conns) < 40):  # until both workers hold someone
+        conns[f"w{len(conns)}"] = chat_client(srv, f"w{len(conns)}")
+    assert spread() == 2, "the kernel gave every connection to one worker"
+    assert clients(srv) == dict.fromkeys(conns, 1)
+    for cid, ws in conns.items():
+        resp = http(srv.url, "POST", "/api/send", {"to": cid, "data": cid}, token=make_token("ops"))
+        assert (resp.status, resp.body) == (200, {"delivered": 1})
+        assert recv_json(ws)["data"] == cid
+    resp = http(srv.url, "POST", "/api/broadcast", {"data": "all"}, token=ADMIN)
+    assert resp.body == {"delivered": len(conns)}
+    assert all(recv_json(ws)["data"] == "all" for ws in conns.values())
+
+
+def test_external_emitter_sends_and_broadcasts_without_gunicorn(
+    two_hosts: tuple[Server, Server], redis_server: RedisProcess
+) -> None:
+    a, b = two_hosts
+    em_a, em_b, other = chat_client(a, "em"), chat_client(b, "em"), chat_client(b, "other")
+    send(other, type="join", room="news", id="j")
+    ack(other, "j")
+    with Emitter(redis_server.url) as emitter:
+        assert emitter.send("em", {"k": 1}) == 2
+        for ws in (em_a, em_b):
+            msg = recv_json(ws)
+            assert (msg["type"], msg["from"], msg["to"], msg["data"]) == ("direct", "server", "em", {"k": 1})
+        assert emitter.broadcast("everyone", sender="cron") == 3
+        for ws in (em_a, em_b, other):
+            msg = recv_json(ws)
+            assert (msg["type"], msg["from"], msg["data"]) == ("broadcast", "cron", "everyone")
+        assert emitter.broadcast("headline", room="news") == 1
+        msg = recv_json(other)
+        assert (msg["type"], msg["room"], msg["data"]) == ("room", "news", "headline")
+        assert emitter.send("ghost", 1) == 0
+        assert emitter.clients() == {"em": 2, "other": 1}
+
+
+def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Server]) -> None:
+    a, b = two_hosts
+    watcher, ghost = chat_client(a, "watcher"), chat_client(b, "ghost")
+    for ws in (watcher, ghost):
+        send(ws, type="join", room="lobby", id="j")
+        ack(ws, "j")
+    assert recv_until(watcher, lambda m: m["type"] == "presence")["client_id"] == "ghost"
+    assert clients(a) == {"watcher": 1, "ghost": 1}
+
+    assert b.proc is not None
+    os.killpg(b.proc.pid, signal.SIGKILL)  # the whole instance: master and worker
+    b.proc.wait(5)
+
+    def ghost_gone() -> bool:
+        return http(a.url, "POST", "/api/send", {"to": "ghost", "data": 1}, token=ADMIN).status == 404
+
+    took = eventually(ghost_gone, TTL_S + 3, "the dead node's client answers not_connected")
+    assert took <= TTL_S + 0.5  # reads ignore a node once its TTL has passed
+    assert clients(a) == {"watcher": 1}
+    left = recv_until(watcher, lambda m: m["type"] == "presence", timeout=TTL_S + HEARTBEAT_S + 3)
+    assert left == {"type": "presence", "room": "lobby", "event": "leave", "client_id": "ghost"}
+
+
+def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server], redis_server: RedisProcess) -> None:
+    srv, observer = node(WSAPP_WORKERS="2"), node()
+    r = redis_server.client()
+    eventually(lambda: r.zcard("wsapp:nodes") == 3, 10, "three workers registered")
+    chat_client(srv, "wghost")
+    holder = next(n for n in r.zrange("wsapp:nodes", 0, -1) if r.hget(b"wsapp:n:" + n + b":c", "wghost"))
+    worker_pid = int(holder.decode().rsplit("-", 2)[1])  # node ids are host-pid-random
+    os.kill(worker_pid, signal.SIGKILL)
+
+    def ghost_gone() -> bool:
+        return http(observer.url, "POST", "/api/send", {"to": "wghost", "data": 1}, token=ADMIN).status == 404
+
+    assert eventually(ghost_gone, TTL_S + 3, "the dead worker's client answers not_connected") <= TTL_S + 0.5
+    assert "wghost" not in clients(observer)
+    eventually(lambda: http(srv.url, "GET", "/readyz").status == 200, 10, "gunicorn replaced the worker")
+
+
+def test_redis_outage_keeps_local_delivery_and_recovers(
+    two_hosts: tuple[Server, Server], redis_server: RedisProcess
+) -> None:
+    a, b = two_hosts
+    a1, a2, b1, sink = chat_client(a, "o-a1"), chat_client(a, "o-a2"), chat_client(b, "o-b1"), chat_client(a, "sink")
+    statuses: list[int] = []
+    received = [0]
+    stop = threading.Event()
+
+    def traffic() -> None:  # HTTP sends on node A to a client on node A, all through the outage
+        while not stop.is_set():
+            resp = http(a.url, "POST", "/api/send", {"to": "sink", "data": "t"}, token=ADMIN)
+            statuses.append(resp.status)
+            time.sleep(0.01)
+
+    def drain() -> None:
+        sink.settimeout(1)
+        while not stop.is_set() or received[0] < len(statuses):
+            try:
+                received[0] += recv_json(sink, 1)["data"] == "t"
+            except websocket.WebSocketTimeoutException:
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=traffic), threading.Thread(target=drain)]
+    for t in threads:
+        t.start()
+    try:
+        redis_server.stop()
+        for srv in (a, b):
+            eventually(lambda srv=srv: http(srv.url, "GET", "/readyz").status == 503, 5, "/readyz 503")
+        send(a1, type="direct", to="o-a2", data="local", id="l")
+        assert ack(a1, "l") == {"type": "ack", "id": "l", "delivered": 1}
+        assert recv_json(a2)["data"] == "local"
+        late = chat_client(a, "o-late")  # connecting during the outage works too
+        time.sleep(1)  # let the traffic run through a real outage
+        # what is lost: node B's clients are unknown to node A until Redis is back
+        assert http(a.url, "POST", "/api/send", {"to": "o-b1", "data": 0}, token=ADMIN).status == 404
+        assert set(clients(a)) == {"o-a1", "o-a2", "sink", "o-late"}
+
+        redis_server.start()  # the same port, no data: nodes must register their presence again
+        for srv in (a, b):
+            eventually(lambda srv=srv: http(srv.url, "GET", "/readyz").status == 200, 15, "/readyz 200 again")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert statuses and set(statuses) == {200}
+    assert received[0] == len(statuses)  # every local message during the outage arrived
+    assert clients(b) == {"o-a1": 1, "o-a2": 1, "o-b1": 1, "sink": 1, "o-late": 1}
+    resp = http(a.url, "POST", "/api/send", {"to": "o-b1", "data": "back"}, token=ADMIN)
+    assert (resp.status, resp.body) == (200, {"delivered": 1})
+    assert recv_json(b1)["data"] == "back"
+    for ws in (a1, a2, b1, late):  # no connection was dropped
+        send(ws, type="direct", to="o-b1", data="ping", id="p")
+        assert ack(ws, "p")["delivered"] == 1
+    assert a.proc is not None and b.proc is not None and a.proc.poll() is None and b.proc.poll() is None

@@ -1,0 +1,498 @@
+"""The Redis backplane: every worker on every host acts as one service.
+
+Who owns what:
+
+* Messages. `publish` delivers to this worker's peers at once (no round trip, and it
+  keeps working while Redis is away), then one Lua script counts the target's
+  connections on the *other* live nodes and, if there are any, PUBLISHes the frame on
+  the one channel `wsapp:bus:<db>`, tagged with this node's id. One channel means Redis
+  hands every subscriber the messages of one publisher in the order it sent them, so a
+  sender's messages to a receiver arrive in send order whichever nodes they sit on.
+  `delivered` is the local count plus the other nodes' registered connections.
+* Presence. Each node writes its own hashes (`wsapp:n:<node>:c` client -> connections,
+  `:r:<room>` client -> connections in the room, `:t` totals) and its liveness in the
+  sorted set `wsapp:nodes` (score: a deadline in Redis server time). Readers ignore
+  nodes past their deadline, so a node killed with -9 stops counting at most
+  `WSAPP_REDIS_PRESENCE_TTL` after its last heartbeat; the next live heartbeat deletes
+  its keys and announces `presence leave` for the room members that went with it.
+* One greenlet per worker (the supervisor) owns the pub/sub connection: it reads the
+  bus, beats the heart, and reconnects with backoff after an error, re-registering
+  this node's whole presence from the registry (a restarted Redis has lost it).
+
+Presence writes are absolute values computed from the registry, serialised by
+`self._lock`, and a mirror of what Redis holds makes each write a small diff.
+The wire format and the Lua scripts live in `Bus`, which `wsapp.emitter` shares.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import protocol
+from .backplane import Backplane
+from .registry import Peer, Registry, Target, deliver
+from .settings import Settings
+
+log = logging.getLogger("wsapp.redis")
+
+PREFIX = "wsapp:"  # every key and the channel; use another database (redis://host/1) to separate deployments
+WIRE_VERSION = "w1"
+REDIS_ERRORS = (redis.RedisError, OSError)
+COMMAND_TIMEOUT_S = 1.0  # a hung Redis stalls one caller this long, then the node serves local-only
+POOL_SIZE = 64  # connections per worker; callers wait (up to the command timeout) beyond it
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # reconnect delay, doubled after each failed attempt
+POLL_S = 0.5  # the supervisor looks at `healthy` and the clock at least this often
+
+
+def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp") -> redis.Redis:
+    """A client that fails fast: short timeouts and no retries (the callers decide)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), protocol=2, client_name=name,
+    )  # fmt: skip
+    return redis.Redis(connection_pool=pool)
+
+
+def encode_envelope(origin: str, target: Target, frame: bytes) -> bytes:
+    """What goes on the bus: a JSON header line (no raw newline in it), then the frame bytes."""
+    header = json.dumps([WIRE_VERSION, origin, target.kind, target.key, target.exclude_client])
+    return header.encode("ascii") + b"\n" + frame
+
+
+def decode_envelope(payload: bytes) -> tuple[str, Target, bytes]:
+    head, sep, frame = payload.partition(b"\n")
+    version, origin, kind, key, exclude = json.loads(head)
+    if not sep or version != WIRE_VERSION or kind not in ("all", "client", "room"):
+        raise ValueError(f"not a {WIRE_VERSION} envelope")
+    return str(origin), Target(kind, key, exclude), frame
+
+
+# Every script gets ARGV[1] = key prefix, ARGV[2] = the caller's node id. Keys are built
+# inside the scripts, so this needs one Redis primary (no Redis Cluster).
+_LUA_PRELUDE = """
+local P, me = ARGV[1], ARGV[2]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function key(node, suffix) return P .. 'n:' .. node .. ':' .. suffix end
+local function num(v) return tonumber(v) or 0 end
+local function live() return redis.call('ZRANGEBYSCORE', P .. 'nodes', now_ms(), '+inf') end
+local function others()
+  local out = {}
+  for _, node in ipairs(live()) do if node ~= me then out[#out + 1] = node end end
+  return out
+end
+"""
+# ARGV[3..7] = kind, key, exclude, envelope, channel: count the other nodes' connections, publish if any
+_PUBLISH = """
+local kind, k, excl, n = ARGV[3], ARGV[4], ARGV[5], 0
+for _, node in ipairs(others()) do
+  if kind == 'all' then n = n + num(redis.call('HGET', key(node, 't'), '*'))
+  elseif kind == 'client' then n = n + num(redis.call('HGET', key(node, 'c'), k))
+  else
+    n = n + num(redis.call('HGET', key(node, 't'), 'r:' .. k))
+    if excl ~= '' then n = n - num(redis.call('HGET', key(node, 'r:' .. k), excl)) end
+  end
+end
+if n > 0 then redis.call('PUBLISH', ARGV[7], ARGV[6]) end
+return n
+"""
+_CLIENTS = """
+local out = {}
+for _, node in ipairs(others()) do
+  for _, v in ipairs(redis.call('HGETALL', key(node, 'c'))) do out[#out + 1] = v end
+end
+return out
+"""
+_MEMBERS = """
+local out = {}
+for _, node in ipairs(others()) do
+  for _, v in ipairs(redis.call('HKEYS', key(node, 'r:' .. ARGV[3]))) do out[#out + 1] = v end
+end
+return out
+"""
+_IN_ROOM = """
+for _, node in ipairs(others()) do
+  if redis.call('HEXISTS', key(node, 'r:' .. ARGV[3]), ARGV[4]) == 1 then return 1 end
+end
+return 0
+"""
+# drop(node) deletes a node's presence and returns {room, client, ...} it held
+_DROP = """
+local function drop(node)
+  local held = {}
+  for _, f in ipairs(redis.call('HKEYS', key(node, 't'))) do
+    if string.sub(f, 1, 2) == 'r:' then
+      local room = string.sub(f, 3)
+      for _, cid in ipairs(redis.call('HKEYS', key(node, f))) do held[#held + 1] = {room, cid} end
+      redis.call('DEL', key(node, f))
+    end
+  end
+  redis.call('DEL', key(node, 't'), key(node, 'c'))
+  redis.call('ZREM', P .. 'nodes', node)
+  return held
+end
+"""
+# ARGV[3] = ttl ms (0: unregister): forget this node's presence, then (re)join the live set
+_REGISTER = """
+drop(me)
+if tonumber(ARGV[3]) > 0 then redis.call('ZADD', P .. 'nodes', now_ms() + tonumber(ARGV[3]), me) end
+return 1
+"""
+# ARGV[3] = ttl ms. Returns {1 if this node was still registered, room, client, ...} where the
+# pairs are room members that left the cluster with the dead nodes this call cleaned up.
+_HEARTBEAT = """
+local now = now_ms()
+local known = redis.call('ZSCORE', P .. 'nodes', me)
+if known then redis.call('ZADD', P .. 'nodes', now + tonumber(ARGV[3]), me) end
+local gone, seen = {}, {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. now)) do
+  for _, rc in ipairs(drop(node)) do gone[#gone + 1] = rc end
+end
+local out = {known and 1 or 0}
+local alive = live()
+for _, rc in ipairs(gone) do
+  local id = rc[1] .. '\\0' .. rc[2]
+  local present = seen[id]
+  for _, node in ipairs(alive) do
+    if present then break end
+    present = redis.call('HEXISTS', key(node, 'r:' .. rc[1]), rc[2]) == 1
+  end
+  if not present then out[#out + 1] = rc[1]; out[#out + 1] = rc[2] end
+  seen[id] = true
+end
+return out
+"""
+
+
+class Bus:
+    """The Redis side of the backplane, shared with the external emitter: scripts and keys."""
+
+    def __init__(self, client: redis.Redis, node_id: str) -> None:
+        self.client = client
+        self.node_id = node_id
+        # pub/sub ignores the database number: put it in the channel, so deployments that
+        # share a Redis on different databases do not hear each other
+        self.channel = f"{PREFIX}bus:{client.connection_pool.connection_kwargs.get('db', 0)}"
+        self._publish = self._script(_PUBLISH)
+        self._clients = self._script(_CLIENTS)
+        self._members = self._script(_MEMBERS)
+        self._in_room = self._script(_IN_ROOM)
+        self._register = self._script(_DROP + _REGISTER)
+        self._heartbeat = self._script(_DROP + _HEARTBEAT)
+
+    def _script(self, body: str) -> Any:
+        return self.client.register_script(_LUA_PRELUDE + body)
+
+    def _args(self, *rest: Any) -> list[Any]:
+        return [PREFIX, self.node_id, *rest]
+
+    def publish(self, target: Target, frame: bytes) -> int:
+        """Hand `frame` to the other nodes; return how many connections they hold for `target`."""
+        envelope = encode_envelope(self.node_id, target, frame)
+        args = self._args(target.kind, target.key, target.exclude_client, envelope, self.channel)
+        return int(self._publish(args=args))
+
+    def clients(self) -> dict[str, int]:
+        """Client ids and connection counts on the other live nodes."""
+        flat = self._clients(args=self._args())
+        out: dict[str, int] = {}
+        for cid, n in zip(flat[::2], flat[1::2], strict=True):
+            out[cid.decode()] = out.get(cid.decode(), 0) + int(n)
+        return out
+
+    def room_members(self, room: str) -> set[str]:
+        return {cid.decode() for cid in self._members(args=self._args(room))}
+
+    def in_room(self, pipe: redis.client.Pipeline, room: str, client_id: str) -> None:
+        """Queue on `pipe`: is `client_id` in `room` on another live node (1/0)?"""
+        self._in_room(args=self._args(room, client_id), client=pipe)
+
+    def register(self, pipe: redis.client.Pipeline | None, ttl_s: float) -> None:
+        """Drop this node's presence and join the live set (ttl 0: only drop)."""
+        self._register(args=self._args(int(ttl_s * 1000)), client=pipe)
+
+    def heartbeat(self, ttl_s: float) -> tuple[bool, list[tuple[str, str]]]:
+        """Renew this node; clean up dead ones. Returns (still registered, (room, client) that left)."""
+        out = self._heartbeat(args=self._args(int(ttl_s * 1000)))
+        pairs = [(r.decode(), c.decode()) for r, c in zip(out[1::2], out[2::2], strict=True)]
+        return bool(out[0]), pairs
+
+
+class _Mirror:
+    """What Redis holds for this node, as this node last wrote it (guarded by RedisBackplane._lock)."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, int] = {}  # client id -> chat connections here
+        self.rooms: dict[str, dict[str, int]] = {}  # client id -> room -> its connections in the room here
+        self.room_totals: dict[str, int] = {}
+        self.total = 0
+
+    def set(self, cid: str, n: int, rooms: dict[str, int], writes: dict[tuple[str, str], int]) -> None:
+        """Record `cid`'s local state; add to `writes` the (hash, field) -> value changes (0 deletes)."""
+        old_n = self.clients.get(cid, 0)
+        if n != old_n:
+            self.total += n - old_n
+            writes[("c", cid)] = n
+            writes[("t", "*")] = self.total
+            _put(self.clients, cid, n)
+        old_rooms = self.rooms.get(cid, {})
+        for room in old_rooms.keys() | rooms.keys():
+            delta = rooms.get(room, 0) - old_rooms.get(room, 0)
+            if delta:
+                writes[("r:" + room, cid)] = rooms.get(room, 0)
+                total = self.room_totals.get(room, 0) + delta
+                writes[("t", "r:" + room)] = total
+                _put(self.room_totals, room, total)
+        if rooms:
+            self.rooms[cid] = rooms
+        else:
+            self.rooms.pop(cid, None)
+
+
+def _put(d: dict[str, int], k: str, v: int) -> None:
+    if v:
+        d[k] = v
+    else:
+        d.pop(k, None)
+
+
+class RedisBackplane(Backplane):
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        super().__init__(registry)
+        self.heartbeat_s = settings.redis_heartbeat_s
+        self.presence_ttl_s = settings.redis_presence_ttl_s
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.bus = Bus(connect(settings.redis_url, name=f"wsapp-{self.node_id}"), self.node_id)
+        # Held across Redis round trips on purpose: this node's presence writes must reach
+        # Redis in the order they were computed, and the mirror must match what was written.
+        self._lock = threading.Lock()
+        self._mirror = _Mirror()
+        self._healthy = False  # True only while subscribed and presence is registered
+        self._stopping = False
+        self._pubsub: Any = None  # the supervisor's alone
+        self._supervisor: gevent.Greenlet | None = None
+
+    # ---- life ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._connect()  # serve ready from the start when Redis is there
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+        # the supervisor: reads the bus, beats the heart, reconnects; one per worker
+        self._supervisor = gevent.spawn(self._supervise)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:  # first, so nobody reads the pub/sub socket while it closes
+            self._supervisor.kill(block=True, timeout=COMMAND_TIMEOUT_S)
+        if self._healthy:
+            self._healthy = False
+            try:
+                self.bus.register(None, 0)
+            except REDIS_ERRORS:
+                pass  # the TTL will do it
+        self._close_pubsub()
+        self.bus.client.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    # ---- messages -----------------------------------------------------------------------
+
+    def publish(self, target: Target, frame: bytes) -> int:
+        local = deliver(self.registry.targets(target), frame)
+        if not self._healthy:
+            return local
+        try:
+            return local + self.bus.publish(target, frame)
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+            return local
+
+    def room_members(self, room: str) -> list[str]:
+        members = set(self.registry.room_members(room))
+        if self._healthy:
+            try:
+                members |= self.bus.room_members(room)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return sorted(members)
+
+    def clients(self) -> dict[str, int]:
+        counts = self.registry.clients()
+        if self._healthy:
+            try:
+                for cid, n in self.bus.clients().items():
+                    counts[cid] = counts.get(cid, 0) + n
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return counts
+
+    # ---- presence -----------------------------------------------------------------------
+
+    def connected(self, peer: Peer) -> None:
+        if peer.route == "chat":
+            self._sync([peer.client_id])
+
+    def disconnected(self, peer: Peer) -> None:
+        if peer.route == "chat":
+            self._sync([peer.client_id])
+
+    def joined(self, peer: Peer, room: str) -> bool:
+        elsewhere = self._sync([peer.client_id], room)
+        return not elsewhere
+
+    def left(self, peer: Peer, room: str) -> bool:
+        elsewhere = self._sync([peer.client_id], room)
+        return not elsewhere
+
+    def _local_state(self, cid: str) -> tuple[int, dict[str, int]]:
+        peers = self.registry.targets(Target("client", cid))
+        rooms: dict[str, int] = {}
+        for p in peers:
+            for room in list(p.rooms):
+                rooms[room] = rooms.get(room, 0) + 1
+        return len(peers), rooms
+
+    def _sync(self, cids: Iterable[str], room: str | None = None) -> bool:
+        """Write the presence of `cids` on this node; with `room`, also answer (atomically with
+        the write) whether the first of them is in `room` on another node. False while unhealthy."""
+        cids = list(cids)
+        with self._lock:
+            if not self._healthy:
+                return False
+            writes: dict[tuple[str, str], int] = {}
+            for cid in cids:
+                self._mirror.set(cid, *self._local_state(cid), writes)
+            if not writes and room is None:
+                return False
+            try:
+                pipe = self.bus.client.pipeline(transaction=True)
+                self._queue(pipe, writes)
+                if room is not None:
+                    self.bus.in_room(pipe, room, cids[0])
+                result = pipe.execute()
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+                return False
+        return room is not None and bool(result[-1])
+
+    def _rewrite(self) -> None:
+        """Register this node and its whole presence from the registry, replacing what Redis held."""
+        with self._lock:
+            mirror, writes = _Mirror(), dict[tuple[str, str], int]()
+            for cid in {p.client_id for p in self.registry.peers() if p.route == "chat"}:
+                mirror.set(cid, *self._local_state(cid), writes)
+            pipe = self.bus.client.pipeline(transaction=True)
+            self.bus.register(pipe, self.presence_ttl_s)
+            self._queue(pipe, writes)
+            pipe.execute()
+            self._mirror = mirror
+            self._healthy = True  # inside the lock: presence events waiting on it now write
+
+    def _reconcile(self) -> None:
+        """Catch up on changes the hub does not report (a second connection joining a room)."""
+        with self._lock:
+            cids = set(self._mirror.clients) | set(self._mirror.rooms)
+        cids |= {p.client_id for p in self.registry.peers() if p.route == "chat"}
+        self._sync(cids)
+
+    def _queue(self, pipe: redis.client.Pipeline, writes: dict[tuple[str, str], int]) -> None:
+        for (suffix, field), value in writes.items():
+            key = f"{PREFIX}n:{self.node_id}:{suffix}"
+            if value:
+                pipe.hset(key, field, value)
+            else:
+                pipe.hdel(key, field)
+
+    # ---- the supervisor -----------------------------------------------------------------
+
+    def _connect(self) -> None:
+        pubsub = self.bus.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub = pubsub
+        pubsub.subscribe(self.bus.channel)  # before presence: whoever counts us, we hear
+        self._rewrite()
+        log.info("redis backplane up: node=%s, %d clients registered", self.node_id, len(self._mirror.clients))
+
+    def _supervise(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._stopping:
+            try:
+                if not self._healthy:
+                    self._close_pubsub()
+                    self._connect()
+                    backoff = BACKOFF_MIN_S
+                self._pump()
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+            except Exception:  # a bug must not end the supervisor: the node would never recover
+                if not self._stopping:
+                    log.exception("redis backplane supervisor error")
+                self._healthy = False
+            if not self._healthy and not self._stopping:
+                gevent.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _pump(self) -> None:
+        """Read the bus and beat the heart until the connection fails or someone saw an error."""
+        next_beat = time.monotonic() + self.heartbeat_s
+        while self._healthy and not self._stopping:
+            msg = self._pubsub.get_message(timeout=max(0.0, min(POLL_S, next_beat - time.monotonic())))
+            if msg is not None and msg.get("type") == "message":
+                self._on_message(msg["data"])
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat_s
+                self._beat()
+
+    def _beat(self) -> None:
+        known, departed = self.bus.heartbeat(self.presence_ttl_s)
+        if not known:
+            log.warning("redis backplane: this node's presence was gone (Redis restarted or the node "
+                        "stalled past WSAPP_REDIS_PRESENCE_TTL); registering it again")  # fmt: skip
+            self._rewrite()
+        else:
+            self._reconcile()
+        for room, cid in departed:  # members of a dead node: nobody else will say they left
+            self.publish(Target("room", room, exclude_client=cid),
+                         protocol.text_frame(protocol.presence(room, "leave", cid)))  # fmt: skip
+
+    def _on_message(self, payload: bytes) -> None:
+        try:
+            origin, target, frame = decode_envelope(payload)
+        except (ValueError, TypeError) as exc:
+            log.warning("redis backplane: dropped a malformed message: %s", exc)
+            return
+        if origin != self.node_id:  # our own peers had it when we published
+            deliver(self.registry.targets(target), frame)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._healthy or self._supervisor is None:
+            log.warning("redis backplane down (%s: %s); serving this node's connections only, /readyz is 503 "
+                        "until it is back", type(exc).__name__, exc)  # fmt: skip
+        self._healthy = False
+
+    def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except REDIS_ERRORS:
+                pass
