@@ -30,7 +30,8 @@ def test_demo_mode_mints_tokens_that_work_and_survive_a_restart() -> None:
         assert http(srv.url, "GET", "/api/clients", token=token).status == 200  # admin
         bad = http(srv.url, "POST", "/api/demo/token", {"client_id": "no spaces allowed"})
         assert (bad.status, bad.body["error"]) == (400, "bad_request")
-        secret = open(os.path.join(instance, "demo-jwt-secret")).read()
+        with open(os.path.join(instance, "demo-jwt-secret")) as f:
+            secret = f.read()
         assert len(secret) >= 32 and secret not in srv.log()
     finally:
         srv.stop()
