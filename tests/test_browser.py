@@ -21,7 +21,9 @@ import pytest
 from helpers import ROOT, Server, http, make_token
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# every run saves its screenshots here (git ignores it); to refresh the README's copies:
+# WSAPP_SCREENSHOTS=docs/screenshots bash scripts/test.sh tests/test_browser.py
+SCREENSHOTS = ROOT / os.environ.get("WSAPP_SCREENSHOTS", "test-artifacts/screenshots")
 TIMEOUT_MS = 10_000
 
 try:

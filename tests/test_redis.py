@@ -244,6 +244,10 @@ def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_s
     resp = http(srv.url, "POST", "/api/broadcast", {"data": "all"}, token=ADMIN)
     assert resp.body == {"delivered": len(conns)}
     assert all(recv_json(ws)["data"] == "all" for ws in conns.values())
+    # /metrics merges the workers (prometheus multiprocess mode), whichever one answers
+    for _ in range(4):
+        text = http(srv.url, "GET", "/metrics").body
+        assert f'wsapp_connections_open{{route="chat"}} {float(len(conns))}' in text
 
 
 def test_external_emitter_sends_and_broadcasts_without_gunicorn(
