@@ -2,7 +2,7 @@
 
 A cron job, a queue worker or a shell needs no gunicorn and no WebSocket: it publishes
 on the same Redis bus, in the same wire format, as the web workers do (the code is
-`wsapp.redis_backplane.Bus`), and gets the same cluster-wide `delivered` counts::
+`wsapp.redis_bus.Bus`), and gets the same cluster-wide `delivered` counts::
 
     from wsapp.emitter import Emitter
 
@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from . import protocol
-from .redis_backplane import Bus, connect
+from .redis_bus import Bus, connect
 from .registry import Target
 
 
