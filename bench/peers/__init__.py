@@ -1,0 +1,1 @@
+"""Peer apps the benchmark measures wsapp against (not part of wsapp)."""
