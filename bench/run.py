@@ -48,6 +48,7 @@ _WORKER = re.compile(r"Booting worker with pid: (\d+)")
 
 # ---- the stacks ---------------------------------------------------------------------------
 
+
 @dataclass
 class Stack:
     name: str
@@ -60,10 +61,15 @@ def stacks() -> list[Stack]:
     gunicorn = [PYTHON, "-m", "gunicorn"]
     peer_opts = ["-c", "bench/peers/gunicorn.conf.py"]
     wsapp_env = {
-        "WSAPP_HOST": "127.0.0.1", "WSAPP_PORT": "0", "WSAPP_JWT_SECRET": SECRET,
-        "WSAPP_RATE_LIMIT": "0", "WSAPP_MAX_CONNECTIONS": "15000",
-        "WSAPP_MAX_CONNECTIONS_PER_CLIENT": "1000", "WSAPP_WORKER_CONNECTIONS": "16000",
-        "WSAPP_SEND_QUEUE": "256", "WSAPP_SHUTDOWN_TIMEOUT": "3",
+        "WSAPP_HOST": "127.0.0.1",
+        "WSAPP_PORT": "0",
+        "WSAPP_JWT_SECRET": SECRET,
+        "WSAPP_RATE_LIMIT": "0",
+        "WSAPP_MAX_CONNECTIONS": "15000",
+        "WSAPP_MAX_CONNECTIONS_PER_CLIENT": "1000",
+        "WSAPP_WORKER_CONNECTIONS": "16000",
+        "WSAPP_SEND_QUEUE": "256",
+        "WSAPP_SHUTDOWN_TIMEOUT": "3",
         "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-bench-"),
     }
     return [
@@ -88,8 +94,14 @@ class Server:
         env.update(self.stack.env)
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(taskset(SERVER_CORE) + self.stack.argv, cwd=ROOT, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                taskset(SERVER_CORE) + self.stack.argv,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -130,8 +142,11 @@ class Server:
         if "Traceback" in text:  # keep the evidence of a server-side error, drop the rest
             RESULTS.mkdir(exist_ok=True)
             kept = RESULTS / f"server-error-{self.stack.proto}-{time.strftime('%H%M%S')}.log"
-            kept.write_text("\n".join(ln for ln in text.splitlines() if "GET /ws/" not in ln
-                                      and "wsapp.connections" not in ln)[-20000:])
+            kept.write_text(
+                "\n".join(ln for ln in text.splitlines() if "GET /ws/" not in ln and "wsapp.connections" not in ln)[
+                    -20000:
+                ]
+            )
             print(f"  server log with a traceback kept in {kept}", file=sys.stderr)
         self.log_path.unlink(missing_ok=True)
 
@@ -141,6 +156,7 @@ def taskset(core: str) -> list[str]:
 
 
 # ---- the workloads -------------------------------------------------------------------------
+
 
 @dataclass
 class Workload:
@@ -161,30 +177,90 @@ def workloads(quick: bool) -> list[Workload]:
     idle_n = 500 if quick else 2000
     fan = ["-workload", "fanout", "-size", "128"]
     return [
-        Workload("echo", "echo, 50 conns (64 B)", "msg/s", True,
-                 ["-workload", "echo", "-conns", "50", "-size", "64"] + d, "≥ 24,000"),
-        Workload("echo_pipelined", "echo, 50 conns, 8 in flight each (server capacity)", "msg/s", True,
-                 ["-workload", "echo", "-conns", "50", "-depth", "8", "-size", "64"] + d),
-        Workload("latency", "echo, 1 conn, p50", "µs", False,
-                 ["-workload", "latency", "-size", "64"] + d, "≤ 89"),
-        Workload("fanout1k", "fan-out to 1,000 (chat), all received p50", "ms", False,
-                 fan + ["-subs", "1000"] + rounds, "≤ 19"),
-        Workload("fanout_http", "fan-out to 1,000 via POST /api/broadcast, p50", "ms", False,
-                 fan + ["-subs", "1000", "-via", "http"] + rounds),
-        Workload("fanout_stuck", "fan-out to 1,000 + 1 never-reading subscriber, p50", "ms", False,
-                 fan + ["-subs", "1000", "-stuck", "1", "-round-timeout", "3s"] + rounds, "no stall"),
-        Workload("fanout_big", f"fan-out to {big:,} (chat), all received p50", "ms", False,
-                 fan + ["-subs", str(big), "-round-timeout", "20s"] + rounds, "< 200", timeout=600),
-        Workload("handshake", "handshakes/s (connect, upgrade, close; 50 at once)", "1/s", True,
-                 ["-workload", "handshake", "-conns", "50"] + d, "≥ 2,000"),
-        Workload("idle", f"KiB per idle chat conn ({idle_n:,} conns)", "KiB", False,
-                 ["-conns", str(idle_n)], "≤ 15", kind="idle"),
+        Workload(
+            "echo",
+            "echo, 50 conns (64 B)",
+            "msg/s",
+            True,
+            ["-workload", "echo", "-conns", "50", "-size", "64"] + d,
+            "≥ 24,000",
+        ),
+        Workload(
+            "echo_pipelined",
+            "echo, 50 conns, 8 in flight each (server capacity)",
+            "msg/s",
+            True,
+            ["-workload", "echo", "-conns", "50", "-depth", "8", "-size", "64"] + d,
+        ),
+        Workload("latency", "echo, 1 conn, p50", "µs", False, ["-workload", "latency", "-size", "64"] + d, "≤ 89"),
+        Workload(
+            "fanout1k",
+            "fan-out to 1,000 (chat), all received p50",
+            "ms",
+            False,
+            fan + ["-subs", "1000"] + rounds,
+            "≤ 19",
+        ),
+        Workload(
+            "fanout_http",
+            "fan-out to 1,000 via POST /api/broadcast, p50",
+            "ms",
+            False,
+            fan + ["-subs", "1000", "-via", "http"] + rounds,
+        ),
+        Workload(
+            "fanout_stuck",
+            "fan-out to 1,000 + 1 never-reading subscriber, p50",
+            "ms",
+            False,
+            fan + ["-subs", "1000", "-stuck", "1", "-round-timeout", "3s"] + rounds,
+            "no stall",
+        ),
+        Workload(
+            "fanout_big",
+            f"fan-out to {big:,} (chat), all received p50",
+            "ms",
+            False,
+            fan + ["-subs", str(big), "-round-timeout", "20s"] + rounds,
+            "< 200",
+            timeout=600,
+        ),
+        Workload(
+            "handshake",
+            "handshakes/s (connect, upgrade, close; 50 at once)",
+            "1/s",
+            True,
+            ["-workload", "handshake", "-conns", "50"] + d,
+            "≥ 2,000",
+        ),
+        Workload(
+            "idle",
+            f"KiB per idle chat conn ({idle_n:,} conns)",
+            "KiB",
+            False,
+            ["-conns", str(idle_n)],
+            "≤ 15",
+            kind="idle",
+        ),
     ]
 
 
 def loadgen_argv(stack: Stack, server: Server, args: list[str]) -> list[str]:
-    return taskset(CLIENT_CORE) + [str(LOADGEN), "-proto", stack.proto, "-url", f"ws://127.0.0.1:{server.port}",
-                                   "-secret", SECRET, "-server-pid", str(server.worker)] + args
+    return (
+        taskset(CLIENT_CORE)
+        + [
+            str(LOADGEN),
+            "-proto",
+            stack.proto,
+            "-url",
+            f"ws://127.0.0.1:{server.port}",
+            "-secret",
+            SECRET,
+            "-server-pid",
+            str(server.worker),
+        ]
+        + args
+    )
 
 
 def run_loadgen(argv: list[str], timeout: float) -> dict[str, Any]:
@@ -205,8 +281,14 @@ def run_idle(stack: Stack, server: Server, wl: Workload) -> dict[str, Any]:
     run_loadgen(loadgen_argv(stack, server, ["-workload", "idle", "-conns", "20", "-hold", "0s"]), 60)
     time.sleep(0.5)
     before = server.rss_kib()
-    proc = subprocess.Popen(loadgen_argv(stack, server, ["-workload", "idle", "-conns", str(n), "-hold", "120s"]),
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        loadgen_argv(stack, server, ["-workload", "idle", "-conns", str(n), "-hold", "120s"]),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     line = proc.stdout.readline()
     if '"ready"' not in line:
@@ -230,10 +312,26 @@ def profile_start(server: Server, name: str, seconds: float) -> subprocess.Popen
         return None
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"profile-{name}.txt"
-    return subprocess.Popen(taskset(CLIENT_CORE) + [str(pyspy), "record", "--pid", str(server.worker), "--rate", "250",
-                                                    "--nonblocking", "--format", "raw", "-o", str(out),
-                                                    "--duration", str(int(seconds))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        taskset(CLIENT_CORE)
+        + [
+            str(pyspy),
+            "record",
+            "--pid",
+            str(server.worker),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+            "--duration",
+            str(int(seconds)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def run_one(stack: Stack, wl: Workload, profile: bool) -> dict[str, Any]:
@@ -257,6 +355,7 @@ def run_one(stack: Stack, wl: Workload, profile: bool) -> dict[str, Any]:
 
 
 # ---- the report ------------------------------------------------------------------------------
+
 
 def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in reps if "value" in r and r.get("value") is not None and not r.get("error")]
@@ -325,8 +424,12 @@ def table(wls: list[Workload], names: list[str], summary: dict[str, dict[str, di
     return "\n".join(rows)
 
 
-def notes(wls: list[Workload], names: list[str], summary: dict[str, dict[str, dict[str, Any]]],
-          raw: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+def notes(
+    wls: list[Workload],
+    names: list[str],
+    summary: dict[str, dict[str, dict[str, Any]]],
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+) -> str:
     out = []
     for wl in wls:
         for n in names:
@@ -334,12 +437,17 @@ def notes(wls: list[Workload], names: list[str], summary: dict[str, dict[str, di
             if "value" in s and s.get("max") and s["min"] and s["max"] / s["min"] > 1.3:
                 out.append(f"- {n}, {wl.key}: spread {s['min']:,.1f} – {s['max']:,.1f} over {s['ok']} runs (noisy)")
             if wl.key == "fanout_stuck" and "stuck_evicted" in s:
-                after = [f"{r.get('windows_after_ok', 0)}/{r.get('windows_after', 0)}" for r in raw[n][wl.key]
-                         if "windows_after" in r]
+                after = [
+                    f"{r.get('windows_after_ok', 0)}/{r.get('windows_after', 0)}"
+                    for r in raw[n][wl.key]
+                    if "windows_after" in r
+                ]
                 ends = sorted({str(r.get("stuck_end", ""))[:80] for r in raw[n][wl.key] if "stuck_end" in r})
-                out.append(f"- {n}, {wl.key}: what the never-reading subscriber finally read: "
-                           f"{'; '.join(ends) or '?'}; windows of 20 broadcasts after the "
-                           f"measured rounds that reached everyone: {', '.join(after) or 'none sent'}")
+                out.append(
+                    f"- {n}, {wl.key}: what the never-reading subscriber finally read: "
+                    f"{'; '.join(ends) or '?'}; windows of 20 broadcasts after the "
+                    f"measured rounds that reached everyone: {', '.join(after) or 'none sent'}"
+                )
             if s.get("error") and "value" in s:
                 out.append(f"- {n}, {wl.key}: some runs failed: {s['error'][:200]}")
             gen = s.get("gen_cpu")
@@ -351,6 +459,7 @@ def notes(wls: list[Workload], names: list[str], summary: dict[str, dict[str, di
 
 
 # ---- profile digest --------------------------------------------------------------------------
+
 
 def digest_profile(path: Path, top: int = 15) -> str:
     """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
@@ -370,8 +479,11 @@ def digest_profile(path: Path, top: int = 15) -> str:
             if m:
                 func, file = m.group(1), m.group(2)
                 parts = file.split("/")
-                short = "/".join(parts[-2:]) if "site-packages" not in file else \
-                    "/".join(parts[parts.index("site-packages") + 1:])
+                short = (
+                    "/".join(parts[-2:])
+                    if "site-packages" not in file
+                    else "/".join(parts[parts.index("site-packages") + 1 :])
+                )
                 names.append(f"{func} ({short})")
             else:
                 names.append(fr.strip())
@@ -385,8 +497,21 @@ def digest_profile(path: Path, top: int = 15) -> str:
     lines = [f"{total} samples (idle hub time not sampled)", "", "| self % | function |", "|---|---|"]
     lines += [f"| {100 * c / total:.1f} | `{f}` |" for f, c in self_c.most_common(top)]
     lines += ["", "| inclusive % | function |", "|---|---|"]
-    skip = ("<module>", "run (gevent", "_run (", "handle (", "serve", "run_for_one", "init_process", "spawn_worker",
-            "manage_workers", "run (gunicorn", "main (", "__call__ (gunicorn", "_bootstrap")
+    skip = (
+        "<module>",
+        "run (gevent",
+        "_run (",
+        "handle (",
+        "serve",
+        "run_for_one",
+        "init_process",
+        "spawn_worker",
+        "manage_workers",
+        "run (gunicorn",
+        "main (",
+        "__call__ (gunicorn",
+        "_bootstrap",
+    )
     shown = 0
     for f, c in incl_c.most_common():
         if f.startswith(skip) or 100 * c / total > 99.5:
@@ -400,13 +525,15 @@ def digest_profile(path: Path, top: int = 15) -> str:
 
 # ---- cross-node (another engineer's script) ---------------------------------------------------
 
+
 def cross_node(quick: bool) -> str:
     script = BENCH / "cross_node_fanout.py"
     if not script.exists():
         return "(bench/cross_node_fanout.py not present: skipped)"
     try:
-        helptext = subprocess.run([PYTHON, str(script), "--help"], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=30).stdout
+        helptext = subprocess.run(
+            [PYTHON, str(script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        ).stdout
     except subprocess.TimeoutExpired:
         helptext = ""
     argv = [PYTHON, str(script)]
@@ -426,13 +553,15 @@ def cross_node(quick: bool) -> str:
 
 # ---- main --------------------------------------------------------------------------------------
 
+
 def build_loadgen() -> None:
     src = BENCH / "loadgen" / "main.go"
     if LOADGEN.exists() and LOADGEN.stat().st_mtime >= src.stat().st_mtime:
         return
     LOADGEN.parent.mkdir(exist_ok=True)
-    env = dict(os.environ, GOPATH="/usr/share/gocode", GO111MODULE="off", GOFLAGS="",
-               GOCACHE=str(BENCH / ".build" / "gocache"))
+    env = dict(
+        os.environ, GOPATH="/usr/share/gocode", GO111MODULE="off", GOFLAGS="", GOCACHE=str(BENCH / ".build" / "gocache")
+    )
     subprocess.run(["go", "build", "-o", str(LOADGEN), "./bench/loadgen"], cwd=ROOT, env=env, check=True)
 
 
@@ -448,8 +577,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 run each, short windows, smaller fan-out")
     ap.add_argument("--reps", type=int, help="runs per workload and stack (default 3, quick 1)")
-    ap.add_argument("--only", help="comma list of workload keys (echo,echo_pipelined,latency,fanout1k,fanout_http,"
-                                   "fanout_stuck,fanout_big,handshake,idle)")
+    ap.add_argument(
+        "--only",
+        help="comma list of workload keys (echo,echo_pipelined,latency,fanout1k,fanout_http,"
+        "fanout_stuck,fanout_big,handshake,idle)",
+    )
     ap.add_argument("--stacks", help="comma list of stacks (wsapp,flask-sock,Flask-SocketIO)")
     ap.add_argument("--profile", action="store_true", help="py-spy wsapp under echo and fan-out (first run)")
     ap.add_argument("--no-cross-node", action="store_true", help="skip bench/cross_node_fanout.py")
@@ -483,24 +615,40 @@ def main() -> int:
                     res = {"error": str(exc)[:500]}
                 raw[st.name][wl.key].append(res)
                 shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in res.items()}
-                print(f"[{time.time() - started:6.0f}s] {wl.key:13} {st.name:15} run {rep + 1}/{reps} "
-                      f"({time.monotonic() - t0:.0f}s): {json.dumps(shown)}", file=sys.stderr, flush=True)
+                print(
+                    f"[{time.time() - started:6.0f}s] {wl.key:13} {st.name:15} run {rep + 1}/{reps} "
+                    f"({time.monotonic() - t0:.0f}s): {json.dumps(shown)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     summary = {n: {w.key: summarize(raw[n][w.key]) for w in wls} for n in names}
     cpu = os.cpu_count()
-    rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip() or "?"
-    header = (f"wsapp benchmark ({rev}), {time.strftime('%Y-%m-%d %H:%M')}, {'quick' if args.quick else 'full'} run, "
-              f"median of {reps} run(s) per cell; {cpu} cores, server pinned to core {SERVER_CORE}, "
-              f"load generator to core {CLIENT_CORE}; one gunicorn gevent worker per stack. "
-              f"Ratios: > 1× means wsapp is better (higher throughput, or lower latency/memory).")
+    rev = (
+        subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
+    header = (
+        f"wsapp benchmark ({rev}), {time.strftime('%Y-%m-%d %H:%M')}, {'quick' if args.quick else 'full'} run, "
+        f"median of {reps} run(s) per cell; {cpu} cores, server pinned to core {SERVER_CORE}, "
+        f"load generator to core {CLIENT_CORE}; one gunicorn gevent worker per stack. "
+        f"Ratios: > 1× means wsapp is better (higher throughput, or lower latency/memory)."
+    )
     report = [header, "", table(wls, names, summary), ""]
     n = notes(wls, names, summary, raw)
     if n:
         report += ["Notes:", n, ""]
     if not args.no_cross_node and not args.only:
-        report += ["Cross-node fan-out with Redis (bench/cross_node_fanout.py):", "", "```",
-                   cross_node(args.quick), "```", ""]
+        report += [
+            "Cross-node fan-out with Redis (bench/cross_node_fanout.py):",
+            "",
+            "```",
+            cross_node(args.quick),
+            "```",
+            "",
+        ]
     if args.profile:
         for key in sorted(profiled):
             p = RESULTS / f"profile-{key}.txt"
