@@ -33,6 +33,7 @@ from .metrics import SLOW_CONSUMERS, Traffic
 RECV_BYTES = 65536
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # how long we wait for the peer's close reply
 _PING = frames.encode_frame(frames.OP_PING, b"")
+_EMPTY_CLOSE = frames.encode_frame(frames.OP_CLOSE, b"")
 
 
 class WebSocket:
@@ -59,6 +60,7 @@ class WebSocket:
         # gevent sockets take a per-call timeout: 0.0 makes one write non-blocking
         self._can_try_send = isinstance(sock, gevent.socket.socket)
         self._handshake_done = False  # both close frames exchanged: nothing more will come
+        self._abort_timer: Any = None  # set when we start the closing handshake
 
     # ---- any greenlet -------------------------------------------------------------
 
@@ -71,7 +73,17 @@ class WebSocket:
         return len(self._queue)
 
     def send_frame(self, frame: bytes) -> bool:
-        """Queue one encoded frame; never blocks. False if it was not queued.
+        """Queue one encoded frame; never blocks. False if it was not queued."""
+        if self._closing:
+            return False
+        if len(self._queue) >= self.max_queue:
+            self._evict_slow_consumer()
+            return False
+        self._write(frame)
+        return True
+
+    def _write(self, frame: bytes) -> None:
+        """Hand a frame to the socket in order, never blocking the caller.
 
         Fast path: with nothing queued and no writer running, the caller tries one
         non-blocking write itself (no greenlet hand-off for the common case of a
@@ -79,8 +91,6 @@ class WebSocket:
         ordering and whole frames are kept: nobody else writes while `_queue` is
         non-empty or a writer exists, and nothing here yields to another greenlet.
         """
-        if self._closing:
-            return False
         if self._writer is None and not self._queue and self._can_try_send:
             try:
                 sent = self.sock.send(frame, 0, timeout=0.0)  # type: ignore[call-arg]  # gevent's socket
@@ -88,19 +98,15 @@ class WebSocket:
                 sent = 0
             except OSError:
                 self.abort()
-                return False
+                return
             Traffic.bytes_out += sent
             if sent == len(frame):
                 Traffic.messages_out += 1
-                return True
+                return
             frame = frame[sent:]  # the writer finishes this frame before any other
-        elif len(self._queue) >= self.max_queue:
-            self._evict_slow_consumer()
-            return False
         self._queue.append(frame)
         if self._writer is None:
             self._writer = gevent.spawn(self._write_loop)
-        return True
 
     def send_text(self, text: str) -> bool:
         return self.send_frame(frames.encode_frame(frames.OP_TEXT, text.encode("utf-8")))
@@ -127,14 +133,13 @@ class WebSocket:
             self._queue.clear()
         if self._peer_closed:
             # answering the peer's close: echo its code (RFC 6455 §5.5.1)
-            self._queue.append(
-                frames.encode_close(code) if code != CloseCode.NO_STATUS else frames.encode_frame(frames.OP_CLOSE, b"")
-            )
+            self._write(frames.encode_close(code) if code != CloseCode.NO_STATUS else _EMPTY_CLOSE)
         else:
-            self._queue.append(frames.encode_close(code, reason))
-        if self._writer is None:
-            self._writer = gevent.spawn(self._write_loop)
-        gevent.spawn_later(CLOSE_HANDSHAKE_TIMEOUT_S, self.abort)
+            self._write(frames.encode_close(code, reason))
+            # we started it: if the peer does not answer in time, cut the connection
+            # (a loop timer, not a greenlet: it only calls abort(), which never blocks)
+            self._abort_timer = gevent.get_hub().loop.timer(CLOSE_HANDSHAKE_TIMEOUT_S)
+            self._abort_timer.start(self.abort)
 
     def abort(self) -> None:
         """Cut the TCP connection: wakes a blocked reader and writer with an error."""
@@ -228,6 +233,8 @@ class WebSocket:
         writer = self._writer
         if writer is not None:
             writer.join(timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
+        if self._abort_timer is not None:
+            self._abort_timer.close()
         if not self._handshake_done:
             try:
                 self.sock.shutdown(socket.SHUT_WR)

@@ -74,6 +74,9 @@ def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
 
 
 def _configure_logging(settings: Settings) -> None:
+    # no log line shows a thread name, and finding one makes gevent build a dummy
+    # Thread object for every greenlet that logs (measurable on the handshake path)
+    logging.logThreads = False
     logger = logging.getLogger("wsapp")
     logger.setLevel(settings.log_level)
     if not logger.handlers:

@@ -44,6 +44,12 @@ SEND_QUEUE_MAX = Gauge(
 )
 
 
+ROUTES = ("chat", "echo")
+# label children looked up once: `.labels()` costs a lock and a dict lookup per call
+OPEN_BY_ROUTE = {route: CONNECTIONS_OPEN.labels(route) for route in ROUTES}
+OPENED_BY_ROUTE = {route: CONNECTIONS_OPENED.labels(route) for route in ROUTES}
+
+
 class Traffic:
     """Hot-path counters: plain integers, flushed to Prometheus by `flush()`."""
 

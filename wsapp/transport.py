@@ -42,10 +42,12 @@ def raw_socket(environ: dict[str, Any]) -> socket.socket:
 def upgrade(accepted: Accepted) -> socket.socket:
     """Write the 101 and hand back the socket, now speaking WebSocket.
 
-    The socket is a duplicate: the WSGI request ends right after the upgrade, and
-    gunicorn then closes its own copy and frees its greenlet, while the connection
-    lives on in a session greenlet of its own (see `Sock.route`)."""
-    sock = raw_socket(request.environ).dup()
+    The socket is taken from the server: its file descriptor is detached from the
+    server's socket object (which gunicorn closes, now harmlessly, when the WSGI
+    request ends right after the upgrade) and wrapped anew, to live on in a session
+    greenlet of its own (see `Sock.route`)."""
+    server_sock = raw_socket(request.environ)
+    sock = type(server_sock)(fileno=server_sock.detach())
     try:
         sock.settimeout(None)
         sock.sendall(switching_protocols(accepted))

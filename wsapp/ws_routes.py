@@ -76,8 +76,8 @@ def init_app(app: Flask, service: Service) -> None:
         )
         peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at, accepted.remote_addr, route)
         hub.connect(peer)
-        metrics.CONNECTIONS_OPENED.labels(route).inc()
-        metrics.CONNECTIONS_OPEN.labels(route).inc()
+        metrics.OPENED_BY_ROUTE[route].inc()
+        metrics.OPEN_BY_ROUTE[route].inc()
         log.info(
             "connect client=%s conn=%s route=%s addr=%s token_from=%s",
             peer.client_id,
@@ -96,7 +96,7 @@ def init_app(app: Flask, service: Service) -> None:
             hub.disconnect(peer)
             ws.shutdown_socket()
             service.registry.release(peer.client_id)
-            metrics.CONNECTIONS_OPEN.labels(route).dec()
+            metrics.OPEN_BY_ROUTE[route].dec()
             metrics.CONNECTIONS_CLOSED.labels(route, str(ws.close_code)).inc()
             log.info(
                 "disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
