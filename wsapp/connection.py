@@ -4,13 +4,15 @@ Who may do what:
 - **reading**: only the greenlet that runs the route, through `receive()`. It reads,
   parses and handles one message at a time, so a client that floods faster than the
   app reads is held back by TCP, not buffered in our memory.
-- **writing**: only this connection's writer greenlet, spawned when the first frame is
-  queued and gone again when the queue is empty (an idle connection costs no greenlet).
-  It writes whole frames in order with `sendall`, so partial writes never lose bytes
-  and concurrent senders never interleave.
-- **everyone else** (HTTP API, other clients' greenlets, the heartbeat, shutdown) calls
-  `send_frame()`/`close()`, which queue and return at once. A full queue means the
-  client reads slower than it is written to: it alone is closed 1008 "slow consumer".
+- **writing**: one writer at a time, in order, whole frames. Every sender (the route,
+  the HTTP API, other clients' greenlets, the heartbeat, shutdown) calls
+  `send_frame()`/`close()`, which never block: when nothing is queued and no writer
+  runs, the caller makes one non-blocking write itself; whatever the kernel does not
+  take, and everything sent meanwhile, goes to a bounded queue that this connection's
+  writer greenlet drains with `sendall` (spawned when needed, gone when the queue is
+  empty, so an idle connection costs no greenlet). Partial writes never lose bytes and
+  concurrent senders never interleave. A full queue means the client reads slower
+  than it is written to: it alone is closed 1008 "slow consumer".
 
 `close()` is idempotent. Cleanup (registry, metrics, the log line) is the route's
 `finally`, after `receive()` has returned None.
