@@ -105,13 +105,6 @@ class Inflater:
         return out
 
 
-def deflate(data: bytes) -> bytes:
-    """Compress one message for a peer that negotiated permessage-deflate."""
-    c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
-    return out[:-4] if out.endswith(_DEFLATE_TAIL) else out
-
-
 class FrameReader:
     """Parses client-to-server bytes. One per connection, used by its reader only."""
 
