@@ -48,3 +48,11 @@ def test_big_integers_and_unicode_pass_through_unchanged() -> None:
 def test_error_frame_carries_id_only_when_given() -> None:
     assert "id" not in protocol.error("bad_json", "m")
     assert protocol.error("not_connected", "m", "x")["id"] == "x"
+
+
+def test_frame_id_never_raises() -> None:
+    assert protocol.frame_id('{"type":"x","id":"a"}') == "a"
+    assert protocol.frame_id('{"id":7}') == 7
+    assert protocol.frame_id('{"id":true}') is None
+    assert protocol.frame_id("not json") is None
+    assert protocol.frame_id("[1]") is None

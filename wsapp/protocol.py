@@ -80,6 +80,16 @@ def parse_command(text: str) -> Command:
     return Command(kind, msg_id, obj.get("data"), obj.get("to", ""), obj.get("room", ""))
 
 
+def frame_id(text: str) -> str | int | None:
+    """The `id` of a client frame, or None; never raises (for frames we do not process)."""
+    try:
+        obj = _decoder.decode(text)
+    except ValueError:
+        return None
+    msg_id = obj.get("id") if isinstance(obj, dict) else None
+    return msg_id if isinstance(msg_id, (str, int)) and not isinstance(msg_id, bool) else None
+
+
 def encode(obj: dict[str, Any]) -> str:
     return _encoder.encode(obj)
 

@@ -115,7 +115,7 @@ def init_app(app: Flask, service: Service) -> None:
             ws = peer.ws
             limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
             while (msg := ws.receive()) is not None:
-                if _rate_limited(ws, limiter):
+                if _rate_limited(ws, limiter, None):
                     continue
                 if isinstance(msg, bytes):
                     ws.send_binary(msg)
@@ -129,7 +129,7 @@ def init_app(app: Flask, service: Service) -> None:
             ws.send_frame(protocol.text_frame(protocol.welcome(peer.client_id, peer.conn_id)))
             limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
             while (msg := ws.receive()) is not None:
-                if _rate_limited(ws, limiter):
+                if _rate_limited(ws, limiter, msg):
                     continue
                 if isinstance(msg, bytes):
                     ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
@@ -137,14 +137,17 @@ def init_app(app: Flask, service: Service) -> None:
                 _handle_chat_frame(service, peer, msg)
 
 
-def _rate_limited(ws: WebSocket, limiter: ratelimit.RateLimiter) -> bool:
+def _rate_limited(ws: WebSocket, limiter: ratelimit.RateLimiter, chat_frame: str | bytes | None) -> bool:
+    """True if the message must be dropped; the client gets `rate_limited` (with the
+    frame's `id` on chat, so every id still gets its one answer) or, past the debt, 1008."""
     verdict = limiter.check()
     if verdict == ratelimit.OK:
         return False
     if verdict == ratelimit.CLOSE:
         ws.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
     else:
-        ws.send_frame(protocol.text_frame(protocol.error("rate_limited", "too many messages: slow down")))
+        msg_id = protocol.frame_id(chat_frame) if isinstance(chat_frame, str) else None
+        ws.send_frame(protocol.text_frame(protocol.error("rate_limited", "too many messages: slow down", msg_id)))
     return True
 
 
