@@ -21,7 +21,7 @@ except SettingsError as exc:
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 worker_class = "gevent"
-# one greenlet per open socket: this caps the connections a worker holds
+# HTTP requests in flight; WebSocket sessions leave gunicorn's pool after the 101
 worker_connections = _settings.worker_connections
 # SIGTERM: the app closes its clients within WSAPP_SHUTDOWN_TIMEOUT; gunicorn waits a
 # little longer before it kills the worker

@@ -20,7 +20,7 @@ import pytest
 import redis
 import websocket
 
-from helpers import Server, chat_client, free_port, http, make_token, recv_json, recv_until
+from helpers import Server, chat_client, free_port, http, make_token, raw_handshake, recv_json, recv_until
 from wsapp.emitter import Emitter
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
@@ -370,3 +370,16 @@ def test_redis_outage_keeps_local_delivery_and_recovers(
         send(ws, type="direct", to="o-b1", data="ping", id="p")
         assert ack(ws, "p")["delivered"] == 1
     assert a.proc is not None and b.proc is not None and a.proc.poll() is None and b.proc.poll() is None
+
+
+def test_per_client_limit_counts_connections_on_other_nodes(node: Callable[..., Server]) -> None:
+    a, b = node(WSAPP_MAX_CONNECTIONS_PER_CLIENT="2"), node(WSAPP_MAX_CONNECTIONS_PER_CLIENT="2")
+    on_a, on_b = chat_client(a, "capped"), chat_client(b, "capped")
+    eventually(lambda: clients(a).get("capped") == 2, 5, "both connections registered")
+    status, _, body, sock = raw_handshake(a.port, "/ws/chat", {"Authorization": f"Bearer {make_token('capped')}"})
+    sock.close()
+    assert status == 429 and json.loads(body)["error"] == "too_many_connections"
+    on_b.close()
+    eventually(lambda: clients(a).get("capped") == 1, 5, "the connection on B is gone")
+    third = chat_client(a, "capped")  # room again
+    on_a.close(), third.close()

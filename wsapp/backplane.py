@@ -41,6 +41,10 @@ class Backplane(ABC):
     def clients(self) -> dict[str, int]:
         """Chat client ids and their connection counts, cluster-wide."""
 
+    def connections_elsewhere(self, client_id: str) -> int:
+        """Connections `client_id` holds on other nodes (for the per-client limit)."""
+        return 0
+
     # presence bookkeeping; the in-process registry already holds it all
     def connected(self, peer: Peer) -> None:
         """`peer` was added to the local registry."""

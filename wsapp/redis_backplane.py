@@ -152,6 +152,15 @@ class RedisBackplane(Backplane):
                 self._lost(exc)
         return sorted(members)
 
+    def connections_elsewhere(self, client_id: str) -> int:
+        if not self._healthy:
+            return 0
+        try:
+            return self.bus.client_count(client_id)
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+            return 0
+
     def clients(self) -> dict[str, int]:
         counts = self.registry.clients()
         if self._healthy:

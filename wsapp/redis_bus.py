@@ -87,6 +87,11 @@ for _, node in ipairs(others()) do
 end
 return out
 """
+_CLIENT_COUNT = """
+local n = 0
+for _, node in ipairs(others()) do n = n + num(redis.call('HGET', key(node, 'c'), ARGV[3])) end
+return n
+"""
 _MEMBERS = """
 local out = {}
 for _, node in ipairs(others()) do
@@ -160,6 +165,7 @@ class Bus:
         self._publish = self._script(_PUBLISH)
         self._clients = self._script(_CLIENTS)
         self._members = self._script(_MEMBERS)
+        self._client_count = self._script(_CLIENT_COUNT)
         self._in_room = self._script(_IN_ROOM)
         self._register = self._script(_DROP + _REGISTER)
         self._heartbeat = self._script(_DROP + _HEARTBEAT)
@@ -183,6 +189,10 @@ class Bus:
         for cid, n in zip(flat[::2], flat[1::2], strict=True):
             out[cid.decode()] = out.get(cid.decode(), 0) + int(n)
         return out
+
+    def client_count(self, client_id: str) -> int:
+        """Chat connections `client_id` holds on the other live nodes."""
+        return int(self._client_count(args=self._args(client_id)))
 
     def room_members(self, room: str) -> set[str]:
         return {cid.decode() for cid in self._members(args=self._args(room))}

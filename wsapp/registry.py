@@ -61,21 +61,25 @@ class Registry:
 
     # ---- admission ----------------------------------------------------------------------
 
-    def reserve(self, client_id: str) -> None:
-        """Count one more connection for `client_id`, or refuse with 503/429."""
+    def reserve(self, client_id: str, elsewhere: int = 0) -> None:
+        """Count one more connection for `client_id`, or refuse with 503/429.
+
+        `elsewhere` is what the client holds on other nodes (the backplane's answer), so
+        the per-client limit is cluster-wide with Redis; the local count is exact and
+        atomic, the remote one as fresh as the other nodes' presence."""
         with self._lock:
             if self.draining:
                 raise HandshakeRejected("shutting_down")
             if self._count >= self.max_connections:
                 raise HandshakeRejected("server_busy")
-            held = self._per_client.get(client_id, 0)
+            held = self._per_client.get(client_id, 0) + elsewhere
             if held >= self.max_per_client:
                 raise HandshakeRejected(
                     "too_many_connections",
                     f"client {client_id!r} already holds {held} connections (the limit is {self.max_per_client})",
                 )
             self._count += 1
-            self._per_client[client_id] = held + 1
+            self._per_client[client_id] = self._per_client.get(client_id, 0) + 1
 
     def release(self, client_id: str) -> None:
         """Give back a reservation (the upgrade failed, or the peer has gone)."""

@@ -127,7 +127,8 @@ OPTIONS: tuple[Option, ...] = (
         "worker_connections",
         "20000",
         _int(1),
-        "gunicorn `worker_connections`: greenlets (open sockets) per worker; keep it above `WSAPP_MAX_CONNECTIONS`.",
+        "gunicorn `worker_connections`: HTTP requests in flight per worker (WebSockets leave "
+        "gunicorn's pool after the 101; `WSAPP_MAX_CONNECTIONS` caps them).",
     ),
     Option(
         "WSAPP_JWT_SECRET",
@@ -179,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections_per_client",
         "10",
         _int(1),
-        "Connections one client id may hold (per worker) before 429.",
+        "Connections one client id may hold before 429 (with Redis: across nodes).",
     ),
     Option(
         "WSAPP_MAX_MESSAGE_BYTES",

@@ -51,7 +51,8 @@ def init_app(app: Flask, service: Service) -> None:
             cookies=request.cookies,
             settings=settings,
         )
-        service.registry.reserve(accepted.identity.client_id)
+        client_id = accepted.identity.client_id
+        service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
         g.wsapp_reserved = accepted.identity.client_id
         remote = client_address(
             request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
