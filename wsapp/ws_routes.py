@@ -14,8 +14,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from flask import Flask, g, request
 
@@ -65,8 +64,8 @@ def init_app(app: Flask, service: Service) -> None:
         if client_id is not None and not g.get("wsapp_upgraded"):  # no session took it over
             service.registry.release(client_id)
 
-    @contextmanager
-    def _session(raw: socket.socket, accepted: Accepted, route: str) -> Iterator[Peer]:
+    def _session(raw: socket.socket, accepted: Accepted, route: str, serve: Callable[[Peer], None]) -> None:
+        """Run one connection from its 101 to its last byte; the one place it is cleaned up."""
         ident = accepted.identity
         ws = WebSocket(
             raw,
@@ -76,7 +75,6 @@ def init_app(app: Flask, service: Service) -> None:
             compression=accepted.extensions is not None,
         )
         peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at, accepted.remote_addr, route)
-        hub.connect(peer)
         metrics.OPENED_BY_ROUTE[route].inc()
         metrics.OPEN_BY_ROUTE[route].inc()
         log.info(
@@ -88,7 +86,8 @@ def init_app(app: Flask, service: Service) -> None:
             accepted.token_source,
         )
         try:
-            yield peer
+            hub.connect(peer)
+            serve(peer)
         except Exception:
             log.exception("error in %s session conn=%s", route, peer.conn_id)
             ws.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -110,32 +109,36 @@ def init_app(app: Flask, service: Service) -> None:
                 ws.close_reason,
             )
 
+    def serve_echo(peer: Peer) -> None:
+        ws = peer.ws
+        limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
+        while (msg := ws.receive()) is not None:
+            if _rate_limited(ws, limiter, None):
+                continue
+            if isinstance(msg, bytes):
+                ws.send_binary(msg)
+            else:
+                ws.send_text(msg)
+
+    def serve_chat(peer: Peer) -> None:
+        ws = peer.ws
+        ws.send_frame(protocol.text_frame(protocol.welcome(peer.client_id, peer.conn_id)))
+        limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
+        while (msg := ws.receive()) is not None:
+            if _rate_limited(ws, limiter, msg):
+                continue
+            if isinstance(msg, bytes):
+                ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
+                continue
+            _handle_chat_frame(service, peer, msg)
+
     @sock.route("/ws/echo")
     def echo(raw: socket.socket, accepted: Accepted) -> None:
-        with _session(raw, accepted, "echo") as peer:
-            ws = peer.ws
-            limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
-            while (msg := ws.receive()) is not None:
-                if _rate_limited(ws, limiter, None):
-                    continue
-                if isinstance(msg, bytes):
-                    ws.send_binary(msg)
-                else:
-                    ws.send_text(msg)
+        _session(raw, accepted, "echo", serve_echo)
 
     @sock.route("/ws/chat")
     def chat(raw: socket.socket, accepted: Accepted) -> None:
-        with _session(raw, accepted, "chat") as peer:
-            ws = peer.ws
-            ws.send_frame(protocol.text_frame(protocol.welcome(peer.client_id, peer.conn_id)))
-            limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
-            while (msg := ws.receive()) is not None:
-                if _rate_limited(ws, limiter, msg):
-                    continue
-                if isinstance(msg, bytes):
-                    ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
-                    continue
-                _handle_chat_frame(service, peer, msg)
+        _session(raw, accepted, "chat", serve_chat)
 
 
 def _rate_limited(ws: WebSocket, limiter: ratelimit.RateLimiter, chat_frame: str | bytes | None) -> bool:
