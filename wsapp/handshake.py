@@ -12,13 +12,10 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from . import auth, origin
 from .errors import HandshakeRejected
 from .settings import Settings
-
-Headers = Mapping[str, str] | Any  # a dict, or Werkzeug's case-insensitive EnvironHeaders
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -92,7 +89,7 @@ def negotiate_deflate(header: str | None) -> str | None:
 
 
 def check_handshake(
-    *, method: str, headers: Headers, query: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
+    *, method: str, headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
 ) -> Accepted:
     """Every check that needs only the request: shape, Origin, token.
 

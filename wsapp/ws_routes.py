@@ -14,7 +14,8 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import cast
 
 from flask import Flask, g, request
 
@@ -45,7 +46,7 @@ def init_app(app: Flask, service: Service) -> None:
             raise HandshakeRejected("shutting_down")
         accepted = check_handshake(
             method=request.method,
-            headers=request.headers,
+            headers=cast(Mapping[str, str], request.headers),  # case-insensitive .get()
             query=request.args,
             cookies=request.cookies,
             settings=settings,
