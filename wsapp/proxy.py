@@ -1,4 +1,8 @@
-"""What to believe of X-Forwarded-For / X-Forwarded-Proto: only what trusted proxies say."""
+"""What to believe of X-Forwarded-For: only what trusted proxies appended.
+
+X-Forwarded-Proto is gunicorn's business (its `forwarded_allow_ips` sets the request
+scheme); the Origin rule compares host:port only, so wsapp itself never needs it.
+"""
 
 from __future__ import annotations
 
