@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, Server, http, make_token
+from helpers import ROOT, Server, http, make_token, unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 # every run saves its screenshots here (git ignores it); to refresh the README's copies:
@@ -44,9 +44,7 @@ def _unavailable() -> str | None:
 def browser() -> Iterator[Browser]:
     why = _unavailable()
     if why:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"browser tests must run in CI: {why}")
-        pytest.skip(why)
+        unavailable(why)
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
