@@ -26,6 +26,14 @@ def test_sigterm_closes_clients_1001_refuses_new_handshakes_and_exits_in_time(st
     srv.signal(signal.SIGTERM)
     assert read_close(a) == (1001, "server shutting down")
     assert read_close(b)[0] == 1001
+    # readiness fails at once, so a load balancer stops sending new clients here
+    keep.sendall(f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+    ready = ""
+    while not ready.rstrip().endswith("}"):  # the whole JSON body
+        chunk = keep.recv(4096).decode()
+        assert chunk, ready
+        ready += chunk
+    assert ready.startswith("HTTP/1.1 503") and "shutting down" in ready
     # a handshake arriving now (on the open connection) is refused 503 shutting_down
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     keep.sendall(

@@ -36,7 +36,7 @@ def drain(service: Service, budget_s: float) -> None:
     log.info("shutting down: closing %d connections (1001)", len(peers))
     for peer in peers:
         peer.ws.close(CloseCode.GOING_AWAY, "server shutting down")
-    while len(registry) and time.monotonic() < deadline:
+    while registry.held and time.monotonic() < deadline:  # every session has finished
         gevent.sleep(0.05)
     for peer in registry.peers():  # those that did not answer in time
         peer.ws.abort()

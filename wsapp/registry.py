@@ -172,9 +172,11 @@ class Registry:
         with self._lock:
             return list(self._peers)
 
-    def __len__(self) -> int:
+    @property
+    def held(self) -> int:
+        """Connections held or reserved on this worker; a session gives its slot back last."""
         with self._lock:
-            return len(self._peers)
+            return self._count
 
 
 def deliver(peers: Iterable[Peer], frame: bytes) -> int:

@@ -53,7 +53,7 @@ def init_app(app: Flask, service: Service) -> None:
         )
         client_id = accepted.identity.client_id
         service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
-        g.wsapp_reserved = accepted.identity.client_id
+        g.wsapp_reserved = client_id
         remote = client_address(
             request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
         )
