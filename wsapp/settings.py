@@ -206,6 +206,13 @@ OPTIONS: tuple[Option, ...] = (
         _int(1),
         "Messages queued for one connection before it is closed 1008 as a slow consumer.",
     ),
+    Option(
+        "WSAPP_MAX_ROOMS",
+        "max_rooms",
+        "100",
+        _int(1),
+        "Rooms one connection may be in at once; a join past it gets a `too_many_rooms` error frame.",
+    ),
     Option("WSAPP_PING_INTERVAL", "ping_interval_s", "25", _float(0.05), "Seconds between server pings."),
     Option(
         "WSAPP_PING_TIMEOUT",
@@ -296,6 +303,7 @@ class Settings:
     rate_limit: float = 50.0
     rate_burst: float = 100.0
     send_queue: int = 256
+    max_rooms: int = 100
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 20.0
     shutdown_timeout_s: float = 10.0
