@@ -15,7 +15,7 @@ from wsapp.settings import Settings, SettingsError
 try:
     _settings = Settings.from_env()
 except SettingsError as exc:
-    sys.stderr.write(f"wsapp: {exc}\n")
+    sys.stderr.write("".join(line + "\n" for line in exc.lines()))
     sys.exit(2)
 
 bind = f"{_settings.host}:{_settings.port}"

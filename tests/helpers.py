@@ -53,7 +53,10 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A gunicorn process serving app:app with the gevent worker, on a port it picked."""
+    """A gunicorn process serving app:app with the gevent worker, on a port it picked.
+
+    It runs with a known secret (`SECRET`); `env={"WSAPP_JWT_SECRET": ""}` asks for demo
+    mode instead (the helper then sets `WSAPP_DEMO=1` unless the test set it)."""
 
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
@@ -80,6 +83,9 @@ class Server:
             }
         )
         env.update(self.env)
+        if not env["WSAPP_JWT_SECRET"] and not env.get("WSAPP_JWT_PUBLIC_KEY"):
+            # a test that unsets the secret asks for demo mode, which must be asked for by name
+            env.setdefault("WSAPP_DEMO", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],

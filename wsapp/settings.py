@@ -1,13 +1,17 @@
 """Every setting of the service: one catalogue, parsed once, validated as a whole.
 
 Each `Option` has one environment name, one default and one line of doc; the README's
-settings table is generated from `OPTIONS` (`python -m wsapp.settings`) and a test
-checks that the two agree. `Settings.from_env` collects every problem before it fails,
-so a bad deployment learns all of its mistakes at once, each naming its variable.
+settings table is generated from `OPTIONS` (`python -m wsapp.settings --table`) and a
+test checks that the two agree. `Settings.from_env` collects every problem before it
+fails, so a bad deployment learns all of its mistakes at once: one line per problem,
+naming the variable, the bad value and what is allowed. Every entry point (gunicorn's
+config, `app.py` for `flask --app app ...`, `python -m wsapp.settings`) prints those
+lines with `exit_on_error` and exits 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import os
@@ -23,8 +27,12 @@ class SettingsError(Exception):
     """One or more settings are invalid; `problems` names each variable."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+        super().__init__("\n".join(problems))
         self.problems = problems
+
+    def lines(self) -> list[str]:
+        """One line per problem, as every entry point prints them."""
+        return [f"wsapp: invalid setting {problem}" for problem in self.problems]
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -65,6 +73,16 @@ def _bool(raw: str) -> bool:
 
 def _str(raw: str) -> str:
     return raw.strip()
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
 
 
 def _csv(raw: str) -> tuple[str, ...]:
@@ -135,7 +153,8 @@ OPTIONS: tuple[Option, ...] = (
         "jwt_secret",
         "",
         _str,
-        "HS256 secret. Unset (and no public key): demo mode with a generated secret.",
+        "HS256 secret, at least 32 bytes. Without it (and without a public key) the service "
+        "refuses to start unless `WSAPP_DEMO=1`.",
     ),
     Option(
         "WSAPP_JWT_PUBLIC_KEY",
@@ -231,11 +250,21 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("WSAPP_COMPRESSION", "compression", "0", _bool, "Negotiate permessage-deflate when a client offers it."),
     Option(
+        "WSAPP_DEMO",
+        "demo",
+        "0",
+        _bool,
+        "Demo mode, only with no secret and no public key: a generated secret, anyone may mint "
+        "tokens at `POST /api/demo/token`, only loopback `Host` values are served. "
+        "`scripts/run.sh` sets it when no key is set. Never in production.",
+    ),
+    Option(
         "WSAPP_DEMO_TOKENS",
         "demo_tokens",
         "0",
         _bool,
-        "Serve `POST /api/demo/token` even with a real secret (never in production).",
+        "Serve `POST /api/demo/token` even with a real secret (tests only, never in production; "
+        "not with a public key).",
     ),
     Option(
         "WSAPP_REDIS_URL",
@@ -261,9 +290,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "WSAPP_METRICS_ALLOW",
         "metrics_allow",
-        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+        "127.0.0.0/8,::1/128",
         _networks,
-        "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody).",
+        "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody). "
+        "Loopback only by default: add your Prometheus server's network.",
     ),
     Option(
         "WSAPP_TRUSTED_PROXIES",
@@ -279,7 +309,13 @@ OPTIONS: tuple[Option, ...] = (
         _str,
         "Folder for the demo-mode secret. Empty: Flask's instance folder.",
     ),
-    Option("WSAPP_LOG_LEVEL", "log_level", "INFO", lambda raw: raw.strip().upper(), "Log level of the `wsapp` logger."),
+    Option(
+        "WSAPP_LOG_LEVEL",
+        "log_level",
+        "INFO",
+        _log_level,
+        "Log level of the `wsapp` logger: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    ),
 )
 
 
@@ -308,6 +344,7 @@ class Settings:
     ping_timeout_s: float = 20.0
     shutdown_timeout_s: float = 10.0
     compression: bool = False
+    demo: bool = False
     demo_tokens: bool = False
     redis_url: str = ""
     redis_heartbeat_s: float = 5.0
@@ -320,8 +357,10 @@ class Settings:
 
     @property
     def demo_mode(self) -> bool:
-        """No key configured: the service makes and keeps its own secret."""
-        return not self.jwt_secret and not self.jwt_public_key
+        """Demo mode was asked for (`WSAPP_DEMO=1`) and no key is configured: the service
+        makes and keeps its own secret. Once the app has generated it (`generated_secret`),
+        `jwt_secret` is set and this is False; `generated_secret` then tells demo mode."""
+        return self.demo and not self.jwt_secret and not self.jwt_public_key
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -396,6 +435,24 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
         problems.append("WSAPP_JWT_SECRET: must be at least 32 bytes (RFC 7518: an HS256 key has 256 bits or more)")
     if values["redis_url"] and not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
         problems.append(f"WSAPP_REDIS_URL={values['redis_url']!r}: must start with redis://, rediss:// or unix://")
+    _check_keys(values, problems)
+
+
+def _check_keys(values: dict[str, Any], problems: list[str]) -> None:
+    """Demo mode only when asked for, and never next to a real key."""
+    keys = "WSAPP_JWT_SECRET" if values["jwt_secret"] else "WSAPP_JWT_PUBLIC_KEY" if values["jwt_public_key"] else ""
+    if not keys and not values["demo"]:
+        problems.append(
+            "WSAPP_JWT_SECRET / WSAPP_JWT_PUBLIC_KEY: neither is set; set one of them, or set "
+            "WSAPP_DEMO=1 to try the service in demo mode (anyone may mint tokens; never in production)"
+        )
+    if keys and values["demo"]:
+        problems.append(f"WSAPP_DEMO=1: demo mode makes its own secret, but {keys} is set; unset one of the two")
+    if values["demo_tokens"] and values["jwt_public_key"]:
+        problems.append(
+            "WSAPP_DEMO_TOKENS=1: tokens cannot be minted with WSAPP_JWT_PUBLIC_KEY (a public key "
+            "cannot sign); unset WSAPP_DEMO_TOKENS"
+        )
 
 
 def markdown_table() -> str:
@@ -407,5 +464,33 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def exit_on_error(env: Mapping[str, str] | None = None) -> Settings:
+    """`Settings.from_env`, or each problem on one line of stderr and exit status 2."""
+    try:
+        return Settings.from_env(env)
+    except SettingsError as exc:
+        sys.stderr.write("".join(line + "\n" for line in exc.lines()))
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wsapp.settings [--table]`: check the environment; print the settings table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m wsapp.settings",
+        description="Check the WSAPP_* environment: each problem on one line of stderr and exit "
+        "status 2, or the settings table on stdout when every value is valid.",
+    )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the README's table of every setting and its default without checking the environment",
+    )
+    args = parser.parse_args(argv)
+    if not args.table:
+        exit_on_error()
     sys.stdout.write(markdown_table() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
