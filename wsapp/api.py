@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import auth, metrics
+from . import auth, metrics, protocol
 from .errors import ApiError
 from .proxy import address_allowed, client_address
 from .service import Service
@@ -27,9 +28,24 @@ def _identity(service: Service, admin: bool) -> auth.Identity:
 
 
 def _json_body(service: Service) -> dict[str, Any]:
-    if (request.content_length or 0) > service.settings.max_message_bytes:
+    """The request's JSON object, decoded by the chat frames' rules (`protocol.loads`):
+    413 over the message size limit (declared or, for a chunked body, as it is read),
+    400 without `Content-Type: application/json` or for a body we could not carry."""
+    limit = service.settings.max_message_bytes
+    if (request.content_length or 0) > limit:
         raise ApiError("payload_too_large")
-    body = request.get_json(silent=True)  # Flask's MAX_CONTENT_LENGTH guards a missing length
+    if not request.is_json:
+        raise ApiError("bad_request", "the Content-Type: application/json header is missing: send the body as JSON")
+    try:
+        raw = request.get_data(cache=False)  # the stream stops at MAX_CONTENT_LENGTH (= the limit)
+    except RequestEntityTooLarge:
+        raise ApiError("payload_too_large") from None
+    if len(raw) > limit:
+        raise ApiError("payload_too_large")
+    try:
+        body = protocol.loads(raw)
+    except protocol.BadJson as err:
+        raise ApiError("bad_request", f"the body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
     if "data" not in body:
@@ -43,6 +59,8 @@ def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None
         return None
     if not isinstance(value, str) or not value:
         raise ApiError("bad_request", f"{name!r} must be a non-empty string")
+    if name == "room" and len(value) > protocol.MAX_ROOM_CHARS:
+        raise ApiError("bad_request", f"'room' is longer than {protocol.MAX_ROOM_CHARS} characters")
     return value
 
 

@@ -49,15 +49,17 @@ class Backplane(ABC):
     def connected(self, peer: Peer) -> None:
         """`peer` was added to the local registry."""
 
-    def disconnected(self, peer: Peer) -> None:
-        """`peer` was removed from the local registry."""
+    def disconnected(self, peer: Peer, rooms: list[str]) -> None:
+        """`peer` was removed from the local registry, and with it from `rooms`."""
 
     def joined(self, peer: Peer, room: str) -> bool:
-        """`peer` joined `room` locally; True if its client id is new in the room everywhere."""
+        """`peer` joined `room` locally; True if its client id is new in the room everywhere.
+        Must cost the same however many rooms the client holds."""
         return True
 
     def left(self, peer: Peer, room: str) -> bool:
-        """`peer`'s client id left `room` locally; True if it is gone from the room everywhere."""
+        """`peer` left `room` locally; True if its client id is gone from the room everywhere.
+        Must cost the same however many rooms the client holds."""
         return True
 
 

@@ -41,6 +41,7 @@ FRAME_ERRORS: dict[str, str] = {
     "not_in_room": "join the room before sending to it",
     "rate_limited": "too many messages: slow down",
 }
+    "too_many_rooms": "this connection is in the most rooms allowed (WSAPP_MAX_ROOMS): leave one first",
 
 
 class CloseCode:

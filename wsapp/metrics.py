@@ -21,12 +21,16 @@ from prometheus_client import (
     multiprocess,
 )
 
+from .errors import CloseCode
+
 CONNECTIONS_OPEN = Gauge(
     "wsapp_connections_open", "Open WebSocket connections.", ["route"], multiprocess_mode="livesum"
 )
 CONNECTIONS_OPENED = Counter("wsapp_connections_opened", "WebSocket connections accepted.", ["route"])
 CONNECTIONS_CLOSED = Counter(
-    "wsapp_connections_closed", "WebSocket connections closed, by close code.", ["route", "code"]
+    "wsapp_connections_closed",
+    'WebSocket connections closed, by close code (codes the service does not name count as "other").',
+    ["route", "code"],
 )
 HANDSHAKES_REFUSED = Counter(
     "wsapp_handshakes_refused", "Handshakes refused before the upgrade, by error code.", ["error"]
@@ -45,6 +49,19 @@ SEND_QUEUE_MAX = Gauge(
 
 
 ROUTES = ("chat", "echo")
+# Close codes that get a label value of their own: the ones the service sends or names
+# (wsapp.errors.CloseCode). A client picks its close code, so any other code would be a
+# new time series per value (3000-4999 alone are 2,000): those all count as "other".
+KNOWN_CLOSE_CODES = frozenset(v for k, v in vars(CloseCode).items() if k.isupper() and isinstance(v, int))
+
+
+def close_code_label(code: int | None) -> str:
+    """The `code` label value of `wsapp_connections_closed`: a bounded set of values."""
+    if code is None:
+        return "none"
+    return str(code) if code in KNOWN_CLOSE_CODES else "other"
+
+
 # label children looked up once: `.labels()` costs a lock and a dict lookup per call
 OPEN_BY_ROUTE = {route: CONNECTIONS_OPEN.labels(route) for route in ROUTES}
 OPENED_BY_ROUTE = {route: CONNECTIONS_OPENED.labels(route) for route in ROUTES}

@@ -2,11 +2,20 @@
 
 JSON goes through the standard library: orjson is faster but turns integers wider
 than 64 bits into floats, which would change a client's `data` on its way through.
+
+What `loads` accepts the server can always encode again, so a bad value is refused
+where it comes in (an `error` frame, a 400) and never fails later, in a broadcast or
+in cleanup: no lone surrogates (valid JSON, `"\\ud800"`, but not Unicode text: UTF-8
+cannot carry them), no number that overflows to infinity (`1e400`), no NaN/Infinity,
+and no nesting deeper than `MAX_DEPTH` (the C decoder and encoder recurse, so a deep
+value could pass one and fail the other).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,14 +24,70 @@ from . import frames
 from .errors import FRAME_ERRORS
 
 MAX_ROOM_CHARS = 128
+MAX_DEPTH = 64  # arrays/objects inside each other, the frame's own object included
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# only a \u escape can put a surrogate into a str decoded from valid UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class BadJson(ValueError):
+    """Text that is not JSON the server can carry; the message says why."""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise BadJson(f"{name} is not JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN/Infinity are not JSON
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJson(f"the number {text[:32]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode one JSON document under the rules above; raise `BadJson` saying what is wrong."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")  # strict: encoded surrogates are refused too
+        except UnicodeDecodeError:
+            raise BadJson("the body is not UTF-8") from None
+    try:
+        value = _decoder.decode(text)
+    except BadJson:
+        raise
+    except RecursionError:
+        raise BadJson(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        raise BadJson("not valid JSON") from None
+    # the walk costs a pass over the value, so only when a problem is possible at all
+    if text.count("[") + text.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(text):
+        _check(value)
+    return value
+
+
+def _check(value: Any) -> None:
+    """Refuse lone surrogates (in keys too) and nesting deeper than MAX_DEPTH; iterative."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise BadJson("a string holds a lone surrogate (\\ud800-\\udfff), which is not Unicode text")
+            continue
+        if isinstance(item, dict):
+            children: list[Any] = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise BadJson(f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 class FrameError(Exception):
@@ -56,17 +121,19 @@ _FIELDS = {
 def parse_command(text: str) -> Command:
     """Validate one client frame; raise `FrameError` saying what is wrong with it."""
     try:
-        obj = _decoder.decode(text)
-    except ValueError:
-        raise FrameError("bad_json") from None
+        obj = loads(text)
+    except BadJson as err:
+        raise FrameError("bad_json", f"the frame is not a JSON object: {err}") from None
     if not isinstance(obj, dict):
         raise FrameError("bad_json")
     msg_id = obj.get("id")
     if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, (str, int))):
         raise FrameError("missing_field", "'id' must be a string or an integer")
     kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise FrameError("unknown_type", "'type' must be a string", msg_id)
     if kind not in _FIELDS:
-        raise FrameError("unknown_type", f"unknown frame type {kind!r}", msg_id)
+        raise FrameError("unknown_type", f"unknown frame type {kind[:MAX_ROOM_CHARS]!r}", msg_id)
     for name in _FIELDS[kind]:
         if name not in obj:
             raise FrameError("missing_field", f"a {kind!r} frame needs {name!r}", msg_id)
@@ -83,8 +150,8 @@ def parse_command(text: str) -> Command:
 def frame_id(text: str) -> str | int | None:
     """The `id` of a client frame, or None; never raises (for frames we do not process)."""
     try:
-        obj = _decoder.decode(text)
-    except ValueError:
+        obj = loads(text)
+    except BadJson:
         return None
     msg_id = obj.get("id") if isinstance(obj, dict) else None
     return msg_id if isinstance(msg_id, (str, int)) and not isinstance(msg_id, bool) else None
@@ -115,7 +182,10 @@ def room_message(room: str, sender: str, data: Any) -> dict[str, Any]:
     return {"type": "room", "room": room, "from": sender, "data": data, "ts": now()}
 
 
-def joined(room: str, members: list[str]) -> dict[str, Any]:
+def joined(room: str, members: list[str] | None) -> dict[str, Any]:
+    """`members` None: the connection was in the room already and has the list (no resend)."""
+    if members is None:
+        return {"type": "joined", "room": room}
     return {"type": "joined", "room": room, "members": members}
 
 

@@ -20,7 +20,10 @@ Who owns what:
   this node's whole presence from the registry (a restarted Redis has lost it).
 
 Presence writes are absolute values computed from the registry, serialised by
-`self._lock`, and a mirror of what Redis holds makes each write a small diff.
+`self._lock`, and a mirror of what Redis holds makes each write a small diff. A
+connect, join or leave writes only the client's count and the one room's count (O(1)
+however many rooms the client holds); a disconnect, each room the peer was in; the
+heartbeat's reconcile and a reconnect rewrite everything.
 The key layout, wire format and Lua scripts live in `wsapp.redis_bus`, shared with `wsapp.emitter`.
 """
 
@@ -60,23 +63,33 @@ class _Mirror:
         self.total = 0
 
     def set(self, cid: str, n: int, rooms: dict[str, int], writes: dict[tuple[str, str], int]) -> None:
-        """Record `cid`'s local state; add to `writes` the (hash, field) -> value changes (0 deletes)."""
+        """Record `cid`'s whole local state; add to `writes` the (hash, field) -> value changes (0 deletes)."""
+        self.set_client(cid, n, writes)
+        for room in self.rooms.get(cid, {}).keys() | rooms.keys():
+            self.set_room(cid, room, rooms.get(room, 0), writes)
+
+    def set_client(self, cid: str, n: int, writes: dict[tuple[str, str], int]) -> None:
+        """Record that `cid` holds `n` chat connections here."""
         old_n = self.clients.get(cid, 0)
         if n != old_n:
             self.total += n - old_n
             writes[("c", cid)] = n
             writes[("t", "*")] = self.total
             _put(self.clients, cid, n)
-        old_rooms = self.rooms.get(cid, {})
-        for room in old_rooms.keys() | rooms.keys():
-            delta = rooms.get(room, 0) - old_rooms.get(room, 0)
-            if delta:
-                writes[("r:" + room, cid)] = rooms.get(room, 0)
-                total = self.room_totals.get(room, 0) + delta
-                writes[("t", "r:" + room)] = total
-                _put(self.room_totals, room, total)
-        if rooms:
-            self.rooms[cid] = rooms
+
+    def set_room(self, cid: str, room: str, n: int, writes: dict[tuple[str, str], int]) -> None:
+        """Record that `cid` has `n` connections in `room` here. O(1)."""
+        mine = self.rooms.get(cid, {})
+        delta = n - mine.get(room, 0)
+        if not delta:
+            return
+        writes[("r:" + room, cid)] = n
+        total = self.room_totals.get(room, 0) + delta
+        writes[("t", "r:" + room)] = total
+        _put(self.room_totals, room, total)
+        _put(mine, room, n)
+        if mine:
+            self.rooms[cid] = mine
         else:
             self.rooms.pop(cid, None)
 
@@ -175,19 +188,32 @@ class RedisBackplane(Backplane):
 
     def connected(self, peer: Peer) -> None:
         if peer.route == "chat":
-            self._sync([peer.client_id])
+            self._write(peer.client_id, ())
 
-    def disconnected(self, peer: Peer) -> None:
+    def disconnected(self, peer: Peer, rooms: list[str]) -> None:
         if peer.route == "chat":
-            self._sync([peer.client_id])
+            self._write(peer.client_id, rooms)
 
     def joined(self, peer: Peer, room: str) -> bool:
-        elsewhere = self._sync([peer.client_id], room)
+        elsewhere = self._write(peer.client_id, (room,), ask=room)
         return not elsewhere
 
     def left(self, peer: Peer, room: str) -> bool:
-        elsewhere = self._sync([peer.client_id], room)
+        elsewhere = self._write(peer.client_id, (room,), ask=room)
         return not elsewhere
+
+    def _write(self, cid: str, rooms: Iterable[str], ask: str | None = None) -> bool:
+        """Write `cid`'s connection count and its counts in `rooms` on this node, nothing else
+        (O(len(rooms))); with `ask`, also answer (atomically with the write) whether `cid`
+        is in room `ask` on another node. False while unhealthy."""
+        with self._lock:
+            if not self._healthy:
+                return False
+            writes: dict[tuple[str, str], int] = {}
+            self._mirror.set_client(cid, self.registry.client_count(cid), writes)
+            for room in rooms:
+                self._mirror.set_room(cid, room, self.registry.room_count(room, cid), writes)
+            return self._execute(writes, cid, ask)
 
     def _local_state(self, cid: str) -> tuple[int, dict[str, int]]:
         peers = self.registry.targets(Target("client", cid))
@@ -197,28 +223,30 @@ class RedisBackplane(Backplane):
                 rooms[room] = rooms.get(room, 0) + 1
         return len(peers), rooms
 
-    def _sync(self, cids: Iterable[str], room: str | None = None) -> bool:
-        """Write the presence of `cids` on this node; with `room`, also answer (atomically with
-        the write) whether the first of them is in `room` on another node. False while unhealthy."""
-        cids = list(cids)
+    def _sync(self, cids: Iterable[str]) -> None:
+        """Write the whole presence of `cids` on this node (the heartbeat's safety net)."""
         with self._lock:
             if not self._healthy:
-                return False
+                return
             writes: dict[tuple[str, str], int] = {}
             for cid in cids:
                 self._mirror.set(cid, *self._local_state(cid), writes)
-            if not writes and room is None:
-                return False
-            try:
-                pipe = self.bus.client.pipeline(transaction=True)
-                self.bus.write_presence(pipe, writes)
-                if room is not None:
-                    self.bus.in_room(pipe, room, cids[0])
-                result = pipe.execute()
-            except REDIS_ERRORS as exc:
-                self._lost(exc)
-                return False
-        return room is not None and bool(result[-1])
+            self._execute(writes, "", None)
+
+    def _execute(self, writes: dict[tuple[str, str], int], cid: str, ask: str | None) -> bool:
+        """Send `writes` (and the `ask` question about `cid`) in one transaction; under `_lock`."""
+        if not writes and ask is None:
+            return False
+        try:
+            pipe = self.bus.client.pipeline(transaction=True)
+            self.bus.write_presence(pipe, writes)
+            if ask is not None:
+                self.bus.in_room(pipe, ask, cid)
+            result = pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+            return False
+        return ask is not None and bool(result[-1])
 
     def _rewrite(self) -> None:
         """Register this node and its whole presence from the registry, replacing what Redis held."""

@@ -6,11 +6,13 @@ holding it, so it is never held across a switch; sending happens on snapshots, o
 
 It also owns admission: `reserve()` counts a connection against the per-worker and
 per-client limits (and refuses during shutdown) before the upgrade, atomically with
-the count, so two handshakes cannot both take the last slot.
+the count, so two handshakes cannot both take the last slot. It hands back a `Slot`
+whose `release()` gives the count back exactly once, however many cleanup paths call it.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Iterable
@@ -47,6 +49,40 @@ class Target:
     exclude_client: str = ""  # for presence: everyone in the room but the one who moved
 
 
+class Join(enum.Enum):
+    """What `Registry.join` did."""
+
+    NEW_CLIENT = "new_client"  # the peer's client id was not in the room on this worker
+    NEW_CONNECTION = "new_connection"  # its client id was, through another connection
+    ALREADY = "already"  # this connection was in the room already: nothing changed
+    FULL = "full"  # the connection is in the most rooms allowed: nothing changed
+    GONE = "gone"  # the peer has left the registry (closed, evicted): nothing changed
+
+
+@dataclass(frozen=True)
+class Departure:
+    """What `Registry.remove` took away: every room the peer was in, and those its
+    client id has left on this worker with it (no other connection of it there)."""
+
+    rooms: list[str]
+    left: list[str]
+
+
+class Slot:
+    """One reserved connection; `release()` is idempotent (the session's `finally`, the
+    greenlet's exit and the request's teardown may all call it)."""
+
+    def __init__(self, registry: Registry, client_id: str) -> None:
+        self.registry = registry
+        self.client_id = client_id
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.registry.release(self.client_id)
+
+
 class Registry:
     def __init__(self, max_connections: int, max_per_client: int) -> None:
         self.max_connections = max_connections
@@ -61,7 +97,7 @@ class Registry:
 
     # ---- admission ----------------------------------------------------------------------
 
-    def reserve(self, client_id: str, elsewhere: int = 0) -> None:
+    def reserve(self, client_id: str, elsewhere: int = 0) -> Slot:
         """Count one more connection for `client_id`, or refuse with 503/429.
 
         `elsewhere` is what the client holds on other nodes (the backplane's answer), so
@@ -80,16 +116,21 @@ class Registry:
                 )
             self._count += 1
             self._per_client[client_id] = self._per_client.get(client_id, 0) + 1
+        return Slot(self, client_id)
 
-    def release(self, client_id: str) -> None:
-        """Give back a reservation (the upgrade failed, or the peer has gone)."""
+    def release(self, client_id: str) -> bool:
+        """Give back a reservation (the upgrade failed, or the peer has gone); prefer
+        `Slot.release`. False (and no change) if `client_id` holds none."""
         with self._lock:
+            held = self._per_client.get(client_id, 0)
+            if held <= 0:
+                return False
             self._count -= 1
-            left = self._per_client.get(client_id, 1) - 1
-            if left > 0:
-                self._per_client[client_id] = left
+            if held > 1:
+                self._per_client[client_id] = held - 1
             else:
-                self._per_client.pop(client_id, None)
+                del self._per_client[client_id]
+            return True
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -99,31 +140,36 @@ class Registry:
             if peer.route == "chat":
                 self._by_client.setdefault(peer.client_id, set()).add(peer)
 
-    def remove(self, peer: Peer) -> list[str]:
-        """Take the peer out of every map; return the rooms its client id has left."""
+    def remove(self, peer: Peer) -> Departure | None:
+        """Take the peer out of every map; None if it was not in them (removed already)."""
         with self._lock:
             if peer not in self._peers:
-                return []
+                return None
             self._peers.discard(peer)
             peers = self._by_client.get(peer.client_id)
             if peers is not None:
                 peers.discard(peer)
                 if not peers:
                     del self._by_client[peer.client_id]
-            left = [room for room in list(peer.rooms) if self._leave_locked(peer, room)]
+            rooms = list(peer.rooms)
+            left = [room for room in rooms if self._leave_locked(peer, room)]
             peer.rooms.clear()
-            return left
+            return Departure(rooms, left)
 
-    def join(self, peer: Peer, room: str) -> bool:
-        """Put the peer in `room`; True if its client id was not in the room before."""
+    def join(self, peer: Peer, room: str, max_rooms: int) -> Join:
+        """Put the peer in `room` unless it already holds `max_rooms` rooms. O(1)."""
         with self._lock:
             if peer not in self._peers:
-                return False
+                return Join.GONE
+            if room in peer.rooms:
+                return Join.ALREADY
+            if len(peer.rooms) >= max_rooms:
+                return Join.FULL
             members = self._rooms.setdefault(room, {})
             entered = peer.client_id not in members
             members.setdefault(peer.client_id, set()).add(peer)
             peer.rooms.add(room)
-            return entered
+            return Join.NEW_CLIENT if entered else Join.NEW_CONNECTION
 
     def leave(self, peer: Peer, room: str) -> bool:
         """Take the peer out of `room`; True if that was its client id's last connection there."""
@@ -157,6 +203,16 @@ class Registry:
                 return list(self._by_client.get(target.key, ()))
             members = self._rooms.get(target.key, {})
             return [p for cid, peers in members.items() if cid != target.exclude_client for p in peers]
+
+    def client_count(self, client_id: str) -> int:
+        """Chat connections `client_id` holds on this worker. O(1)."""
+        with self._lock:
+            return len(self._by_client.get(client_id, ()))
+
+    def room_count(self, room: str, client_id: str) -> int:
+        """Connections of `client_id` in `room` on this worker. O(1)."""
+        with self._lock:
+            return len(self._rooms.get(room, {}).get(client_id, ()))
 
     def room_members(self, room: str) -> list[str]:
         with self._lock:

@@ -83,7 +83,7 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
                 accepted: Accepted = g.wsapp_accepted
                 sock = upgrade(accepted)
                 g.wsapp_upgraded = True
-                gevent.spawn(f, sock, accepted, *args, **kw)
+                g.wsapp_session = gevent.spawn(f, sock, accepted, *args, **kw)  # the slot is released when it ends
                 return _AfterUpgrade()
 
             kwargs["websocket"] = True

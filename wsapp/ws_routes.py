@@ -3,8 +3,15 @@
 The hook runs in the WSGI request; after the 101 each connection is one greenlet of
 its own running `_session` around its route (see `transport.Sock.route`): it reads and
 handles one message at a time (see `connection.WebSocket` for who writes). The
-session's `finally` is the one place a connection is cleaned up, whatever ended it,
-and it releases the slot the hook reserved.
+session's `finally` is the one place a connection is cleaned up, whatever ended it;
+each cleanup step runs even if another raised.
+
+The slot the hook reserves (`registry.Slot`) is released exactly once, and always:
+by the request's teardown if no session took it over, else when the session's
+greenlet ends, however it ends (the teardown links the release to the greenlet, so
+a route added with `@sock.route` that raises, even before its first line, gives its
+slot back too). An evicted slow consumer leaves the registry and its rooms at once,
+before its session ends (`Hub.evict`); the session's cleanup then finds it gone.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from .connection import WebSocket
 from .errors import CloseCode, HandshakeRejected
 from .handshake import Accepted, check_handshake
 from .proxy import client_address
-from .registry import Peer
+from .registry import Join, Peer
 from .service import Service
 from .transport import Sock
 
@@ -52,18 +59,23 @@ def init_app(app: Flask, service: Service) -> None:
             settings=settings,
         )
         client_id = accepted.identity.client_id
-        service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
-        g.wsapp_reserved = client_id
+        g.wsapp_slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
         remote = client_address(
             request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
         )
         g.wsapp_accepted = dataclasses.replace(accepted, remote_addr=remote)
 
     @app.teardown_request
-    def release_unused_reservation(_exc: BaseException | None) -> None:
-        client_id = g.pop("wsapp_reserved", None)
-        if client_id is not None and not g.get("wsapp_upgraded"):  # no session took it over
-            service.registry.release(client_id)
+    def hand_over_reservation(_exc: BaseException | None) -> None:
+        """Release the slot now if no session took it over, else when its greenlet ends."""
+        slot = g.pop("wsapp_slot", None)
+        if slot is None:
+            return
+        session = g.get("wsapp_session") if g.get("wsapp_upgraded") else None
+        if session is None:
+            slot.release()
+        else:  # runs once the greenlet is dead, whatever killed it (or at once if it already is)
+            session.link(lambda _greenlet: slot.release())
 
     def _session(raw: socket.socket, accepted: Accepted, route: str, serve: Callable[[Peer], None]) -> None:
         """Run one connection from its 101 to its last byte; the one place it is cleaned up."""
@@ -76,39 +88,58 @@ def init_app(app: Flask, service: Service) -> None:
             compression=accepted.extensions is not None,
         )
         peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at, accepted.remote_addr, route)
-        metrics.OPENED_BY_ROUTE[route].inc()
-        metrics.OPEN_BY_ROUTE[route].inc()
-        log.info(
-            "connect client=%s conn=%s route=%s addr=%s token_from=%s",
-            peer.client_id,
-            peer.conn_id,
-            route,
-            peer.remote_addr,
-            accepted.token_source,
-        )
+        failed = False
         try:
-            hub.connect(peer)
-            serve(peer)
-        except Exception:
-            log.exception("error in %s session conn=%s", route, peer.conn_id)
-            ws.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            ws.close()
-            hub.disconnect(peer)
-            ws.shutdown_socket()
-            service.registry.release(peer.client_id)
-            metrics.OPEN_BY_ROUTE[route].dec()
-            metrics.CONNECTIONS_CLOSED.labels(route, str(ws.close_code)).inc()
+            metrics.OPENED_BY_ROUTE[route].inc()
+            metrics.OPEN_BY_ROUTE[route].inc()
             log.info(
-                "disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
+                "connect client=%s conn=%s route=%s addr=%s token_from=%s",
                 peer.client_id,
                 peer.conn_id,
                 route,
                 peer.remote_addr,
-                time.monotonic() - ws.opened_at,
-                ws.close_code,
-                ws.close_reason,
+                accepted.token_source,
             )
+            hub.connect(peer)
+            serve(peer)
+        except Exception:
+            failed = True
+            log.exception("error in %s session conn=%s", route, peer.conn_id)
+        finally:
+            _end_session(peer, route, failed)
+
+    def _end_session(peer: Peer, route: str, failed: bool) -> None:
+        """Every cleanup step, each run whatever the others did; one log line for the failures."""
+        ws = peer.ws
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("close", lambda: ws.close(CloseCode.INTERNAL_ERROR, "internal error") if failed else ws.close()),
+            ("registry", lambda: hub.disconnect(peer)),
+            ("socket", ws.shutdown_socket),
+            ("metrics", lambda: _count_close(route, ws.close_code)),
+        )
+        failures: list[tuple[str, Exception]] = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                failures.append((name, exc))
+        if failures:
+            log.error(
+                "cleanup of conn=%s: step(s) %s failed; the others ran",
+                peer.conn_id,
+                ", ".join(name for name, _ in failures),
+                exc_info=failures[0][1],
+            )
+        log.info(
+            "disconnect client=%s conn=%s route=%s addr=%s duration=%.3fs code=%s reason=%r",
+            peer.client_id,
+            peer.conn_id,
+            route,
+            peer.remote_addr,
+            time.monotonic() - ws.opened_at,
+            ws.close_code,
+            ws.close_reason,
+        )
 
     def serve_echo(peer: Peer) -> None:
         ws = peer.ws
@@ -132,6 +163,10 @@ def init_app(app: Flask, service: Service) -> None:
                 ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
                 continue
             _handle_chat_frame(service, peer, msg)
+
+    def _count_close(route: str, code: int | None) -> None:
+        metrics.OPEN_BY_ROUTE[route].dec()
+        metrics.CONNECTIONS_CLOSED.labels(route, metrics.close_code_label(code)).inc()
 
     @sock.route("/ws/echo")
     def echo(raw: socket.socket, accepted: Accepted) -> None:
@@ -181,7 +216,14 @@ def _handle_chat_frame(service: Service, peer: Peer, text: str) -> None:
             return
         delivered = hub.send_to_room(peer.client_id, cmd.room, cmd.data)
     elif cmd.type == "join":
-        members = hub.join(peer, cmd.room)
+        max_rooms = service.settings.max_rooms
+        result = hub.join(peer, cmd.room, max_rooms)
+        if result is Join.FULL:
+            message = f"this connection is in {max_rooms} rooms, the most allowed (WSAPP_MAX_ROOMS): leave one first"
+            ws.send_frame(protocol.text_frame(protocol.error("too_many_rooms", message, cmd.id)))
+            return
+        # a repeated join changes nothing: no member list again (the client has it, and presence)
+        members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
         ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members)))
     elif cmd.type == "leave":
         hub.leave(peer, cmd.room)
