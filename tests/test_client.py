@@ -156,8 +156,34 @@ def test_help_documents_token_commands_and_exit_codes() -> None:
         "/binary HEX",
         "/quit",
         "3 handshake refused",
+        "--cacert FILE",
+        "--insecure",
     ):
         assert text in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ws://127.0.0.1:1/ws/echo", "--cacert", __file__], "--cacert and --insecure apply to wss:// URLs only"),
+        (["ws://127.0.0.1:1/ws/echo", "--insecure"], "--cacert and --insecure apply to wss:// URLs only"),
+        (["wss://127.0.0.1:1/ws/echo", "--cacert", "/nonexistent/ca.pem"], "--cacert /nonexistent/ca.pem: no such"),
+        (["wss://127.0.0.1:1/ws/echo", "--cacert", __file__, "--insecure"], "not allowed with argument"),
+    ],
+)
+def test_tls_options_that_make_no_sense_are_usage_errors(args: list[str], expected: str) -> None:
+    """(The wss:// round trips with --cacert and --insecure run through nginx in test_nginx.py.)"""
+    out = subprocess.run(
+        [sys.executable, "-m", "wsapp.client", *args],
+        cwd=ROOT,
+        env=client_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr.splitlines()[-1]
 
 
 def test_echo_round_trip_then_eof_closes_with_1000(server: Server, spawn: Any) -> None:

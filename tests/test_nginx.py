@@ -3,7 +3,7 @@
 Debian's nginx runs as a real process with a temporary prefix. The shipped files are
 used as they are, with only the upstream address, the listen ports, the certificate
 paths and the access log path replaced (each replacement must match, so a change to
-the shipped file cannot go untested). Everything listens on 127.0.0.1.
+the shipped file cannot go untested). Everything listens on 127.0.0.1 and [::1].
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,6 +56,7 @@ SHIPPED_UPSTREAM = "server 127.0.0.1:8000;"
 SHIPPED_CERT = "/etc/letsencrypt/live/ws.example.com/fullchain.pem"
 SHIPPED_KEY = "/etc/letsencrypt/live/ws.example.com/privkey.pem"
 SHIPPED_ACCESS_LOG = "/var/log/nginx/wsapp.access.log"
+SHIPPED_SERVER_NAME = "server_name ws.example.com;"
 
 
 def _nginx_binary() -> str:
@@ -121,7 +123,30 @@ def substitute(text: str, replacements: list[tuple[str, str, int]]) -> str:
     return text
 
 
-def start_nginx(conf_name: str, upstream_port: int, cert: Cert | None = None, timeout: float = 10) -> Nginx:
+# Debian's sites-enabled/default, as the package installs it (less comments and root):
+# the default server for every name on port 80, IPv4 and IPv6.
+DEBIAN_DEFAULT_SITE = """
+server {{
+    listen 127.0.0.1:{port} default_server;
+    listen [::1]:{port} default_server;
+    server_name _;
+    location / {{ default_type text/html; return 200 "<h1>Welcome to nginx!</h1>"; }}
+}}
+"""
+
+
+def start_nginx(
+    conf_name: str,
+    upstream_port: int,
+    cert: Cert | None = None,
+    timeout: float = 10,
+    server_name: str | None = None,
+    debian_default: bool = False,
+) -> Nginx:
+    """nginx with a shipped config, on 127.0.0.1 and [::1] (the shipped file listens on both).
+
+    `server_name` replaces the shipped one; `debian_default` adds Debian's default site
+    on the same port, as a server that installs nginx from Debian has it."""
     binary = _nginx_binary()
     prefix = Path(tempfile.mkdtemp(prefix="wsapp-nginx-"))
     prefix.chmod(0o755)  # as root, nginx workers run as nobody and create their temp dirs here
@@ -131,11 +156,15 @@ def start_nginx(conf_name: str, upstream_port: int, cert: Cert | None = None, ti
     replacements = [
         (SHIPPED_UPSTREAM, f"server 127.0.0.1:{upstream_port};", 1),
         ("listen 80;", f"listen 127.0.0.1:{http_port};", 1),
+        ("listen [::]:80;", f"listen [::1]:{http_port};", 1),
         (SHIPPED_ACCESS_LOG, str(prefix / "access.log"), 2 if tls else 1),
     ]
+    if server_name is not None:
+        replacements.append((SHIPPED_SERVER_NAME, f"server_name {server_name};", 2 if tls else 1))
     if cert is not None:
         replacements += [
             ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;", 1),
+            ("listen [::]:443 ssl;", f"listen [::1]:{https_port} ssl;", 1),
             (SHIPPED_CERT, str(cert.cert), 1),
             (SHIPPED_KEY, str(cert.key), 1),
         ]
@@ -156,6 +185,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     access_log {prefix}/default-access.log;
     include {prefix}/wsapp.conf;
+    {DEBIAN_DEFAULT_SITE.format(port=http_port) if debian_default else ""}
 }}
 """)
     with open(prefix / "stdout.log", "wb") as out:
@@ -186,7 +216,7 @@ def _accepts(port: int) -> bool:
 
 
 def make_cert(directory: Path) -> Cert:
-    """A throwaway self-signed certificate for 127.0.0.1 (it is its own trust anchor in the tests)."""
+    """A throwaway self-signed certificate for 127.0.0.1, ::1 and localhost (its own trust anchor)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wsapp test 127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
@@ -198,7 +228,16 @@ def make_cert(directory: Path) -> Cert:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
+            False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
@@ -244,8 +283,8 @@ def start_nginx_for() -> Iterator[Callable[..., Nginx]]:
     """Start nginx with a shipped config in front of any port; stopped after the test."""
     started: list[Nginx] = []
 
-    def start(conf_name: str, upstream_port: int, cert: Cert | None = None) -> Nginx:
-        nginx = start_nginx(conf_name, upstream_port, cert)
+    def start(conf_name: str, upstream_port: int, cert: Cert | None = None, **kw: Any) -> Nginx:
+        nginx = start_nginx(conf_name, upstream_port, cert, **kw)
         started.append(nginx)
         return nginx
 
@@ -566,3 +605,133 @@ def test_forwarded_headers(tls: bool, recorder: int, start_nginx_for: Callable[.
     assert ws["headers"]["x-forwarded-for"] == "127.0.0.1"
     assert ws["headers"]["x-forwarded-proto"] == scheme
     assert ws["headers"]["sec-websocket-version"] == "13"
+
+
+# --- IPv6, Debian's default site, the demo token route ------------------------------------------
+
+
+def _connect_v6(port: int, cert: Cert | None = None) -> socket.socket:
+    """A TCP (or TLS, for "localhost") connection from ::1, as a browser opening http://localhost/ may make."""
+    sock = socket.create_connection(("::1", port), timeout=10)
+    return tls_context(cert).wrap_socket(sock, server_hostname="localhost") if cert else sock
+
+
+def _get_v6(port: int, path: str, host: str, cert: Cert | None = None) -> tuple[int, dict[str, str], bytes]:
+    sock = _connect_v6(port, cert)
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def _echo_over_v6(port: int, host: str, cert: Cert | None = None) -> None:
+    scheme = "wss" if cert else "ws"
+    ws = websocket.create_connection(
+        f"{scheme}://{host}/ws/echo",
+        socket=_connect_v6(port, cert),
+        timeout=10,
+        header=[f"Authorization: Bearer {make_token('nginx-v6')}"],
+    )
+    try:
+        ws.send("over ::1")
+        assert ws.recv() == "over ::1"
+    finally:
+        ws.close()
+
+
+def test_a_client_on_ipv6_reaches_the_app_next_to_debians_default_site(
+    backend: Server, start_nginx_for: Callable[..., Nginx]
+) -> None:
+    """The README's "Behind nginx" followed literally on Debian: conf.d/wsapp.conf with
+    server_name localhost, Debian's default site still enabled, a browser on ::1."""
+    nginx = start_nginx_for("wsapp.conf", backend.port, server_name="localhost", debian_default=True)
+    host = f"localhost:{nginx.http_port}"
+    for get in (
+        lambda: _get_v6(nginx.http_port, "/healthz", host),
+        lambda: request(nginx.http_port, "GET", "/healthz", {"Host": host}),
+    ):
+        status, _, body = get()
+        assert (status, json.loads(body)) == (200, {"status": "ok"}), body
+    _echo_over_v6(nginx.http_port, host)
+    assert "::1 - " in wait_for_log(nginx.access_log, "::1 - ")
+    # any other name still goes to Debian's default site: docs/deployment.md says what to do
+    status, _, body = _get_v6(nginx.http_port, "/healthz", f"other.example:{nginx.http_port}")
+    assert status == 200 and b"Welcome to nginx!" in body
+
+
+def test_a_client_on_ipv6_reaches_the_app_over_tls(
+    backend: Server, cert: Cert, start_nginx_for: Callable[..., Nginx]
+) -> None:
+    nginx = start_nginx_for("wsapp-tls.conf", backend.port, cert, server_name="localhost", debian_default=True)
+    status, headers, _ = _get_v6(nginx.http_port, "/healthz", "localhost")
+    assert (status, headers["location"]) == (301, "https://localhost/healthz")
+    status, _, body = _get_v6(nginx.https_port, "/healthz", f"localhost:{nginx.https_port}", cert)
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    _echo_over_v6(nginx.https_port, f"localhost:{nginx.https_port}", cert)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["wsapp.conf", "wsapp-tls.conf"])
+def test_the_demo_token_route_is_never_published(
+    tls: bool, cert: Cert, start_server: Callable[..., Server], start_nginx_for: Callable[..., Nginx]
+) -> None:
+    srv = start_server(WSAPP_DEMO_TOKENS="1")  # the app itself would mint one
+    body = json.dumps({"client_id": "outsider", "admin": True}).encode()
+    headers = {"Content-Type": "application/json"}
+    assert http(srv.url, "POST", "/api/demo/token", {"client_id": "outsider"}).status == 200
+    nginx = start_nginx_for("wsapp-tls.conf" if tls else "wsapp.conf", srv.port, cert if tls else None)
+    port = nginx.https_port if tls else nginx.http_port
+    for method in ("POST", "GET"):
+        status, answer_headers, payload = request(port, method, "/api/demo/token", headers, body, cert if tls else None)
+        assert status == 404, payload
+        assert json.loads(payload) == {"error": "not_found", "message": "no such route"}
+        assert answer_headers["content-type"].startswith("application/json")
+    # never reached the app through nginx: a later request is logged, and only the direct call before it
+    assert request(port, "GET", "/healthz", {"User-Agent": "after-the-404"}, cert=cert if tls else None)[0] == 200
+    assert wait_for_log(srv.log, "after-the-404").count("/api/demo/token") == 1
+
+
+# --- the terminal client over wss:// ------------------------------------------------------------
+
+
+def _client(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WSAPP_TOKEN", "SSL_CERT_FILE", "SSL_CERT_DIR")}
+    return subprocess.run(
+        [sys.executable, "-m", "wsapp.client", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_client_trusts_a_private_certificate_with_cacert(nginx_tls: Nginx, cert: Cert) -> None:
+    url = nginx_tls.wss_url + "/ws/echo"
+    done = _client(url, "--token", make_token("client-cacert"), "--cacert", str(cert.cert), stdin="over wss\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["< over wss"]
+    assert f"* connected to {url}" in done.stderr
+
+
+def test_client_refuses_an_unknown_certificate_and_says_what_to_do(
+    nginx_tls: Nginx, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    url = nginx_tls.wss_url + "/ws/echo"
+    for extra in ([], ["--cacert", str(make_cert(tmp_path_factory.mktemp("other-ca")).cert)]):
+        done = _client(url, "--token", make_token("client-untrusted"), *extra, stdin="never sent\n")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(f"error: cannot connect to {url}: ") and "--cacert FILE" in done.stderr
+        assert "certificate" in done.stderr and done.stdout == ""
+
+
+def test_client_insecure_skips_the_check(nginx_tls: Nginx) -> None:
+    url = nginx_tls.wss_url + "/ws/echo"
+    done = _client(url, "--token", make_token("client-insecure"), "--insecure", stdin="unchecked\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["< unchecked"]

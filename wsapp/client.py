@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from urllib.parse import urlsplit
@@ -42,6 +43,12 @@ chat mode (on by default when the URL path ends in /ws/chat; see --chat/--no-cha
   /join ROOM, /leave ROOM, /room ROOM TEXT
   TEXT goes as a JSON string; send other JSON with /raw, e.g. /raw {"type":"join","room":"r","id":"1"}
 outside chat mode a plain line is sent as it is.
+
+wss://: the server's certificate is checked against the system's trust store (or the
+  bundle SSL_CERT_FILE names); --cacert FILE trusts the PEM certificate(s) in FILE instead,
+  e.g. a private CA or a self-signed certificate (like wscat's --ca); --insecure checks
+  nothing (like wscat's --no-check): anyone between you and the server can read and change
+  the traffic, so only for a test server.
 
 exit status: 0 we closed (Ctrl+C, EOF, /quit) or the server closed with 1000; 1 cannot connect,
   connection lost, or the server closed with another code; 2 bad arguments; 3 handshake refused
@@ -230,11 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("--origin", help="send this Origin header (default: none, as a non-browser client)")
     add("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra handshake header")
     add("--timeout", type=float, default=10.0, help="seconds to connect and handshake (default 10)")
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument("--cacert", metavar="FILE", help="wss://: trust the PEM certificate(s) in FILE (a private CA)")
+    tls.add_argument("--insecure", action="store_true", help="wss://: do not check the certificate (tests only)")
     return parser
 
 
+def tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object] | None:
+    """websocket-client's `sslopt` for --cacert / --insecure; a usage error where they make no sense."""
+    if not (args.cacert or args.insecure):
+        return None
+    if urlsplit(args.url).scheme != "wss":
+        parser.error("--cacert and --insecure apply to wss:// URLs only")
+    if args.insecure:
+        return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+    if not os.path.isfile(args.cacert) or not os.access(args.cacert, os.R_OK):
+        parser.error(f"--cacert {args.cacert}: no such readable file")
+    return {"ca_certs": args.cacert}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sslopt = tls_options(parser, args)
     headers: list[str] = list(args.header)
     subprotocols: list[str] | None = None
     if args.token and args.subprotocol:
@@ -244,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ws = websocket.create_connection(
             args.url, timeout=args.timeout, header=headers, subprotocols=subprotocols,
-            origin=args.origin, suppress_origin=args.origin is None,
+            origin=args.origin, suppress_origin=args.origin is None, sslopt=sslopt,
         )  # fmt: skip
     except websocket.WebSocketBadStatusException as exc:
         error(f"handshake refused: {refusal(exc)}")
         return EXIT_REFUSED
+    except ssl.SSLCertVerificationError as exc:
+        error(f"cannot connect to {args.url}: {exc.verify_message or exc}; for a private CA or a "
+              "self-signed certificate use --cacert FILE (or --insecure, for tests only)")  # fmt: skip
+        return EXIT_ERROR
     except (websocket.WebSocketException, OSError, ValueError) as exc:
         error(f"cannot connect to {args.url}: {exc}")
         return EXIT_ERROR
