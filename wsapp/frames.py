@@ -3,13 +3,30 @@
 `FrameReader.feed(bytes)` turns what a client sent into events, enforcing the rules a
 server must: client frames masked, control frames short and unfragmented, no reserved
 bits or opcodes, continuation frames in order, text valid UTF-8 (close 1007), and no
-message over the size limit, counted after decompression (close 1009). Anything else
-wrong is a protocol error (close 1002). `encode_frame` builds server frames (unmasked),
-so one message can be encoded once and the same bytes written to every subscriber.
+message over the size limit (close 1009). Anything else wrong is a protocol error
+(close 1002). `encode_frame` builds server frames (unmasked), so one message can be
+encoded once and the same bytes written to every subscriber.
+
+Memory is bounded by `max_message_bytes` whatever the client sends:
+
+- a message's *size* is its payload bytes plus `FRAGMENT_COST` for every continuation
+  frame, so a message may have at most `1 + max_message_bytes // FRAGMENT_COST`
+  frames: zero-length or one-byte fragments cannot pile up. A compressed message must
+  fit both before (wire bytes) and after inflation, and is inflated fragment by
+  fragment, so the compressed form is never kept;
+- a frame is refused from its header, before its payload is buffered, if it would take
+  the message over the limit; the parse buffer therefore holds at most one frame of at
+  most `max_message_bytes` plus one read;
+- text is validated as it arrives, fragment by fragment and even inside a frame that
+  is still arriving, so invalid UTF-8 fails the connection at once (Autobahn 6.4.*).
+
+Errors never lose what came before them: `feed` raises `ProtocolError` with the events
+parsed before the bad frame in `error.events`, to be delivered first.
 """
 
 from __future__ import annotations
 
+import codecs
 import struct
 import zlib
 from dataclasses import dataclass
@@ -19,22 +36,41 @@ OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 _DATA_OPS = (OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+MAX_CONTROL_PAYLOAD = 125
+# What one continuation frame costs against the message limit: about what keeping it
+# costs us (a list slot and an object header, or the parser's per-frame work).
+FRAGMENT_COST = 64
 # close codes a peer may send (RFC 6455 §7.4); 1005/1006/1015 must never be on the wire
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class ProtocolError(Exception):
-    """The peer broke the protocol; close the connection with `code`."""
+    """The peer broke the protocol; close the connection with `code`.
+
+    `events` holds what the same `feed` call parsed before the bad frame: deliver
+    those first (a valid message followed by a bad frame is still echoed)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+        self.events: list[Event] = []
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     data: str | bytes  # str for text, bytes for binary
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A data frame that does not finish its message (no payload: the reader keeps it).
+
+    Reported so that every frame is one event, and a caller can charge each frame."""
+
+
+FRAGMENT = Fragment()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +89,7 @@ class Close:
     reason: str
 
 
-Event = Message | Ping | Pong | Close
+Event = Message | Fragment | Ping | Pong | Close
 
 
 def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
@@ -91,18 +127,30 @@ class Inflater:
     """Decompresses permessage-deflate messages, stopping at the size limit.
 
     We negotiate `client_no_context_takeover`, so every message starts a fresh
-    window: no 32 KiB zlib context is kept per idle connection.
+    window: no 32 KiB zlib context is kept per idle connection, only while a
+    fragmented compressed message is arriving (`stream()`).
     """
 
     def inflate(self, data: bytes, limit: int) -> bytes:
-        d = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            out = d.decompress(data + _DEFLATE_TAIL, limit + 1)
-        except zlib.error:
-            raise ProtocolError(1007, "invalid compressed data") from None
-        if len(out) > limit:
-            raise ProtocolError(1009, "message too big")
-        return out
+        """A whole one-frame message; over `limit` bytes inflated: 1009."""
+        return _inflate_chunk(zlib.decompressobj(-zlib.MAX_WBITS), data + _DEFLATE_TAIL, limit)
+
+    def stream(self) -> zlib._Decompress:
+        """A decompressor for one fragmented message, fed with `_inflate_chunk`."""
+        return zlib.decompressobj(-zlib.MAX_WBITS)
+
+
+def _inflate_chunk(d: zlib._Decompress, data: bytes, room: int) -> bytes:
+    """Inflate `data`; more than `room` bytes out is 1009 (never inflates further)."""
+    if room < 0:
+        raise ProtocolError(1009, "message too big")
+    try:
+        out = d.decompress(data, room + 1)  # room + 1 >= 1: 0 would mean "no limit"
+    except zlib.error:
+        raise ProtocolError(1007, "invalid compressed data") from None
+    if len(out) > room:
+        raise ProtocolError(1009, "message too big")
+    return out
 
 
 class FrameReader:
@@ -112,58 +160,74 @@ class FrameReader:
         self.max_message_bytes = max_message_bytes
         self.inflater = inflater
         self._buf = bytearray()
-        self._msg_op: int | None = None  # opcode of the message being reassembled
-        self._msg_compressed = False
-        self._msg_parts: list[bytes] = []
-        self._msg_len = 0
+        # the message being reassembled (between its first and its final frame)
+        self._msg_op: int | None = None
+        self._msg_data = bytearray()  # payload so far (inflated if compressed)
+        self._msg_size = 0  # len(_msg_data) + FRAGMENT_COST per continuation frame
+        self._msg_wire = 0  # the same on the wire (differs when compressed)
+        self._msg_zlib: zlib._Decompress | None = None  # set: the message is compressed
+        # UTF-8 check of the text arriving: the current text message (or one-frame text
+        # message still arriving), fed every byte once; `_checked` payload bytes of the
+        # frame at the head of `_buf` have been fed already.
+        self._utf8: codecs.IncrementalDecoder | None = None
+        self._checked = 0
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add bytes from the socket; return the complete events they finish."""
+        """Add bytes from the socket; return the events (one per frame) they complete.
+
+        Raises `ProtocolError` (with the events parsed before the bad frame)."""
         buf = self._buf
         buf += data
         events: list[Event] = []
         pos = 0
         n = len(buf)
-        while n - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            fin, rsv1, opcode = b0 & 0x80, b0 & 0x40, b0 & 0x0F
-            if b0 & 0x30:
-                raise ProtocolError(1002, "reserved bits set")
-            if not b1 & 0x80:
-                raise ProtocolError(1002, "client frames must be masked")
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if n - pos < 4:
+        try:
+            while n - pos >= 2:
+                b0, b1 = buf[pos], buf[pos + 1]
+                fin, rsv1, opcode = b0 & 0x80, b0 & 0x40, b0 & 0x0F
+                if b0 & 0x30:
+                    raise ProtocolError(1002, "reserved bits set")
+                if not b1 & 0x80:
+                    raise ProtocolError(1002, "client frames must be masked")
+                length = b1 & 0x7F
+                head = 2
+                if length == 126:
+                    if n - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    head = 4
+                elif length == 127:
+                    if n - pos < 10:
+                        break
+                    (length,) = struct.unpack_from("!Q", buf, pos + 2)
+                    head = 10
+                    if length >> 63:
+                        raise ProtocolError(1002, "frame length out of range")
+                self._check_header(opcode, bool(fin), bool(rsv1), length)
+                start = pos + head + 4
+                end = start + length
+                if n < end:
+                    if n > start and not rsv1 and opcode in (OP_TEXT, OP_CONT):
+                        self._check_partial(opcode, buf, start, n)
                     break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                (length,) = struct.unpack_from("!Q", buf, pos + 2)
-                head = 10
-                if length >> 63:
-                    raise ProtocolError(1002, "frame length out of range")
-            self._check_header(opcode, bool(fin), bool(rsv1), length)
-            end = pos + head + 4 + length
-            if n < end:
-                break
-            mask = bytes(buf[pos + head : pos + head + 4])
-            payload = unmask(bytes(buf[pos + head + 4 : end]), mask)
-            pos = end
-            event = self._on_frame(opcode, bool(fin), bool(rsv1), payload)
-            if event is not None:
+                mask = bytes(buf[start - 4 : start])
+                payload = unmask(bytes(buf[start:end]), mask)
+                pos = end
+                event = self._on_frame(opcode, bool(fin), bool(rsv1), payload)
                 events.append(event)
                 if isinstance(event, Close):
                     break
+        except ProtocolError as exc:
+            buf.clear()
+            exc.events = events
+            raise
         del buf[:pos]
         return events
 
     def _check_header(self, opcode: int, fin: bool, rsv1: bool, length: int) -> None:
         """Refuse a bad frame as soon as its header is in, before buffering its payload."""
         if opcode in _CONTROL_OPS:
-            if not fin or length > 125:
+            if not fin or length > MAX_CONTROL_PAYLOAD:
                 raise ProtocolError(1002, "control frames must be final and at most 125 bytes")
             if rsv1:
                 raise ProtocolError(1002, "RSV1 on a control frame")
@@ -173,38 +237,89 @@ class FrameReader:
                 raise ProtocolError(1002, "continuation frame with no message to continue")
             if rsv1:
                 raise ProtocolError(1002, "RSV1 on a continuation frame")
-        elif opcode in _DATA_OPS:
+            # compressed data can only grow when inflated; the inflater checks the rest
+            if self._msg_wire + FRAGMENT_COST + length > self.max_message_bytes:
+                raise ProtocolError(1009, "message too big")
+            return
+        if opcode in _DATA_OPS:
             if self._msg_op is not None:
                 raise ProtocolError(1002, "new message before the last one finished")
             if rsv1 and self.inflater is None:
                 raise ProtocolError(1002, "RSV1 set but no compression was negotiated")
-        else:
-            raise ProtocolError(1002, f"reserved opcode {opcode}")
-        # compressed data can only grow when inflated; the inflater checks the rest
-        if self._msg_len + length > self.max_message_bytes:
-            raise ProtocolError(1009, "message too big")
+            if length > self.max_message_bytes:
+                raise ProtocolError(1009, "message too big")
+            return
+        raise ProtocolError(1002, f"reserved opcode {opcode}")
 
-    def _on_frame(self, opcode: int, fin: bool, rsv1: bool, payload: bytes) -> Event | None:
+    def _check_partial(self, opcode: int, buf: bytearray, start: int, n: int) -> None:
+        """Check the UTF-8 of the part of a text frame that has arrived (fail fast)."""
+        if opcode == OP_CONT and (self._msg_op != OP_TEXT or self._msg_zlib is not None):
+            return
+        if self._utf8 is None:  # a one-frame text message arriving in pieces
+            self._utf8 = _Utf8Decoder()
+        got = n - start
+        if got <= self._checked:
+            return
+        off = self._checked
+        mask = bytes(buf[start - 4 : start])
+        rotated = mask[off % 4 :] + mask[: off % 4]
+        self._feed_utf8(unmask(bytes(buf[start + off : n]), rotated), final=False)
+        self._checked = got
+
+    def _feed_utf8(self, chunk: bytes, final: bool) -> None:
+        assert self._utf8 is not None
+        try:
+            self._utf8.decode(chunk, final)
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "text message is not valid UTF-8") from None
+
+    def _on_frame(self, opcode: int, fin: bool, rsv1: bool, payload: bytes) -> Event:
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
             return Pong(payload)
         if opcode == OP_CLOSE:
             return _parse_close(payload)
+        checked, self._checked = self._checked, 0
         if opcode != OP_CONT:
+            if fin and self._utf8 is None:  # the common case: a whole message in one frame
+                return self._one_frame_message(opcode, rsv1, payload)
             self._msg_op = opcode
-            self._msg_compressed = rsv1
-        self._msg_parts.append(payload)
-        self._msg_len += len(payload)
+            if rsv1:
+                assert self.inflater is not None
+                self._msg_zlib = self.inflater.stream()
+            elif opcode == OP_TEXT and self._utf8 is None:
+                self._utf8 = _Utf8Decoder()
+        else:
+            self._msg_size += FRAGMENT_COST
+        self._msg_wire += len(payload) + (FRAGMENT_COST if opcode == OP_CONT else 0)
+        chunk = payload
+        if self._msg_zlib is not None:
+            tail = _DEFLATE_TAIL if fin else b""
+            chunk = _inflate_chunk(self._msg_zlib, payload + tail, self.max_message_bytes - self._msg_size)
+            if self._msg_op == OP_TEXT:
+                if self._utf8 is None:
+                    self._utf8 = _Utf8Decoder()
+                self._feed_utf8(chunk, fin)
+        elif self._utf8 is not None:
+            self._feed_utf8(payload[checked:], fin)
+        self._msg_size += len(chunk)
+        self._msg_data += chunk
         if not fin:
-            return None
-        op, compressed = self._msg_op, self._msg_compressed
-        data = self._msg_parts[0] if len(self._msg_parts) == 1 else b"".join(self._msg_parts)
-        self._msg_op, self._msg_compressed, self._msg_parts, self._msg_len = None, False, [], 0
-        if compressed:
-            assert self.inflater is not None
-            data = self.inflater.inflate(data, self.max_message_bytes)
+            return FRAGMENT
+        op, data = self._msg_op, self._msg_data
+        self._msg_op, self._msg_data, self._msg_zlib, self._utf8 = None, bytearray(), None, None
+        self._msg_size = self._msg_wire = 0
         if op == OP_TEXT:
+            return Message(data.decode("utf-8"))  # checked above
+        return Message(bytes(data))
+
+    def _one_frame_message(self, opcode: int, rsv1: bool, payload: bytes) -> Message:
+        data = payload
+        if rsv1:
+            assert self.inflater is not None
+            data = self.inflater.inflate(payload, self.max_message_bytes)
+        if opcode == OP_TEXT:
             try:
                 return Message(data.decode("utf-8"))
             except UnicodeDecodeError:
