@@ -226,6 +226,14 @@ OPTIONS: tuple[Option, ...] = (
         "Messages queued for one connection before it is closed 1008 as a slow consumer.",
     ),
     Option(
+        "WSAPP_SEND_QUEUE_BYTES",
+        "send_queue_bytes",
+        "0",
+        _int(0),
+        "Bytes queued for one connection before it is closed 1008 as a slow consumer. "
+        "`0`: 4 × `WSAPP_MAX_MESSAGE_BYTES` + 64 KiB.",
+    ),
+    Option(
         "WSAPP_MAX_ROOMS",
         "max_rooms",
         "100",
@@ -339,6 +347,7 @@ class Settings:
     rate_limit: float = 50.0
     rate_burst: float = 100.0
     send_queue: int = 256
+    send_queue_bytes: int = 0  # 0: derived from max_message_bytes (connection.default_send_queue_bytes)
     max_rooms: int = 100
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 20.0

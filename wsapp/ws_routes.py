@@ -26,8 +26,8 @@ from typing import cast
 
 from flask import Flask, g, request
 
-from . import metrics, protocol, ratelimit
-from .connection import WebSocket
+from . import metrics, protocol
+from .connection import RateLimited, WebSocket
 from .errors import CloseCode, HandshakeRejected
 from .handshake import Accepted, check_handshake
 from .proxy import client_address
@@ -85,7 +85,12 @@ def init_app(app: Flask, service: Service) -> None:
             conn_id=secrets.token_urlsafe(9),
             max_message_bytes=settings.max_message_bytes,
             send_queue=settings.send_queue,
+            send_queue_bytes=settings.send_queue_bytes or None,  # 0: derived from the message limit
             compression=accepted.extensions is not None,
+            rate_limit=settings.rate_limit,  # every frame the client sends is charged
+            rate_burst=settings.rate_burst,
+            evict_grace_s=settings.ping_timeout_s,  # for a slow consumer to read its 1008
+            on_evict=lambda: hub.evict(peer),  # leaves the registry and its rooms at once
         )
         peer = Peer(ws, ident.client_id, ident.is_admin, ident.expires_at, accepted.remote_addr, route)
         failed = False
@@ -143,11 +148,10 @@ def init_app(app: Flask, service: Service) -> None:
 
     def serve_echo(peer: Peer) -> None:
         ws = peer.ws
-        limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
         while (msg := ws.receive()) is not None:
-            if _rate_limited(ws, limiter, None):
-                continue
-            if isinstance(msg, bytes):
+            if isinstance(msg, RateLimited):
+                _rate_limited(ws, None)
+            elif isinstance(msg, bytes):
                 ws.send_binary(msg)
             else:
                 ws.send_text(msg)
@@ -155,9 +159,9 @@ def init_app(app: Flask, service: Service) -> None:
     def serve_chat(peer: Peer) -> None:
         ws = peer.ws
         ws.send_frame(protocol.text_frame(protocol.welcome(peer.client_id, peer.conn_id)))
-        limiter = ratelimit.RateLimiter(settings.rate_limit, settings.rate_burst)
         while (msg := ws.receive()) is not None:
-            if _rate_limited(ws, limiter, msg):
+            if isinstance(msg, RateLimited):  # over the connection's budget, charged per frame
+                _rate_limited(ws, msg.data)
                 continue
             if isinstance(msg, bytes):
                 ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
@@ -177,18 +181,12 @@ def init_app(app: Flask, service: Service) -> None:
         _session(raw, accepted, "chat", serve_chat)
 
 
-def _rate_limited(ws: WebSocket, limiter: ratelimit.RateLimiter, chat_frame: str | bytes | None) -> bool:
-    """True if the message must be dropped; the client gets `rate_limited` (with the
-    frame's `id` on chat, so every id still gets its one answer) or, past the debt, 1008."""
-    verdict = limiter.check()
-    if verdict == ratelimit.OK:
-        return False
-    if verdict == ratelimit.CLOSE:
-        ws.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-    else:
-        msg_id = protocol.frame_id(chat_frame) if isinstance(chat_frame, str) else None
-        ws.send_frame(protocol.text_frame(protocol.error("rate_limited", "too many messages: slow down", msg_id)))
-    return True
+def _rate_limited(ws: WebSocket, chat_frame: str | bytes | None) -> None:
+    """Answer a message that came over the budget with `rate_limited` (with the frame's
+    `id` on chat, so every id still gets its one answer). Past the debt the connection
+    has closed itself 1008 (see `WebSocket.receive`)."""
+    msg_id = protocol.frame_id(chat_frame) if isinstance(chat_frame, str) else None
+    ws.send_frame(protocol.text_frame(protocol.error("rate_limited", "too many messages: slow down", msg_id)))
 
 
 def _handle_chat_frame(service: Service, peer: Peer, text: str) -> None:
