@@ -41,7 +41,10 @@ def nested(depth: int) -> str:
         ('{"type":"broadcast","data":"\\\\ud800"}', Command("broadcast", data="\\ud800")),  # an escaped backslash
         ('{"type":"broadcast","data":1e308}', Command("broadcast", data=1e308)),
         ('{"type":"broadcast","data":-1e308}', Command("broadcast", data=-1e308)),
-        ('{"type":"broadcast","data":' + nested(MAX_DEPTH - 1) + "}", Command("broadcast", data=json.loads(nested(63)))),
+        (
+            '{"type":"broadcast","data":' + nested(MAX_DEPTH - 1) + "}",
+            Command("broadcast", data=json.loads(nested(MAX_DEPTH - 1))),
+        ),
     ],
 )
 def test_valid_frames_parse(text: str, command: Command) -> None:

@@ -288,3 +288,11 @@ def test_deliver_counts_the_peers_that_took_the_frame() -> None:
     assert deliver([took, full, took], b"frame") == 2
     assert took.ws.sent == [b"frame", b"frame"]  # type: ignore[attr-defined]
     assert deliver([], b"frame") == 0
+
+
+def test_slot_release_says_whether_it_released() -> None:
+    reg = Registry(10, 10)
+    slot = reg.reserve("alice")
+    assert slot.release() is True
+    assert slot.release() is False
+    assert reg.held == 0

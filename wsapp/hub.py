@@ -22,7 +22,6 @@ from . import protocol
 from .backplane import Backplane
 from .registry import Departure, Join, Peer, Registry, Target
 
-
 log = logging.getLogger("wsapp.hub")
 
 

@@ -35,6 +35,11 @@ CONNECTIONS_CLOSED = Counter(
 HANDSHAKES_REFUSED = Counter(
     "wsapp_handshakes_refused", "Handshakes refused before the upgrade, by error code.", ["error"]
 )
+CONNECTION_SLOTS = Gauge(
+    "wsapp_connection_slots",
+    "Connection slots held (open connections plus handshakes in flight): what the connection limits count.",
+    multiprocess_mode="livesum",
+)
 MESSAGES_IN = Counter("wsapp_messages_received", "Messages received from clients.")
 BYTES_IN = Counter("wsapp_received_bytes", "Bytes received from clients on WebSockets (frames included).")
 MESSAGES_OUT = Counter("wsapp_messages_sent", "Frames written to clients.")

@@ -77,10 +77,13 @@ class Slot:
         self.client_id = client_id
         self.released = False
 
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.registry.release(self.client_id)
+    def release(self) -> bool:
+        """Give the slot back; True the first time, False (and no change) after that."""
+        if self.released:
+            return False
+        self.released = True
+        self.registry.release(self.client_id)
+        return True
 
 
 class Registry:

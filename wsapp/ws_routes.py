@@ -31,7 +31,7 @@ from .connection import RateLimited, WebSocket
 from .errors import CloseCode, HandshakeRejected
 from .handshake import Accepted, check_handshake
 from .proxy import client_address
-from .registry import Join, Peer
+from .registry import Join, Peer, Slot
 from .service import Service
 from .transport import Sock
 
@@ -60,6 +60,7 @@ def init_app(app: Flask, service: Service) -> None:
         )
         client_id = accepted.identity.client_id
         g.wsapp_slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
+        metrics.CONNECTION_SLOTS.inc()
         remote = client_address(
             request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
         )
@@ -71,11 +72,19 @@ def init_app(app: Flask, service: Service) -> None:
         slot = g.pop("wsapp_slot", None)
         if slot is None:
             return
-        session = g.get("wsapp_session") if g.get("wsapp_upgraded") else None
-        if session is None:
-            slot.release()
+        if not g.get("wsapp_upgraded"):
+            _release(slot)
+            return
+        session = g.get("wsapp_session")
+        if session is None:  # a transport that names no session greenlet: never hold a slot for ever
+            log.error("the transport handed over no session greenlet: connection slot released at once")
+            _release(slot)
         else:  # runs once the greenlet is dead, whatever killed it (or at once if it already is)
-            session.link(lambda _greenlet: slot.release())
+            session.link(lambda _greenlet: _release(slot))
+
+    def _release(slot: Slot) -> None:
+        if slot.release():
+            metrics.CONNECTION_SLOTS.dec()
 
     def _session(raw: socket.socket, accepted: Accepted, route: str, serve: Callable[[Peer], None]) -> None:
         """Run one connection from its 101 to its last byte; the one place it is cleaned up."""

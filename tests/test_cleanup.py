@@ -1,0 +1,311 @@
+"""Cleanup always finishes: whatever raises after a slot is reserved, the slot, the registry
+entries, the rooms and presence are released, and it is logged once.
+
+Two levels: the app in this process over real (gevent) socket pairs, where a route or a
+cleanup step can be made to fail on purpose; and a real gunicorn, attacked as the issue
+describes (a room name the server cannot encode, sent again and again by one client id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.socket
+import pytest
+
+from helpers import SECRET, Server, chat_client, http, make_token, recv_json, recv_until
+from wsapp import create_app, metrics
+from wsapp.backplane import InProcessBackplane
+from wsapp.hub import Hub
+from wsapp.registry import Peer, Registry
+from wsapp.service import Service
+from wsapp.settings import Settings
+
+ADMIN = make_token("ops", admin=True)
+
+# ---- in this process: a real app, real sockets, failures put in on purpose ---------------
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked client frame."""
+    mask = b"\x11\x22\x33\x44"
+    n = len(payload)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Client:
+    """The client end of a socket pair: sends masked frames, reads the server's frames."""
+
+    def __init__(self, sock: gevent.socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        sock.settimeout(5)
+
+    def send(self, obj: Any) -> None:
+        self.sock.sendall(client_frame(json.dumps(obj).encode()))
+
+    def close(self) -> None:
+        self.sock.sendall(client_frame((1000).to_bytes(2, "big"), 0x8))
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return False
+            self.buf += chunk
+        return True
+
+    def frame(self) -> tuple[int, bytes] | None:
+        """The next (opcode, payload), or None at EOF."""
+        if not self._fill(2):
+            return None
+        n, head = self.buf[1] & 0x7F, 2
+        if n == 126:
+            self._fill(4)
+            n, head = int.from_bytes(self.buf[2:4], "big"), 4
+        elif n == 127:
+            self._fill(10)
+            n, head = int.from_bytes(self.buf[2:10], "big"), 10
+        self._fill(head + n)
+        opcode, payload = self.buf[0] & 0x0F, self.buf[head : head + n]
+        self.buf = self.buf[head + n :]
+        return opcode, payload
+
+    def json(self) -> dict[str, Any]:
+        got = self.frame()
+        assert got is not None and got[0] == 0x1, got
+        return json.loads(got[1])  # type: ignore[no-any-return]
+
+    def close_code(self) -> int:
+        """Read up to the server's close frame; its code."""
+        while (got := self.frame()) is not None:
+            if got[0] == 0x8:
+                return int.from_bytes(got[1][:2], "big")
+        raise AssertionError("EOF before a close frame")
+
+    def at_eof(self) -> bool:
+        return self.frame() is None
+
+
+@dataclass
+class InProcess:
+    app: Any
+    service: Service
+    records: list[logging.LogRecord]
+
+    def connect(self, path: str = "/ws/chat", client_id: str = "alice") -> Client:
+        server_end, client_end = gevent.socket.socketpair()
+        headers = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+            "Authorization": f"Bearer {make_token(client_id)}",
+        }
+        resp = self.app.test_client().get(path, headers=headers, environ_overrides={"werkzeug.socket": server_end})
+        assert resp.status_code == 200, resp.data  # the 101 went out on the socket itself
+        client = Client(client_end)
+        assert client._fill(4) and b"101 Switching Protocols" in client.buf.split(b"\r\n\r\n")[0]
+        client.buf = client.buf.split(b"\r\n\r\n", 1)[1]
+        return client
+
+    def lines(self, pattern: str) -> list[str]:
+        return [r.getMessage() for r in self.records if re.search(pattern, r.getMessage())]
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 5) -> None:
+    """Poll `check`, letting the app's greenlets run, until it holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        gevent.sleep(0.01)
+
+
+class _Records(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+@pytest.fixture
+def inproc() -> Iterator[InProcess]:
+    settings = Settings.from_env({"WSAPP_JWT_SECRET": SECRET, "WSAPP_INSTANCE_PATH": tempfile.mkdtemp()})
+    app = create_app(settings)
+    records: list[logging.LogRecord] = []
+    handler = _Records(records)
+    logging.getLogger("wsapp").addHandler(handler)
+    try:
+        yield InProcess(app, app.extensions["wsapp"], records)
+    finally:
+        logging.getLogger("wsapp").removeHandler(handler)
+
+
+def test_a_session_holds_its_slot_until_it_ends(inproc: InProcess) -> None:
+    slots = metrics.CONNECTION_SLOTS._value.get()
+    client = inproc.connect()
+    assert client.json()["type"] == "welcome"
+    assert inproc.service.registry.held == 1 and metrics.CONNECTION_SLOTS._value.get() == slots + 1
+    client.close()
+    assert client.close_code() == 1000
+    until(lambda: inproc.service.registry.held == 0, "the slot is back")
+    assert metrics.CONNECTION_SLOTS._value.get() == slots
+    assert inproc.lines("no session greenlet") == []
+
+
+def test_a_flask_sock_style_route_that_dies_with_a_type_error_gives_its_slot_back(inproc: InProcess) -> None:
+    sock = inproc.app.extensions["wsapp.sock"]
+
+    @sock.route("/ws/flask-sock-style")
+    def flask_sock_style(ws):  # type: ignore[no-untyped-def]  # flask-sock's signature: f(ws)
+        ws.send("never")
+
+    slots = metrics.CONNECTION_SLOTS._value.get()
+    client = inproc.connect("/ws/flask-sock-style")
+    until(lambda: inproc.service.registry.held == 0, "the slot is back")
+    assert metrics.CONNECTION_SLOTS._value.get() == slots
+    client.sock.close()
+
+
+def test_a_route_that_raises_gives_its_slot_back(inproc: InProcess) -> None:
+    sock = inproc.app.extensions["wsapp.sock"]
+
+    @sock.route("/ws/raises")
+    def raises(raw, accepted):  # type: ignore[no-untyped-def]
+        raise RuntimeError("after the 101")
+
+    for _ in range(inproc.service.settings.max_connections_per_client + 1):  # a leak would 429 the last
+        inproc.connect("/ws/raises").sock.close()
+        until(lambda: inproc.service.registry.held == 0, "the slot is back")
+
+
+def test_a_session_error_closes_1011_cleans_up_and_logs_once(inproc: InProcess, monkeypatch: Any) -> None:
+    def broken(*_args: Any) -> int:
+        raise RuntimeError("the hub failed")
+
+    monkeypatch.setattr(inproc.service.hub, "broadcast", broken)
+    client = inproc.connect()
+    assert client.json()["type"] == "welcome"
+    client.send({"type": "join", "room": "r"})
+    assert client.json()["type"] == "joined"
+    client.send({"type": "broadcast", "data": 1})
+    assert client.close_code() == 1011
+    until(lambda: inproc.service.registry.held == 0, "the slot is back")
+    assert inproc.service.registry.peers() == [] and inproc.service.registry.room_members("r") == []
+    assert len(inproc.lines("error in chat session")) == 1
+    assert len(inproc.lines(r"^disconnect client=alice .*code=1011")) == 1
+    assert inproc.lines("cleanup of conn=") == []
+
+
+def test_a_failing_cleanup_step_skips_none_of_the_others(inproc: InProcess, monkeypatch: Any) -> None:
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("the backplane failed")
+
+    monkeypatch.setattr(inproc.service.backplane, "disconnected", broken)
+    watcher, leaver = inproc.connect(client_id="watcher"), inproc.connect(client_id="leaver")
+    for client in (watcher, leaver):
+        assert client.json()["type"] == "welcome"
+        client.send({"type": "join", "room": "r"})
+        assert client.json()["type"] == "joined"
+    assert watcher.json()["event"] == "join"
+    leaver.close()
+    assert leaver.close_code() == 1000
+    assert leaver.at_eof()  # the socket step ran
+    # the presence step ran after the failing backplane step
+    assert watcher.json() == {"type": "presence", "room": "r", "event": "leave", "client_id": "leaver"}
+    until(lambda: inproc.service.registry.held == 1, "the leaver's slot is back")
+    assert [p.client_id for p in inproc.service.registry.peers()] == ["watcher"]
+    assert len(inproc.lines("cleanup of conn=.*registry failed")) == 1  # logged once
+    assert len(inproc.lines(r"^disconnect client=leaver ")) == 1  # and the disconnect line still written
+
+
+# ---- Hub: each room's presence is independent ----------------------------------------------
+
+
+class FakeWs:
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        self.sent: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> bool:
+        self.sent.append(frame)
+        return True
+
+
+def test_one_rooms_failure_does_not_keep_the_others_from_hearing_the_leave() -> None:
+    registry = Registry(10, 10)
+
+    class FailsOnce(InProcessBackplane):
+        def left(self, peer: Peer, room: str) -> bool:
+            if room == "bad":
+                raise RuntimeError("one room failed")
+            return True
+
+    hub = Hub(registry, FailsOnce(registry))
+    leaver = Peer(FakeWs("l"), "leaver", False, 0, "", "chat")  # type: ignore[arg-type]
+    others = {room: Peer(FakeWs(room), f"in-{room}", False, 0, "", "chat") for room in ("a", "bad", "z")}  # type: ignore[arg-type]
+    for p in (leaver, *others.values()):
+        hub.connect(p)
+    for room, p in others.items():
+        hub.join(p, room, 10), hub.join(leaver, room, 10)
+    for p in others.values():
+        p.ws.sent.clear()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="one room failed"):
+        hub.disconnect(leaver)
+    assert registry.peers() and leaver not in registry.peers()
+    for room in ("a", "z"):
+        (frame,) = others[room].ws.sent  # type: ignore[attr-defined]
+        assert json.loads(frame[2:]) == {"type": "presence", "room": room, "event": "leave", "client_id": "leaver"}
+    hub.disconnect(leaver)  # idempotent: nothing announced twice
+    assert all(len(p.ws.sent) <= 1 for p in others.values())  # type: ignore[attr-defined]
+
+
+# ---- a real gunicorn, attacked as in the issue ----------------------------------------------
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_room_name_the_server_cannot_encode_never_leaks_a_slot(start_server: Callable[..., Server]) -> None:
+    srv = start_server(WSAPP_RATE_LIMIT="0", WSAPP_MAX_CONNECTIONS_PER_CLIENT="10")
+    limit = 10
+    for i in range(limit + 2):
+        ws = chat_client(srv, "surrogate")
+        ws.send('{"type":"join","room":"\\ud800","id":"j"}')
+        err = recv_json(ws)
+        assert err["type"] == "error" and err["code"] == "bad_json" and "surrogate" in err["message"]
+        ws.send(json.dumps({"type": "broadcast", "data": i, "id": "still-open"}))
+        assert recv_until(ws, lambda m: m["type"] == "ack")["id"] == "still-open"
+        ws.close()
+
+    def settled() -> bool:
+        listed = http(srv.url, "GET", "/api/clients", token=ADMIN).body
+        slots = _metric(http(srv.url, "GET", "/metrics").body, "wsapp_connection_slots")
+        return bool(listed["connections"] == 0 and slots == 0)
+
+    deadline = time.monotonic() + 10
+    while not settled():  # /api/clients and the registry's count agree: nothing held
+        assert time.monotonic() < deadline, "slots still held after every connection closed"
+        time.sleep(0.05)
+    again = [chat_client(srv, "surrogate") for _ in range(limit)]  # the same id, up to its limit: no 429
+    listed = http(srv.url, "GET", "/api/clients", token=ADMIN).body
+    assert listed["clients"] == [{"client_id": "surrogate", "connections": limit}]
+    assert _metric(http(srv.url, "GET", "/metrics").body, "wsapp_connection_slots") == limit
+    for ws in again:
+        ws.close()
+    log = srv.log()
+    assert "Traceback" not in log and "code=1011" not in log
