@@ -1,7 +1,11 @@
 """gunicorn settings for wsapp, all taken from the WSAPP_* environment (see the README).
 
 `gunicorn -c gunicorn.conf.py app:app`. Settings are validated here, before any worker
-starts, so a bad value stops the master with a message naming the variable.
+starts, so a bad value stops the master with a message naming the variable; so does a
+demo secret that is not private (see `wsapp.demo_secret`).
+
+This file runs in the master: it imports nothing that imports Flask (the gevent worker
+monkey-patches after the fork, and modules imported before that would stay unpatched).
 """
 
 import atexit
@@ -10,10 +14,13 @@ import shutil
 import sys
 import tempfile
 
+from wsapp.demo_secret import instance_folder, load_or_create_secret
 from wsapp.settings import Settings, SettingsError
 
 try:
     _settings = Settings.from_env()
+    if _settings.demo_mode:  # made here, once, before the workers that read it
+        load_or_create_secret(instance_folder(_settings))
 except SettingsError as exc:
     sys.stderr.write("".join(line + "\n" for line in exc.lines()))
     sys.exit(2)
@@ -35,6 +42,9 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
 errorlog = "-"
 loglevel = "info"
+# both logs escape control characters and redact tokens (gunicorn's error log shows a
+# malformed request line whole, query string included)
+logger_class = "wsapp.startup.SafeLogger"
 # gunicorn's control socket is one per user by default: several instances (tests, two
 # "hosts" on one machine) would fight over it, and wsapp does not use it
 control_socket_disable = True
@@ -48,10 +58,23 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 
 
-def post_worker_init(worker):
-    """SIGTERM: refuse new handshakes, close every client 1001, exit within the timeout."""
-    from wsapp import lifecycle
+def on_starting(server):
+    """In the master, before any worker: descriptors, and Ctrl+C as a graceful stop."""
+    from wsapp import startup
 
+    raised = startup.raise_descriptor_limit()
+    if raised is not None:
+        server.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
+    startup.graceful_sigint(server)
+
+
+def post_worker_init(worker):
+    """SIGTERM or SIGINT: refuse new handshakes, close every client 1001, exit in time."""
+    from wsapp import lifecycle, startup
+
+    raised = startup.raise_descriptor_limit()  # inherited from the master: normally a no-op
+    if raised is not None:
+        worker.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
     lifecycle.install(worker)
 
 

@@ -126,3 +126,135 @@ def test_minted_token_verifies() -> None:
     ident = auth.verify_token(auth.mint_token(SETTINGS, "carol", admin=True, ttl_s=60), SETTINGS)
     assert (ident.client_id, ident.is_admin) == ("carol", True)
     assert ident.expires_at - time.time() == pytest.approx(60, abs=2)
+
+
+# (claims, admin?): the contract's admin is "admin" in the `roles` list or `role` == "admin"
+ROLES = [
+    ({"roles": ["admin"]}, True),
+    ({"roles": ["user", "admin"]}, True),
+    ({"roles": ["admin", "user"]}, True),
+    ({"roles": [1, None, {"x": 1}, "admin"]}, True),
+    ({"role": "admin"}, True),
+    ({"roles": ["user"], "role": "admin"}, True),
+    ({"roles": ["admin"], "role": "user"}, True),
+    ({"roles": ["user"]}, False),  # a non-empty list is not enough
+    ({"roles": ["user", "editor"]}, False),
+    ({"roles": []}, False),
+    ({"roles": ["Admin"]}, False),  # exact, case-sensitive
+    ({"roles": ["ADMIN"]}, False),
+    ({"roles": [" admin"]}, False),
+    ({"roles": ["admin "]}, False),
+    ({"roles": ["administrator"]}, False),
+    ({"roles": ["admins"]}, False),
+    ({"roles": [["admin"]]}, False),  # nested
+    ({"roles": [{"admin": True}]}, False),
+    ({"roles": "admin"}, False),  # a string, not a list
+    ({"roles": "administrator"}, False),
+    ({"roles": {"admin": True}}, False),  # an object
+    ({"roles": True}, False),
+    ({"roles": 1}, False),
+    ({"roles": None}, False),
+    ({"role": "Admin"}, False),
+    ({"role": "admin "}, False),
+    ({"role": "administrator"}, False),
+    ({"role": ["admin"]}, False),
+    ({"role": {"admin": True}}, False),
+    ({"role": True}, False),
+    ({"role": ""}, False),
+    ({"admin": True}, False),  # not a claim we read
+    ({"Roles": ["admin"]}, False),
+    ({}, False),
+]
+
+
+@pytest.mark.parametrize(("claims", "admin"), ROLES)
+def test_admin_role_variants(claims: dict[str, object], admin: bool) -> None:
+    assert auth.is_admin(claims) is admin
+
+
+@pytest.mark.parametrize(("claims", "admin"), ROLES)
+def test_admin_role_variants_through_a_signed_token(claims: dict[str, object], admin: bool) -> None:
+    body = {"sub": "r", "exp": int(time.time()) + 60, **claims}
+    tok = jwt.encode(body, SECRET, algorithm="HS256")
+    assert auth.verify_token(tok, SETTINGS).is_admin is admin
+
+
+def test_minted_token_without_admin_is_not_admin() -> None:
+    ident = auth.verify_token(auth.mint_token(SETTINGS, "dave", admin=False, ttl_s=60), SETTINGS)
+    assert (ident.client_id, ident.is_admin) == ("dave", False)
+
+
+@pytest.mark.parametrize(
+    "offered",
+    ["bearer", "chat.v1, bearer", "Bearer", "x, y, BEARER", "bearer,", "bearer, ,"],
+)
+def test_bearer_offered_last_is_401_missing_token(offered: str) -> None:
+    # whatever else the request carries: the client meant to send the token here
+    headers = {"Sec-WebSocket-Protocol": offered, "Authorization": f"Bearer {make_token()}"}
+    with pytest.raises(HandshakeRejected) as info:
+        auth.find_token(headers, {"token": make_token()}, {})
+    assert (info.value.status, info.value.code) == (401, "missing_token")
+    assert "bearer" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("offered", "token", "selected"),
+    [
+        ("bearer, TOKEN", "TOKEN", "bearer"),
+        ("Bearer, TOKEN", "TOKEN", "Bearer"),
+        ("chat.v1, bearer, TOKEN, other", "TOKEN", "bearer"),
+        ("bearer, bearer", "bearer", "bearer"),  # taken as the token, which then fails to verify
+        ("bearer, not-a-jwt", "not-a-jwt", "bearer"),
+    ],
+)
+def test_bearer_pair_takes_the_value_after_it(offered: str, token: str, selected: str) -> None:
+    tok = make_token()
+    found = auth.find_token({"Sec-WebSocket-Protocol": offered.replace("TOKEN", tok)}, {}, {})
+    assert found == auth.FoundToken(token.replace("TOKEN", tok), "subprotocol", selected)
+
+
+def test_subprotocols_that_are_not_ours_are_ignored() -> None:
+    assert auth.find_token({"Sec-WebSocket-Protocol": "chat.v1, mqtt"}, {}, {}) is None
+    assert auth.find_token({"Sec-WebSocket-Protocol": "eyJ.only-two"}, {}, {}) is None
+    assert auth.find_token({"Sec-WebSocket-Protocol": "x.y.z"}, {}, {}) is None  # not ey...
+    header = {"Sec-WebSocket-Protocol": "chat.v1", "Authorization": "Bearer abc"}
+    assert auth.find_token(header, {}, {}) == auth.FoundToken("abc", "header")
+
+
+@pytest.mark.parametrize(
+    ("authorization", "found"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER  abc ", "abc"),
+        ("Bearer ", None),
+        ("Bearer", None),
+        ("Basic abc", None),
+        ("abc", None),
+        ("", None),
+    ],
+)
+def test_authorization_header_shapes(authorization: str, found: str | None) -> None:
+    result = auth.find_token({"Authorization": authorization}, {}, {})
+    assert (result.token if result else None) == found
+
+
+def test_token_length_limit_is_exact() -> None:
+    assert rejected("a" * (auth.MAX_TOKEN_CHARS + 1)) == (401, "invalid_token")
+    with pytest.raises(HandshakeRejected) as info:
+        auth.verify_token("a" * auth.MAX_TOKEN_CHARS, SETTINGS)
+    assert info.value.message != "the token is too long"  # at the limit: decoded, then malformed
+
+
+@pytest.mark.parametrize("sub", ["", None, True, 1.5, ["a"], {"a": 1}, "x" * 257])
+def test_unusable_client_ids_are_invalid_token(sub: object) -> None:
+    tok = make_token(None, sub=sub) if sub is not None else make_token(None)
+    assert rejected(tok) == (401, "invalid_token")
+
+
+def test_client_id_at_the_length_limit_and_numeric_ids() -> None:
+    assert auth.verify_token(make_token("x" * 256), SETTINGS).client_id == "x" * 256
+    s = SETTINGS.replace(jwt_client_id_claim="ID")
+    assert auth.verify_token(make_token(None, ID=0), s).client_id == "0"
+    assert rejected(make_token(None, ID=True), s) == (401, "invalid_token")  # a bool is not an id
+    assert rejected(make_token(None, ID=""), s) == (401, "invalid_token")

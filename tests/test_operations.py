@@ -65,7 +65,7 @@ def test_graceful_timeout_follows_the_setting() -> None:
     import subprocess
     import sys
 
-    from helpers import ROOT
+    from helpers import ROOT, SECRET
 
     out = subprocess.run(
         [
@@ -75,7 +75,7 @@ def test_graceful_timeout_follows_the_setting() -> None:
             "print(c['graceful_timeout'], c['workers'], c['worker_class'], c['bind'])",
         ],
         cwd=ROOT,
-        env={**os.environ, "WSAPP_SHUTDOWN_TIMEOUT": "7", "WSAPP_PORT": "9123"},
+        env={**os.environ, "WSAPP_SHUTDOWN_TIMEOUT": "7", "WSAPP_PORT": "9123", "WSAPP_JWT_SECRET": SECRET},
         capture_output=True,
         text=True,
         check=True,

@@ -46,14 +46,17 @@ def find_token(headers: Mapping[str, str], query: Mapping[str, str], cookies: Ma
     A browser cannot set headers on `new WebSocket()`, so it offers the raw token as a
     subprotocol (`[token]`, selected back as is) or the pair `["bearer", token]`
     (`bearer` is selected). Any other offered protocol is not ours and is ignored.
+    `bearer` offered last, with no token after it, is a client that meant to send one
+    and did not: 401 `missing_token` saying so, whatever else the request carries.
     """
     offered = offered_subprotocols(headers.get("Sec-WebSocket-Protocol"))
     if offered:
         lowered = [p.lower() for p in offered]
         if "bearer" in lowered:
             i = lowered.index("bearer")
-            if i + 1 < len(offered):
-                return FoundToken(offered[i + 1], "subprotocol", offered[i])
+            if i + 1 >= len(offered):
+                raise HandshakeRejected("missing_token", "the 'bearer' subprotocol must be followed by the token")
+            return FoundToken(offered[i + 1], "subprotocol", offered[i])
         for proto in offered:
             if _looks_like_jwt(proto):
                 return FoundToken(proto, "subprotocol", proto)
@@ -116,6 +119,10 @@ def verify_token(token: str, settings: Settings, now: float | None = None) -> Id
 
 
 def is_admin(claims: Mapping[str, Any]) -> bool:
+    """The contract's admin role: the string "admin" in the `roles` list, or `role` == "admin".
+
+    Exact and case-sensitive: `roles: "admin"` (a string, not a list), `roles: {"admin": 1}`,
+    `[["admin"]]`, `["Admin"]` or `role: ["admin"]` are not admin."""
     roles = claims.get("roles")
     return (isinstance(roles, list) and "admin" in roles) or claims.get("role") == "admin"
 

@@ -1,47 +1,58 @@
 """Demo mode: a generated secret shared by every worker, a token route, the token command.
 
-With no key configured the service makes a random secret once and keeps it in the
-instance folder, created with O_EXCL so that workers starting together agree on one.
+Demo mode runs only when asked for (`WSAPP_DEMO=1` with no key configured; see
+`Settings.demo_mode`). The service then makes a random secret once and keeps it in the
+instance folder (see `demo_secret`).
+
+Demo mode serves only loopback Host values (`localhost`, 127.0.0.0/8, `[::1]`, any
+port): a DNS-rebinding page (`http://evil.example:8000` re-pointed at 127.0.0.1) reaches
+a developer's demo server with its own name in the Host header, and would otherwise
+mint itself an admin token. The token route checks the same wherever it is served.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import secrets
-import time
 
 import click
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from . import auth
-from .errors import ApiError
+from . import auth, origin
+from .demo_secret import SECRET_FILE, load_or_create_secret
+from .errors import ApiError, HandshakeRejected
 from .service import Service
 
+__all__ = ["SECRET_FILE", "guard_host", "host_is_loopback", "init_app", "load_or_create_secret"]
+
 log = logging.getLogger("wsapp")
-SECRET_FILE = "demo-jwt-secret"
 DEMO_TTL_S = 3600
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 
 
-def load_or_create_secret(folder: str) -> str:
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, SECRET_FILE)
+def host_is_loopback(host: str | None) -> bool:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another worker may be writing it right now
-            with open(path, encoding="ascii") as f:
-                secret = f.read().strip()
-            if secret:
-                return secret
-            time.sleep(0.02)
-        raise RuntimeError(f"{path} is empty; delete it to make a new demo secret") from None
-    secret = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret)
-    return secret
+        return origin.is_loopback(origin.parse_host(host or "", 0))
+    except ValueError:
+        return False
+
+
+def _refuse_host() -> None:
+    """403 unless the request's Host is a loopback name (DNS rebinding, see the module doc)."""
+    host = request.headers.get("Host")
+    if host_is_loopback(host):
+        return
+    message = f"demo mode serves only localhost, 127.0.0.0/8 and [::1], not Host {host!r}"
+    if request.endpoint in current_app.extensions["wsapp.sock"].endpoints:
+        raise HandshakeRejected("host_not_allowed", message)
+    raise ApiError("host_not_allowed", message)
+
+
+def guard_host(app: Flask) -> None:
+    """In demo mode, every request (page, API, WebSocket) must carry a loopback Host.
+
+    Registered before the WebSocket routes' hook, so it runs first."""
+    app.before_request(_refuse_host)
 
 
 def init_app(app: Flask, service: Service) -> None:
@@ -52,7 +63,7 @@ def init_app(app: Flask, service: Service) -> None:
     @click.option("--admin", is_flag=True, help="Give the token the admin role.")
     @click.option("--ttl", default=3600, show_default=True, help="Lifetime in seconds.")
     def token_command(client_id: str, admin: bool, ttl: int) -> None:
-        """Print a signed token for CLIENT_ID."""
+        """Print a signed token for CLIENT_ID (in demo mode, signed with the demo secret)."""
         click.echo(auth.mint_token(current_app.extensions["wsapp"].settings, client_id, admin, ttl))
 
     if not (settings.generated_secret or settings.demo_tokens):
@@ -62,6 +73,7 @@ def init_app(app: Flask, service: Service) -> None:
 
     @bp.post("/api/demo/token")
     def demo_token() -> Response:
+        _refuse_host()
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise ApiError("bad_request", "the body must be a JSON object")

@@ -20,6 +20,7 @@ HTTP_ERRORS: dict[str, tuple[int, str]] = {
     "token_not_yet_valid": (401, "the token is not valid yet"),
     "forbidden": (403, "this needs a token with the admin role"),
     "origin_not_allowed": (403, "this Origin may not open WebSockets here"),
+    "host_not_allowed": (403, "this Host header is malformed or not served here"),
     "not_found": (404, "no such route"),
     "not_connected": (404, "that client is not connected"),
     "method_not_allowed": (405, "method not allowed on this route"),
@@ -40,8 +41,8 @@ FRAME_ERRORS: dict[str, str] = {
     "not_connected": "that client is not connected",
     "not_in_room": "join the room before sending to it",
     "rate_limited": "too many messages: slow down",
-}
     "too_many_rooms": "this connection is in the most rooms allowed (WSAPP_MAX_ROOMS): leave one first",
+}
 
 
 class CloseCode:

@@ -64,39 +64,57 @@ def negotiate_deflate(header: str | None) -> str | None:
     """The response's Sec-WebSocket-Extensions for the first acceptable offer, if any.
 
     We accept permessage-deflate with no context takeover in either direction (no zlib
-    state is kept between messages: a few KiB per connection instead of ~300 KiB) and
-    decline offers that restrict our window below the default.
+    state is kept between messages: a few KiB per connection instead of ~300 KiB). An
+    offer's `server_max_window_bits=N` (8-15) is accepted and answered with the same N
+    (RFC 7692 §7.1.2.1): the server sends uncompressed frames, so any window it asks
+    for is honoured; we inflate with the full 15-bit window, which reads any smaller
+    one. Offers with unknown, repeated or malformed parameters are declined.
     """
     for offer in (header or "").split(","):
         name, *params = [p.strip() for p in offer.split(";")]
         if name.lower() != "permessage-deflate":
             continue
-        names = {p.split("=", 1)[0].strip().lower(): p for p in params if p}
+        values: dict[str, str | None] = {}
+        for param in params:
+            key, eq, value = (part.strip() for part in param.partition("="))
+            values[key.lower()] = value.strip('"') if eq else None
         known = {
             "server_no_context_takeover",
             "client_no_context_takeover",
             "server_max_window_bits",
             "client_max_window_bits",
         }
-        if set(names) - known:
+        if set(values) - known or len(values) != len(params):
             continue
-        if "server_max_window_bits" in names:
-            value = names["server_max_window_bits"].partition("=")[2].strip().strip('"')
-            if value != "15":
-                continue
-        return "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        if any(values.get(flag, None) is not None for flag in known if flag.endswith("takeover")):
+            continue
+        server_bits = values.get("server_max_window_bits", "")
+        if "server_max_window_bits" in values and not _window_bits(server_bits):
+            continue
+        if values.get("client_max_window_bits") is not None and not _window_bits(values["client_max_window_bits"]):
+            continue
+        response = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        if "server_max_window_bits" in values:
+            response += f"; server_max_window_bits={server_bits}"
+        return response
     return None
+
+
+def _window_bits(value: str | None) -> bool:
+    """A window size parameter: 8 to 15, decimal, no leading zero (RFC 7692 §7.1.2)."""
+    return value is not None and value in {str(bits) for bits in range(8, 16)}
 
 
 def check_handshake(
     *, method: str, headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
 ) -> Accepted:
-    """Every check that needs only the request: shape, Origin, token.
+    """Every check that needs only the request: shape, Host, Origin, token.
 
     Capacity (per client, per worker, draining) is the registry's to decide, since it
     must be reserved atomically with the count; see `Registry.reserve`.
     """
     key = check_websocket_request(method, headers)
+    origin.check_host(headers.get("Host"))
     origin.check_origin(headers.get("Origin"), headers.get("Host"), settings.allowed_origins)
     found = auth.find_token(headers, query, cookies)
     if found is None:

@@ -1,4 +1,5 @@
-"""Graceful shutdown of a worker: refuse new handshakes, close every client 1001, exit in time.
+"""A worker's start and graceful shutdown: descriptor limit; refuse new handshakes, close
+every client 1001, exit in time.
 
 gunicorn's gevent worker handles SIGTERM by closing its listener and waiting for the
 HTTP requests in flight (WebSocket sessions are greenlets of our own, which it does
@@ -8,6 +9,11 @@ the listener get 503 `shutting_down` and /readyz 503; every client gets close 10
 whoever has not finished the close handshake in time is cut; only then is the worker
 told to stop, leaving it gunicorn's keep-alive time to finish HTTP requests, so that
 the whole exit fits in `WSAPP_SHUTDOWN_TIMEOUT`.
+
+SIGINT (Ctrl+C on `scripts/run.sh`, which reaches the master and the workers alike)
+drains the same way: gunicorn's own SIGINT is a quick exit that cuts every client
+(1006). The master's side is `startup.graceful_sigint` (gunicorn.conf.py's `on_starting`).
+SIGQUIT stays gunicorn's quick shutdown, and a second Ctrl+C asks the master for it.
 """
 
 from __future__ import annotations
@@ -44,10 +50,11 @@ def drain(service: Service, budget_s: float) -> None:
 
 
 def install(worker: Any) -> None:
-    """Put our drain in front of the worker's SIGTERM handling."""
+    """Put our drain in front of the worker's SIGTERM and SIGINT handling."""
     service: Service = worker.wsgi.extensions["wsapp"]
     # leave room for gunicorn's 1 s loop tick and an idle keep-alive request to end
     budget_s = max(0.5, service.settings.shutdown_timeout_s - worker.cfg.keepalive - 1.5)
+    started: list[gevent.Greenlet] = []
 
     def drain_then_stop() -> None:
         try:
@@ -55,7 +62,11 @@ def install(worker: Any) -> None:
         finally:
             worker.alive = False  # now gunicorn closes its listener and exits
 
-    def on_sigterm(sig: int, frame: Any) -> None:
-        gevent.spawn(drain_then_stop)
+    def on_stop_signal(sig: int, frame: Any) -> None:
+        # Ctrl+C brings SIGINT from the terminal and then SIGTERM from the master: one
+        # drain, and no second signal may tell the worker to stop before it has finished
+        if not started:
+            started.append(gevent.spawn(drain_then_stop))
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
