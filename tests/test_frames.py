@@ -1,4 +1,4 @@
-"""RFC 6455 framing rules (pure)."""
+"""RFC 6455 framing rules (pure), table-driven: every rule at and around its limit."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ import zlib
 import pytest
 
 from wsapp import frames
-from wsapp.frames import Close, FrameReader, Message, Ping, Pong, ProtocolError
+from wsapp.frames import FRAGMENT, FRAGMENT_COST, Close, FrameReader, Message, Ping, Pong, ProtocolError
+
+RSV1, RSV2, RSV3 = 0x40, 0x20, 0x10
+LIMIT = 1000
 
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+def client_frame(
+    opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bool = True, length: int | None = None
+) -> bytes:
+    """A client frame; `length` forces the header's length field (with the 64-bit form)."""
     first = (0x80 if fin else 0) | rsv | opcode
     n = len(payload)
     mbit = 0x80 if mask else 0
-    if n < 126:
+    if length is not None:
+        head = struct.pack("!BBQ", first, mbit | 127, length)
+    elif n < 126:
         head = bytes((first, mbit | n))
     elif n < 65536:
         head = struct.pack("!BBH", first, mbit | 126, n)
@@ -28,69 +36,236 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, ma
     return head + key + frames.unmask(payload, key)
 
 
-def feed(data: bytes, limit: int = 65536, inflate: bool = False) -> list[frames.Event]:
+def deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def feed(data: bytes, limit: int = LIMIT, inflate: bool = False) -> list[frames.Event]:
     return FrameReader(limit, frames.Inflater() if inflate else None).feed(data)
 
 
-def error_code(data: bytes, limit: int = 65536, inflate: bool = False) -> int:
+def failure(data: bytes, limit: int = LIMIT, inflate: bool = False) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
         feed(data, limit, inflate)
-    return info.value.code
+    return info.value
 
 
-def test_text_binary_ping_pong_close() -> None:
-    data = (
-        client_frame(1, "héllo".encode())
-        + client_frame(2, b"\x00\xff")
-        + client_frame(9, b"p")
-        + client_frame(10, b"q")
-        + client_frame(8, struct.pack("!H", 1000) + b"bye")
-    )
-    assert feed(data) == [Message("héllo"), Message(b"\x00\xff"), Ping(b"p"), Pong(b"q"), Close(1000, "bye")]
+def outcome(data: bytes, limit: int = LIMIT, inflate: bool = False) -> int | list[frames.Event]:
+    """The close code the bytes earn, or the events when they are fine."""
+    try:
+        return feed(data, limit, inflate)
+    except ProtocolError as exc:
+        return exc.code
+
+
+C = client_frame
+CLOSE_1000 = struct.pack("!H", 1000)
+
+# (name, bytes, limit, inflate, expected: close code or events)
+HEADER_CASES = [
+    ("text", C(1, b"hi"), LIMIT, False, [Message("hi")]),
+    ("binary", C(2, b"\x00\xff"), LIMIT, False, [Message(b"\x00\xff")]),
+    ("unmasked text", C(1, b"x", mask=False), LIMIT, False, 1002),
+    ("unmasked ping", C(9, b"", mask=False), LIMIT, False, 1002),
+    ("RSV1 text, no deflate", C(1, b"x", rsv=RSV1), LIMIT, False, 1002),
+    ("RSV2 text", C(1, b"x", rsv=RSV2), LIMIT, False, 1002),
+    ("RSV3 text", C(1, b"x", rsv=RSV3), LIMIT, True, 1002),
+    ("RSV2 with deflate", C(1, b"x", rsv=RSV2), LIMIT, True, 1002),
+    ("RSV1 ping, deflate on", C(9, b"", rsv=RSV1), LIMIT, True, 1002),
+    ("RSV1 pong, deflate on", C(10, b"", rsv=RSV1), LIMIT, True, 1002),
+    ("RSV1 close, deflate on", C(8, b"", rsv=RSV1), LIMIT, True, 1002),
+    (
+        "RSV1 continuation, deflate on",
+        C(1, deflate(b"ab"), fin=False, rsv=RSV1) + C(0, b"", rsv=RSV1),
+        LIMIT,
+        True,
+        1002,
+    ),
+    ("RSV1 continuation of plain text", C(1, b"a", fin=False) + C(0, b"b", rsv=RSV1), LIMIT, True, 1002),
+    *[(f"reserved opcode {op}", C(op, b""), LIMIT, False, 1002) for op in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15)],
+    ("ping 125 bytes", C(9, b"p" * 125), LIMIT, False, [Ping(b"p" * 125)]),
+    ("ping 126 bytes", C(9, b"p" * 126), LIMIT, False, 1002),
+    ("pong 125 bytes", C(10, b"p" * 125), LIMIT, False, [Pong(b"p" * 125)]),
+    ("pong 126 bytes", C(10, b"p" * 126), LIMIT, False, 1002),
+    ("close 125 bytes", C(8, CLOSE_1000 + b"r" * 123), LIMIT, False, [Close(1000, "r" * 123)]),
+    ("close 126 bytes", C(8, CLOSE_1000 + b"r" * 124), LIMIT, False, 1002),
+    ("fragmented ping", C(9, b"", fin=False), LIMIT, False, 1002),
+    ("fragmented pong", C(10, b"", fin=False), LIMIT, False, 1002),
+    ("fragmented close", C(8, b"", fin=False), LIMIT, False, 1002),
+    ("orphan continuation", C(0, b"x"), LIMIT, False, 1002),
+    ("new message inside a message", C(1, b"a", fin=False) + C(1, b"b"), LIMIT, False, 1002),
+    ("binary inside text", C(1, b"a", fin=False) + C(2, b"b"), LIMIT, False, 1002),
+    # the 63-bit length: the most significant bit must be 0 (even with a limit that large)
+    ("length MSB set", C(2, b"", length=1 << 63), 1 << 64, False, 1002),
+    ("length MSB set, small limit", C(2, b"", length=(1 << 63) + 5), LIMIT, False, 1002),
+    ("length 2^63-1, small limit", C(2, b"", length=(1 << 63) - 1), LIMIT, False, 1009),
+    # the size limit, a single frame: at the limit passes, one over is 1009
+    ("binary at the limit", C(2, b"x" * LIMIT), LIMIT, False, [Message(b"x" * LIMIT)]),
+    ("binary one over the limit", C(2, b"x" * (LIMIT + 1)), LIMIT, False, 1009),
+    ("text at the limit", C(1, b"x" * LIMIT), LIMIT, False, [Message("x" * LIMIT)]),
+    ("text one over the limit", C(1, b"x" * (LIMIT + 1)), LIMIT, False, 1009),
+    # fragments: each continuation costs FRAGMENT_COST against the limit
+    (
+        "two fragments at the limit",
+        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST)),
+        LIMIT,
+        False,
+        [FRAGMENT, Message(b"a" * 500 + b"b" * (LIMIT - 500 - FRAGMENT_COST))],
+    ),
+    (
+        "two fragments one over the limit",
+        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
+        LIMIT,
+        False,
+        1009,
+    ),
+    (
+        "text fragments one over the limit",
+        C(1, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
+        LIMIT,
+        False,
+        1009,
+    ),
+    (
+        "empty fragments up to the limit",
+        C(2, b"", fin=False) + C(0, b"", fin=False) * (LIMIT // FRAGMENT_COST - 1) + C(0, b""),
+        LIMIT,
+        False,
+        [FRAGMENT] * (LIMIT // FRAGMENT_COST) + [Message(b"")],
+    ),
+    (
+        "one empty fragment too many",
+        C(2, b"", fin=False) + C(0, b"", fin=False) * (LIMIT // FRAGMENT_COST) + C(0, b""),
+        LIMIT,
+        False,
+        1009,
+    ),
+    # UTF-8
+    ("invalid UTF-8", C(1, b"\xff\xfe"), LIMIT, False, 1007),
+    ("overlong UTF-8", C(1, b"\xc0\xaf"), LIMIT, False, 1007),
+    ("surrogate in UTF-8", C(1, b"\xed\xa0\x80"), LIMIT, False, 1007),
+    ("truncated UTF-8 at the end", C(1, "€".encode()[:2]), LIMIT, False, 1007),
+    ("invalid UTF-8 in binary is fine", C(2, b"\xff"), LIMIT, False, [Message(b"\xff")]),
+    (
+        "character split across fragments",
+        C(1, "€".encode()[:1], fin=False) + C(0, "€".encode()[1:]),
+        LIMIT,
+        False,
+        [FRAGMENT, Message("€")],
+    ),
+    ("truncated character at the last fragment", C(1, b"a", fin=False) + C(0, b"\xe2\x82"), LIMIT, False, 1007),
+    # close frames
+    ("close, no payload", C(8, b""), LIMIT, False, [Close(1005, "")]),
+    ("close, 1-byte payload", C(8, b"\x03"), LIMIT, False, 1002),
+    *[(f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, 1002) for code in (0, 999, 1004, 1005, 1006)],
+    *[(f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, 1002) for code in (1015, 1016, 2999, 5000)],
+    *[
+        (f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, [Close(code, "")])
+        for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999)
+    ],
+    ("close reason bad UTF-8", C(8, CLOSE_1000 + b"\xff"), LIMIT, False, 1007),
+    ("data after close is left alone", C(8, CLOSE_1000) + C(1, b"\xff"), LIMIT, False, [Close(1000, "")]),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "limit", "inflate", "expected"), [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES]
+)
+def test_frame_rules(data: bytes, limit: int, inflate: bool, expected: int | list[frames.Event]) -> None:
+    assert outcome(data, limit, inflate) == expected
 
 
 def test_all_length_encodings_and_byte_by_byte_arrival() -> None:
-    for n in (0, 125, 126, 65535, 65536, 100_000):
-        payload = os.urandom(n)
-        reader = FrameReader(200_000)
-        raw = client_frame(2, payload)
-        events: list[frames.Event] = []
-        step = 1 if n < 200 else 4096
-        for i in range(0, len(raw), step):
-            events += reader.feed(raw[i : i + step])
-        assert events == [Message(payload)]
+    for n in (0, 125, 126, 127, 65535, 65536, 100_000):
+        for opcode, payload in ((2, os.urandom(n)), (1, ("é" * n).encode()[:n] if n % 2 == 0 else b"a" * n)):
+            reader = FrameReader(200_000)
+            raw = client_frame(opcode, payload)
+            events: list[frames.Event] = []
+            step = 1 if n < 200 else 4093
+            for i in range(0, len(raw), step):
+                events += reader.feed(raw[i : i + step])
+            assert events == [Message(payload if opcode == 2 else payload.decode())]
 
 
-def test_fragmented_message_with_interleaved_ping() -> None:
-    data = client_frame(1, b"he", fin=False) + client_frame(9, b"") + client_frame(0, b"llo")
-    assert feed(data) == [Ping(b""), Message("hello")]
+def test_length_encodings_use_the_shortest_header_boundaries() -> None:
+    # 125 fits the 7-bit field, 126..65535 the 16-bit one, 65536 the 64-bit one: each parses
+    for n in (125, 126, 65535, 65536):
+        assert feed(client_frame(2, b"z" * n), limit=70_000) == [Message(b"z" * n)]
 
 
-def test_unmasked_client_frame_is_protocol_error() -> None:
-    assert error_code(client_frame(1, b"x", mask=False)) == 1002
+def test_fragmented_message_with_interleaved_control_frames() -> None:
+    data = client_frame(1, b"he", fin=False) + client_frame(9, b"") + client_frame(0, b"l", fin=False)
+    data += client_frame(10, b"x") + client_frame(0, b"lo")
+    assert feed(data) == [FRAGMENT, Ping(b""), FRAGMENT, Pong(b"x"), Message("hello")]
 
 
-def test_reserved_bits_and_opcodes_are_protocol_errors() -> None:
-    assert error_code(client_frame(1, b"x", rsv=0x20)) == 1002
-    assert error_code(client_frame(3, b"x")) == 1002
-    assert error_code(client_frame(1, b"x", rsv=0x40)) == 1002  # RSV1 without deflate
+def test_one_event_per_frame_and_the_message_is_reset() -> None:
+    reader = FrameReader(LIMIT)
+    assert reader.feed(client_frame(2, b"a", fin=False)) == [FRAGMENT]
+    assert reader.feed(client_frame(0, b"b")) == [Message(b"ab")]
+    # a fresh message afterwards, and the fragment budget starts again from zero
+    body = b"c" * (LIMIT - FRAGMENT_COST)
+    assert reader.feed(client_frame(2, b"", fin=False) + client_frame(0, body)) == [FRAGMENT, Message(body)]
+    with pytest.raises(ProtocolError) as info:  # the message is over: nothing to continue
+        reader.feed(client_frame(0, b"x"))
+    assert info.value.code == 1002
 
 
-def test_control_frame_rules() -> None:
-    assert error_code(client_frame(9, b"x" * 126)) == 1002
-    assert error_code(client_frame(9, b"x", fin=False)) == 1002
+def test_events_before_an_error_are_kept() -> None:
+    # Autobahn 3.2-ish: a valid message, then a bad frame in the same read
+    exc = failure(client_frame(1, b"Hello") + client_frame(1, b"x", rsv=RSV2) + client_frame(9, b"never"))
+    assert exc.code == 1002 and exc.events == [Message("Hello")]
+    exc = failure(client_frame(9, b"p") + client_frame(1, b"\xff"))
+    assert exc.code == 1007 and exc.events == [Ping(b"p")]
+    exc = failure(client_frame(1, b"a", fin=False) + client_frame(0, b"b", fin=False) + client_frame(2, b""))
+    assert exc.code == 1002 and exc.events == [FRAGMENT, FRAGMENT]
+    assert failure(client_frame(3, b"")).events == []
 
 
-def test_continuation_rules() -> None:
-    assert error_code(client_frame(0, b"x")) == 1002
-    assert error_code(client_frame(1, b"a", fin=False) + client_frame(1, b"b")) == 1002
+def test_invalid_utf8_fails_at_the_fragment_that_has_it() -> None:
+    # Autobahn 6.4.1/6.4.2: the bad fragment fails at once, before the message ends
+    reader = FrameReader(LIMIT)
+    assert reader.feed(client_frame(1, "κόσμε".encode(), fin=False)) == [FRAGMENT]
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(client_frame(0, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80", fin=False))
+    assert info.value.code == 1007
 
 
-def test_invalid_utf8_is_1007() -> None:
-    assert error_code(client_frame(1, b"\xff\xfe")) == 1007
-    # split inside a character across fragments is fine
-    euro = "€".encode()
-    assert feed(client_frame(1, euro[:1], fin=False) + client_frame(0, euro[1:])) == [Message("€")]
+def test_invalid_utf8_fails_inside_a_frame_still_arriving() -> None:
+    # Autobahn 6.4.3/6.4.4: one frame in chops; the bad chop fails before the rest arrives
+    for opcode_first, prefix in ((1, b""), (0, b"ok")):
+        reader = FrameReader(LIMIT)
+        if opcode_first == 0:
+            assert reader.feed(client_frame(1, prefix, fin=False)) == [FRAGMENT]
+        payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited" * 10
+        raw = client_frame(opcode_first, payload)
+        head = 6  # 2 + mask
+        assert reader.feed(raw[: head + 5]) == []  # valid so far
+        with pytest.raises(ProtocolError) as info:
+            reader.feed(raw[head + 5 : head + 15])  # the invalid sequence arrives
+        assert info.value.code == 1007
+
+
+def test_a_valid_frame_arriving_in_chops_is_checked_once_and_whole() -> None:
+    # every split point, including inside a character and inside the mask
+    payload = "a€b𝄞c".encode() * 3
+    raw = client_frame(1, payload)
+    for cut in range(1, len(raw)):
+        reader = FrameReader(LIMIT)
+        assert reader.feed(raw[:cut]) + reader.feed(raw[cut:]) == [Message(payload.decode())]
+    # and a binary frame in chops is never UTF-8 checked
+    raw = client_frame(2, b"\xff" * 40)
+    reader = FrameReader(LIMIT)
+    assert reader.feed(raw[:20]) == [] and reader.feed(raw[20:]) == [Message(b"\xff" * 40)]
+
+
+def test_partial_control_frame_is_not_utf8_checked() -> None:
+    raw = client_frame(9, b"\xff\xfe\xfd")
+    reader = FrameReader(LIMIT)
+    assert reader.feed(raw[:7]) == [] and reader.feed(raw[7:]) == [Ping(b"\xff\xfe\xfd")]
 
 
 def test_message_over_limit_is_1009_before_the_payload_arrives() -> None:
@@ -98,33 +273,107 @@ def test_message_over_limit_is_1009_before_the_payload_arrives() -> None:
     with pytest.raises(ProtocolError) as info:
         FrameReader(1000).feed(raw[:8])  # only the header
     assert info.value.code == 1009
-    assert error_code(client_frame(2, b"x" * 600, fin=False) + client_frame(0, b"x" * 600), limit=1000) == 1009
+    cont = client_frame(0, b"x" * 700)
+    reader = FrameReader(1000)
+    reader.feed(client_frame(2, b"x" * 300, fin=False))
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(cont[:8])
+    assert info.value.code == 1009
 
 
-def test_close_frame_validation() -> None:
-    assert feed(client_frame(8, b"")) == [Close(1005, "")]
-    assert error_code(client_frame(8, b"\x03")) == 1002
-    assert error_code(client_frame(8, struct.pack("!H", 1005))) == 1002
-    assert error_code(client_frame(8, struct.pack("!H", 999))) == 1002
-    assert feed(client_frame(8, struct.pack("!H", 4000))) == [Close(4000, "")]
-    assert error_code(client_frame(8, struct.pack("!H", 1000) + b"\xff")) == 1007
+def test_parse_buffer_and_message_stay_bounded_under_an_endless_fragmented_message() -> None:
+    # 1-byte and empty continuation frames forever: 1009 after at most limit/FRAGMENT_COST frames
+    for piece in (b"", b"x"):
+        reader = FrameReader(LIMIT)
+        reader.feed(client_frame(2, piece, fin=False))
+        count = 1
+        with pytest.raises(ProtocolError) as info:
+            while count < 10 * LIMIT:
+                reader.feed(client_frame(0, piece, fin=False))
+                count += 1
+        assert info.value.code == 1009
+        assert count <= 1 + LIMIT // FRAGMENT_COST
+        assert len(reader._msg_data) <= LIMIT
 
 
-def test_deflate_message_and_decompressed_limit() -> None:
+# ---- permessage-deflate ---------------------------------------------------------------
+
+
+def test_deflate_one_frame_message_and_inflated_limit() -> None:
     body = b"a" * 5000
-    c = zlib.compressobj(6, zlib.DEFLATED, -15)
-    compressed = (c.compress(body) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
-    assert feed(client_frame(2, compressed, rsv=0x40), inflate=True) == [Message(body)]
-    # small on the wire, over the limit once inflated: 1009
-    assert error_code(client_frame(2, compressed, rsv=0x40), limit=4000, inflate=True) == 1009
+    assert feed(client_frame(2, deflate(body), rsv=RSV1), limit=5000, inflate=True) == [Message(body)]
+    assert outcome(client_frame(2, deflate(body), rsv=RSV1), limit=4999, inflate=True) == 1009
+    text = "é" * 2000
+    assert feed(client_frame(1, deflate(text.encode()), rsv=RSV1), limit=4000, inflate=True) == [Message(text)]
+    assert outcome(client_frame(1, deflate(b"\xff" * 10), rsv=RSV1), inflate=True) == 1007
 
 
-def test_server_frames_round_trip_and_encode_close_cuts_reason() -> None:
-    frame = frames.encode_frame(frames.OP_TEXT, b"x" * 70000)
-    assert frame[:2] == b"\x81\x7f" and len(frame) == 70010
-    close = frames.encode_close(1000, "é" * 100)
-    assert len(close) <= 127
-    close[4:].decode("utf-8")
-    c = zlib.compressobj(6, zlib.DEFLATED, -15)
-    compressed = (c.compress(b"hello" * 100) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
-    assert frames.Inflater().inflate(compressed, 1000) == b"hello" * 100
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001])
+def test_inflater_limit_off_by_one(size: int) -> None:
+    data = os.urandom(size).hex().encode()[:size]
+    if size == 1001:
+        with pytest.raises(ProtocolError) as info:
+            frames.Inflater().inflate(deflate(data), 1000)
+        assert info.value.code == 1009
+    else:
+        assert frames.Inflater().inflate(deflate(data), 1000) == data
+
+
+def test_deflate_fragmented_message_is_inflated_per_fragment() -> None:
+    body = ("wsapp " * 800).encode()  # 4800 bytes
+    compressed = deflate(body)
+    parts = [compressed[:10], compressed[10:20], compressed[20:]]
+    data = client_frame(1, parts[0], fin=False, rsv=RSV1) + client_frame(0, parts[1], fin=False)
+    data += client_frame(0, parts[2])
+    limit = len(body) + 2 * FRAGMENT_COST
+    assert feed(data, limit=limit, inflate=True) == [FRAGMENT, FRAGMENT, Message(body.decode())]
+    assert outcome(data, limit=limit - 1, inflate=True) == 1009
+    # a bomb in fragments stops at the limit, mid-message
+    bomb = deflate(b"a" * 100_000)
+    data = client_frame(2, bomb[:5], fin=False, rsv=RSV1) + client_frame(0, bomb[5:], fin=False)
+    assert outcome(data, limit=LIMIT, inflate=True) == 1009
+    # invalid UTF-8 inside a compressed fragmented text message fails at its fragment
+    bad = deflate(b"ok\xff")
+    assert outcome(client_frame(1, bad, fin=False, rsv=RSV1), inflate=True) == 1007
+    assert outcome(client_frame(2, b"\x07\x07\x07", rsv=RSV1), inflate=True) == 1007  # not deflate data
+
+
+def test_deflate_wire_size_is_bounded_too() -> None:
+    # incompressible data grows a little when deflated: over the limit on the wire is 1009
+    body = os.urandom(LIMIT)
+    compressed = deflate(body)
+    assert len(compressed) > LIMIT
+    assert outcome(client_frame(2, compressed, rsv=RSV1), inflate=True) == 1009
+
+
+# ---- server frames ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "header"), [(0, b"\x81\x00"), (125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e")])
+def test_encode_frame_short_headers(n: int, header: bytes) -> None:
+    assert frames.encode_frame(frames.OP_TEXT, b"x" * n) == header + b"x" * n
+
+
+def test_encode_frame_long_headers_and_rsv1() -> None:
+    assert frames.encode_frame(frames.OP_BINARY, b"x" * 65535)[:4] == b"\x82\x7e\xff\xff"
+    frame = frames.encode_frame(frames.OP_TEXT, b"x" * 65536)
+    assert frame[:10] == b"\x81\x7f" + struct.pack("!Q", 65536) and len(frame) == 65546
+    assert frames.encode_frame(frames.OP_TEXT, b"", rsv1=True) == b"\xc1\x00"
+
+
+def test_encode_close_cuts_the_reason_on_a_character_boundary() -> None:
+    assert frames.encode_close(1000) == b"\x88\x02\x03\xe8"
+    assert frames.encode_close(1008, "slow consumer") == b"\x88\x0f\x03\xf0slow consumer"
+    close = frames.encode_close(1000, "é" * 100)  # 200 bytes of reason: cut to 122 (61 × é)
+    assert close[1] == 2 + 122 and close[4:].decode("utf-8") == "é" * 61
+    close = frames.encode_close(1000, "a" * 200)
+    assert close[1] == 125 and close[4:] == b"a" * 123
+
+
+def test_unmask_round_trips_any_length() -> None:
+    key = b"\x01\x02\x03\x04"
+    for n in (0, 1, 3, 4, 5, 1000):
+        data = os.urandom(n)
+        masked = frames.unmask(data, key)
+        assert len(masked) == n and frames.unmask(masked, key) == data
+        assert masked == bytes(b ^ key[i % 4] for i, b in enumerate(data))
