@@ -27,7 +27,8 @@ SCREENSHOTS = ROOT / os.environ.get("WSAPP_SCREENSHOTS", "test-artifacts/screens
 TIMEOUT_MS = 10_000
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+    from playwright.sync_api import Error as PlaywrightError
 except ImportError:  # pragma: no cover - depends on the environment
     sync_playwright = None  # type: ignore[assignment]
 
@@ -40,19 +41,66 @@ def _unavailable() -> str | None:
     return None
 
 
+def launch(playwright: Playwright, executable: str = CHROMIUM, attempts: int = 2) -> Browser:
+    """Start Chromium, once more if the first start fails (a fresh CI machine has seen
+    Chromium die with SIGTRAP at its first launch). Each launch gets a new, empty
+    --user-data-dir: Playwright makes a temporary profile per launch, so nothing the
+    failed start left behind is reused."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return playwright.chromium.launch(
+                executable_path=executable,
+                headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+        except PlaywrightError as exc:
+            if attempt == attempts:
+                raise
+            print(f"Chromium did not start (attempt {attempt}), trying again: {str(exc).splitlines()[0]}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     why = _unavailable()
     if why:
         unavailable(why)
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        b = launch(p)
         yield b
         b.close()
+
+
+def test_browser_launch_survives_one_failed_start(tmp_path: Path) -> None:
+    """A stand-in for Chromium that dies with SIGTRAP the first time, then runs the real one."""
+    why = _unavailable()
+    if why:
+        unavailable(why)
+    calls = tmp_path / "calls"
+    flaky = tmp_path / "flaky-chromium"
+    flaky.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" >> "{calls}"\n'
+        f'if [ "$(wc -l < "{calls}")" -eq 1 ]; then kill -TRAP $$; fi\n'
+        f'exec {CHROMIUM} "$@"\n'
+    )
+    flaky.chmod(0o755)
+    with sync_playwright() as p:
+        b = launch(p, str(flaky))
+        try:
+            page = b.new_page()
+            page.set_content("<p id='ok'>up</p>")
+            assert page.inner_text("#ok") == "up"
+        finally:
+            b.close()
+    first, second = calls.read_text().splitlines()
+    dirs = [re.search(r"--user-data-dir=(\S+)", line) for line in (first, second)]
+    assert dirs[0] and dirs[1] and dirs[0].group(1) != dirs[1].group(1)  # a fresh profile for the retry
+    with sync_playwright() as p:  # and a launch that always fails still fails, after two tries
+        flaky.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\nkill -TRAP $$\n')
+        with pytest.raises(PlaywrightError):
+            launch(p, str(flaky))
+    assert len(calls.read_text().splitlines()) == 4
 
 
 @pytest.fixture
