@@ -153,3 +153,88 @@ def test_invalid_utf8_closes_1007_and_others_are_fine(server: Server) -> None:
     send(b, type="broadcast", data="fine")
     assert recv_json(b)["data"] == "fine"
     b.close()
+
+
+BAD_INPUT = [
+    ("[" * 100_000, "bad_json"),  # deeply nested: the decoder's recursion
+    ('{"type":"broadcast","data":' + "[" * 100 + "]" * 100 + "}", "bad_json"),  # deeper than 64
+    ('{"type":"broadcast","data":1e400}', "bad_json"),  # infinity: not JSON the server could send
+    ('{"type":"broadcast","data":-1e400,"id":"inf"}', "bad_json"),
+    ('{"type":"broadcast","data":NaN}', "bad_json"),
+    ('{"type":"broadcast","data":"\\ud800"}', "bad_json"),  # lone surrogates, anywhere
+    ('{"type":"join","room":"\\ud800"}', "bad_json"),
+    ('{"type":"direct","to":"\\udfff","data":1}', "bad_json"),
+    ('{"type":"broadcast","data":{"\\udc00":[1]}}', "bad_json"),
+    ('{"type":["broadcast"],"data":1,"id":"t"}', "unknown_type"),  # type of the wrong kind
+    ('{"type":{"a":1},"data":1}', "unknown_type"),
+    ('{"type":5,"data":1}', "unknown_type"),
+    ('{"type":null,"data":1}', "unknown_type"),
+    ("[1,2]", "bad_json"),  # not an object
+    ('"a string"', "bad_json"),
+    ("42", "bad_json"),
+    ("null", "bad_json"),
+]
+
+
+def test_bad_input_gets_an_error_frame_never_1011_nor_a_traceback(start_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_MAX_MESSAGE_BYTES="262144")
+    a, watcher = chat_client(srv, "attacker"), chat_client(srv, "watcher")
+    send(watcher, type="join", room="lobby", id="w")
+    recv_until(watcher, lambda m: m["type"] == "ack")
+    lines_before = len(srv.log().splitlines())
+    for raw, code in BAD_INPUT:
+        a.send(raw)
+        err = recv_json(a)
+        assert (err["type"], err["code"]) == ("error", code), (raw[:60], err)
+        assert err["message"] and len(err["message"]) < 300
+        assert err.get("id") == ("t" if code == "unknown_type" and '"id":"t"' in raw else None)
+    send(a, type="join", room="lobby", id="ok")  # the connection is still open and works
+    assert recv_json(a)["members"] == ["attacker", "watcher"]
+    assert recv_until(a, lambda m: m["type"] == "ack")["id"] == "ok"
+    assert recv_json(watcher)["client_id"] == "attacker"  # nothing the bad frames did reached the room
+    log = srv.log()
+    assert len(log.splitlines()) - lines_before <= len(BAD_INPUT)  # at most one line per bad frame
+    assert "Traceback" not in log and "1011" not in log
+    a.close(), watcher.close()
+
+
+def test_a_repeated_join_does_not_resend_the_member_list(server: Server) -> None:
+    a, b = chat_client(server, "rj-a"), chat_client(server, "rj-b")
+    send(b, type="join", room="rejoin")
+    recv_json(b)
+    send(a, type="join", room="rejoin", id=1)
+    assert recv_json(a) == {"type": "joined", "room": "rejoin", "members": ["rj-a", "rj-b"]}
+    assert recv_json(a) == {"type": "ack", "id": 1, "delivered": 0}
+    assert recv_json(b)["event"] == "join"
+    for i in range(3):
+        send(a, type="join", room="rejoin", id=f"again-{i}")
+        assert recv_json(a) == {"type": "joined", "room": "rejoin"}  # no members: nothing changed
+        assert recv_json(a) == {"type": "ack", "id": f"again-{i}", "delivered": 0}
+    send(a, type="broadcast", data="probe")
+    assert recv_json(b)["data"] == "probe"  # b heard no second presence join
+    send(a, type="leave", room="rejoin")
+    assert recv_json(b) == {"type": "presence", "room": "rejoin", "event": "leave", "client_id": "rj-a"}
+    a.close(), b.close()
+
+
+def test_rooms_per_connection_are_capped(start_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_MAX_ROOMS="3")
+    a, b = chat_client(srv, "cap"), chat_client(srv, "cap")
+    for i in range(3):
+        send(a, type="join", room=f"r{i}")
+        assert recv_json(a)["type"] == "joined"
+    send(a, type="join", room="r3", id="over")
+    err = recv_json(a)
+    assert (err["type"], err["code"], err["id"]) == ("error", "too_many_rooms", "over")
+    assert "3 rooms" in err["message"] and "WSAPP_MAX_ROOMS" in err["message"]
+    send(a, type="join", room="r1", id="held")  # a room it is in is not a new room
+    assert recv_json(a) == {"type": "joined", "room": "r1"}
+    assert recv_json(a)["id"] == "held"
+    send(b, type="join", room="r3", id="other")  # the cap is per connection
+    assert recv_json(b) == {"type": "joined", "room": "r3", "members": ["cap"]}
+    send(a, type="leave", room="r0")
+    send(a, type="join", room="r3", id="after-leave")
+    assert recv_json(a) == {"type": "joined", "room": "r3", "members": ["cap"]}
+    send(a, type="room", room="r0", data="x", id="gone")
+    assert recv_until(a, lambda m: m.get("id") == "gone")["code"] == "not_in_room"
+    a.close(), b.close()
