@@ -101,6 +101,19 @@ def test_demo_mode_is_true_only_when_asked_for_and_no_key_is_set(env: dict[str, 
     assert Settings.from_env(env).demo_mode is demo_mode
 
 
+@pytest.mark.parametrize(
+    ("settings", "demo_mode"),
+    [
+        (Settings(), False),  # no key and not asked for: not demo mode (from_env refuses it)
+        (Settings(demo=True), True),
+        (Settings(demo=True, jwt_secret=SECRET), False),  # the generated secret is set: demo is done
+        (Settings(demo=True, jwt_public_key="PEM"), False),
+    ],
+)
+def test_demo_mode_property(settings: Settings, demo_mode: bool) -> None:
+    assert settings.demo_mode is demo_mode
+
+
 def test_demo_mode_next_to_a_key_is_refused() -> None:
     with pytest.raises(SettingsError, match=r"^WSAPP_DEMO=1: .*WSAPP_JWT_SECRET is set"):
         Settings.from_env({**KEY, "WSAPP_DEMO": "1"})
