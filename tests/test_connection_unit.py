@@ -1,0 +1,466 @@
+"""`connection.WebSocket` over a real `socket.socketpair()` (gevent sockets, no server).
+
+The test plays the client on the other end of the pair: it writes masked frames and
+reads the server's frames byte by byte, so partial writes, ordering, whole frames,
+eviction and the per-frame budget are checked on the bytes that really went out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import gevent.queue
+import gevent.socket
+import pytest
+
+from wsapp import frames
+from wsapp.connection import CLOSE_HANDSHAKE_TIMEOUT_S, RateLimited, WebSocket, default_send_queue_bytes
+from wsapp.metrics import Traffic
+
+
+def masked(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    head = bytes((first, 0x80 | n)) if n < 126 else struct.pack("!BBH", first, 0xFE, n)
+    key = os.urandom(4)
+    return head + key + frames.unmask(payload, key)
+
+
+@pytest.fixture
+def pair() -> Iterator[Callable[..., tuple[WebSocket, Any]]]:
+    made: list[tuple[WebSocket, Any]] = []
+
+    def make(small_buffers: bool = False, **kw: Any) -> tuple[WebSocket, Any]:
+        server, client = gevent.socket.socketpair()
+        if small_buffers:  # the kernel takes little: writes go partial, the queue fills
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        opts: dict[str, Any] = {"max_message_bytes": 1000, "send_queue": 64, "compression": False}
+        opts.update(kw)
+        ws = WebSocket(server, conn_id="unit", **opts)
+        made.append((ws, client))
+        return ws, client
+
+    yield make
+    for ws, client in made:
+        ws.abort()
+        client.close()
+        ws.sock.close()
+
+
+class Stream:
+    """Reads the server's frames from the client end; checks the stream is whole frames."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no data")
+        self.sock.settimeout(left)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+
+    def frame(self, timeout: float = 5) -> tuple[int, bytes] | None:
+        """The next frame (opcode, payload), or None at EOF on a frame boundary."""
+        deadline = time.monotonic() + timeout
+        while True:
+            parsed = self._parse()
+            if parsed is not None:
+                return parsed
+            if self.eof:
+                assert self.buf == b"", f"stream cut inside a frame: {len(self.buf)} bytes left"
+                return None
+            self._fill(deadline)
+
+    def _parse(self) -> tuple[int, bytes] | None:
+        b = self.buf
+        if len(b) < 2:
+            return None
+        assert b[0] & 0x80 and not b[1] & 0x80, "server frames are final and unmasked"
+        n, off = b[1] & 0x7F, 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, off = struct.unpack("!H", b[2:4])[0], 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, off = struct.unpack("!Q", b[2:10])[0], 10
+        if len(b) < off + n:
+            return None
+        self.buf = b[off + n :]
+        return b[0] & 0x0F, b[off : off + n]
+
+    def all(self, timeout: float = 10) -> list[tuple[int, bytes]]:
+        out = []
+        while (f := self.frame(timeout)) is not None:
+            out.append(f)
+        return out
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        gevent.sleep(0.005)
+
+
+def close_of(frame: tuple[int, bytes]) -> tuple[int, str]:
+    assert frame[0] == frames.OP_CLOSE
+    return struct.unpack("!H", frame[1][:2])[0], frame[1][2:].decode()
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def test_fast_path_writes_at_once_without_a_writer(pair: Any) -> None:
+    ws, client = pair()
+    assert ws.send_text("hi") is True
+    assert ws._writer is None and ws.queue_depth == 0 and ws.queued_bytes == 0
+    assert Stream(client).frame() == (frames.OP_TEXT, b"hi")
+
+
+def test_partial_writes_keep_order_and_whole_frames(pair: Any) -> None:
+    ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=10_000_000)
+    sent = [os.urandom(n) for n in (1, 70_000, 3, 125, 126, 65_535, 65_536, 9_000, 0, 40_000)] * 3
+    for payload in sent:
+        assert ws.send_binary(payload) is True
+    assert ws.queue_depth > 0  # the small buffer could not take it all: the writer has it
+    ws.close(1000, "done")
+    got = Stream(client).all()
+    assert [p for op, p in got[:-1]] == sent and all(op == frames.OP_BINARY for op, _ in got[:-1])
+    assert close_of(got[-1]) == (1000, "done")
+    assert ws.queued_bytes == 0
+
+
+def test_queued_frames_are_shared_not_copied(pair: Any) -> None:
+    # the same encoded broadcast queued for two slow readers is one bytes object
+    a, ca = pair(small_buffers=True)
+    b, cb = pair(small_buffers=True)
+    filler = frames.encode_frame(frames.OP_BINARY, b"f" * 900)
+    shared = frames.encode_frame(frames.OP_TEXT, b"s" * 900)
+    for ws in (a, b):
+        while ws.queue_depth < 3:
+            ws.send_frame(filler)
+        ws.send_frame(shared)
+    assert a._queue[-1] is shared and b._queue[-1] is shared
+
+
+class SpySocket:
+    """Delegates to the real socket; records every buffer handed to send/sendmsg."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.handed: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def send(self, data: Any, *args: Any, **kwargs: Any) -> int:
+        self.handed.append(data)
+        return self._sock.send(data, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def sendmsg(self, buffers: list[Any], *args: Any) -> int:
+        self.handed.extend(buffers)
+        return self._sock.sendmsg(buffers, *args)  # type: ignore[no-any-return]
+
+
+def test_the_writer_hands_the_kernel_the_queued_buffers_not_a_joined_copy(pair: Any) -> None:
+    ws, client = pair(small_buffers=True, send_queue=1000, send_queue_bytes=1_000_000)
+    spy = ws.sock = SpySocket(ws.sock)
+    sent = [frames.encode_frame(frames.OP_BINARY, bytes([i]) * 20_000) for i in range(8)]
+    for frame in sent:
+        ws.send_frame(frame)
+    got = Stream(client)
+    for i in range(8):
+        assert got.frame() == (frames.OP_BINARY, bytes([i]) * 20_000)
+    # every buffer written was one of the senders' objects, or a view into one
+    originals = {id(f) for f in sent}
+    assert spy.handed and all(id(getattr(buf, "obj", buf)) in originals for buf in spy.handed)
+    assert any(isinstance(buf, memoryview) for buf in spy.handed)  # a partial write went on from a view
+
+
+def test_close_is_idempotent_and_sends_one_close_frame(pair: Any) -> None:
+    ws, client = pair()
+    ws.close(1001, "bye")
+    ws.close(1000, "again")
+    ws.close(1011, drop_queue=True)
+    assert ws.send_text("late") is False
+    assert ws.close_code == 1001 and ws.close_reason == "bye"
+    client.shutdown(socket.SHUT_WR)  # the peer goes away without a close frame
+    assert ws.receive() is None
+    ws.shutdown_socket()
+    ws.shutdown_socket()
+    got = Stream(client).all()
+    assert [close_of(f) for f in got] == [(1001, "bye")]
+
+
+# ---- eviction -------------------------------------------------------------------------------
+
+
+def fill_until_evicted(ws: WebSocket, frame: bytes, limit: int = 10_000) -> int:
+    for i in range(limit):
+        if not ws.send_frame(frame):
+            return i
+    raise AssertionError("never evicted")
+
+
+def test_byte_bound_evicts_with_whole_frames_then_1008(pair: Any) -> None:
+    calls: list[int] = []
+    ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=20_000, on_evict=lambda: calls.append(1))
+    frame = frames.encode_frame(frames.OP_BINARY, b"b" * 999)
+    accepted = fill_until_evicted(ws, frame)
+    assert ws.evicted and calls == [1] and not ws.open
+    assert ws.close_code == 1008 and ws.close_reason == "slow consumer"
+    assert ws.send_frame(frame) is False and calls == [1]  # once
+    got = Stream(client).all()
+    # some whole frames (never one cut partway: Stream asserts that), then the close
+    assert close_of(got[-1]) == (1008, "slow consumer")
+    assert all(f == (frames.OP_BINARY, b"b" * 999) for f in got[:-1])
+    assert 0 < len(got) - 1 <= accepted
+
+
+@pytest.mark.parametrize(("bound_bytes", "frame_len", "fits"), [(3000, 1000, 3), (2999, 1000, 2), (3001, 1000, 3)])
+def test_byte_bound_at_and_around_the_limit(pair: Any, bound_bytes: int, frame_len: int, fits: int) -> None:
+    ws, _client = pair(send_queue=10_000, send_queue_bytes=bound_bytes)
+    ws._writer = gevent.spawn(gevent.sleep, 10)  # a writer that makes no progress: all is queued
+    frame = b"q" * frame_len
+    assert [ws.send_frame(frame) for _ in range(fits)] == [True] * fits
+    assert ws.queued_bytes == fits * frame_len
+    assert ws.send_frame(frame) is False and ws.evicted
+    ws._writer.kill()
+
+
+@pytest.mark.parametrize("bound", [1, 2, 5])
+def test_message_bound_at_the_limit(pair: Any, bound: int) -> None:
+    ws, _client = pair(send_queue=bound)
+    ws._writer = gevent.spawn(gevent.sleep, 10)
+    assert [ws.send_frame(b"m") for _ in range(bound)] == [True] * bound
+    assert ws.send_frame(b"m") is False and ws.evicted
+    ws._writer.kill()
+
+
+def test_default_byte_bound_scales_with_the_message_limit() -> None:
+    assert default_send_queue_bytes(65536) == 4 * 65536 + 65536
+    assert default_send_queue_bytes(1_000_000) == 4_000_000 + 65536
+    a, b = gevent.socket.socketpair()
+    ws = WebSocket(a, conn_id="x", max_message_bytes=5000, send_queue=8, compression=False)
+    assert ws.max_queue_bytes == default_send_queue_bytes(5000)
+    a.close(), b.close()
+
+
+class TrickleSocket:
+    """A socket that takes, per send call, only the bytes the test allows (blocking
+    until it allows some): the writer's partial writes are under the test's control."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.allow: gevent.queue.Queue[int] = gevent.queue.Queue()
+
+    def sendmsg(self, buffers: list[Any]) -> int:
+        return self.send(b"".join(bytes(b) for b in buffers))
+
+    def send(self, data: Any) -> int:
+        n = min(self.allow.get(), len(data))
+        self.out += bytes(data[:n])
+        return n
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+
+def test_eviction_finishes_the_frame_in_progress_and_drops_the_rest() -> None:
+    sock = TrickleSocket()
+    ws = WebSocket(sock, conn_id="t", max_message_bytes=1000, send_queue=4, compression=False)  # type: ignore[arg-type]
+    f1, f2, f3, f4 = (frames.encode_frame(frames.OP_BINARY, bytes([i]) * 100) for i in range(4))
+    for f in (f1, f2, f3):
+        assert ws.send_frame(f)
+    sock.allow.put(5)  # the writer takes all three and gets 5 bytes of f1 out
+    wait_for(lambda: len(sock.out) == 5)
+    assert ws.send_frame(f4)  # queued behind the three the writer holds
+    assert ws.send_frame(f4) is False and ws.evicted  # over 4 frames: evicted
+    for _ in range(40):
+        sock.allow.put(7)  # small steps: the writer returns between them
+    wait_for(lambda: ws._writer is None)
+    # f1 finished (never cut), f2/f3 never begun so dropped, f4 dropped, then the close
+    assert bytes(sock.out) == f1 + frames.encode_close(1008, "slow consumer")
+    assert ws.queued_bytes == 0 and ws.queue_depth == 0
+
+
+def test_evicted_client_that_resumes_reading_gets_its_1008(pair: Any) -> None:
+    ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=50_000, evict_grace_s=5)
+    fill_until_evicted(ws, frames.encode_frame(frames.OP_TEXT, b"t" * 900))
+    gevent.sleep(0.2)  # the client is not reading yet; the socket stays up within the grace
+    got = Stream(client)
+    frames_read = []
+    while (f := got.frame()) is not None:
+        frames_read.append(f)
+        if f[0] == frames.OP_CLOSE:
+            break
+    assert close_of(frames_read[-1]) == (1008, "slow consumer")
+    client.sendall(masked(frames.OP_CLOSE, struct.pack("!H", 1008)))
+    assert ws.receive() is None
+    ws.shutdown_socket()
+    assert got.frame() is None  # then EOF, on a frame boundary
+
+
+def test_evicted_client_that_never_reads_is_cut_after_the_grace(pair: Any) -> None:
+    ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=20_000, evict_grace_s=0.3)
+    fill_until_evicted(ws, frames.encode_frame(frames.OP_TEXT, b"t" * 900))
+    reader = gevent.spawn(ws.receive)
+    assert reader.get(timeout=5) is None  # the abort after the grace woke the reader
+    assert ws.close_code == 1008
+
+
+def test_on_evict_failure_is_logged_not_raised(pair: Any, caplog: pytest.LogCaptureFixture) -> None:
+    def boom() -> None:
+        raise RuntimeError("owner bug")
+
+    ws, _client = pair(send_queue=1, on_evict=boom)
+    ws._writer = gevent.spawn(gevent.sleep, 10)
+    ws.send_frame(b"a")
+    assert ws.send_frame(b"b") is False and ws.evicted
+    assert "on_evict failed" in caplog.text
+    ws._writer.kill()
+
+
+# ---- reading: pongs, budget, errors ------------------------------------------------------------
+
+
+def test_every_ping_gets_its_pong_when_the_client_reads(pair: Any) -> None:
+    ws, client = pair()
+    client.sendall(b"".join(masked(frames.OP_PING, f"p{i}".encode()) for i in range(10)))
+    client.sendall(masked(frames.OP_TEXT, b"end"))
+    assert ws.receive() == "end"
+    got = Stream(client)
+    assert [got.frame() for _ in range(10)] == [(frames.OP_PONG, f"p{i}".encode()) for i in range(10)]
+
+
+def test_a_queued_pong_is_replaced_by_the_newer_one(pair: Any) -> None:
+    ws, client = pair(send_queue=10_000, send_queue_bytes=10_000_000)
+    ws._writer = gevent.spawn(gevent.sleep, 10)  # nothing drains: every pong waits in the queue
+    client.sendall(b"".join(masked(frames.OP_PING, f"p{i}".encode()) for i in range(500)))
+    client.sendall(masked(frames.OP_TEXT, b"end"))
+    assert ws.receive() == "end"
+    assert list(ws._queue) == [frames.encode_frame(frames.OP_PONG, b"p499")]
+    assert ws.queued_bytes == len(ws._queue[0])
+    # a data frame queued after the pong: the next pong replaces the old one in place
+    ws.send_text("data")
+    client.sendall(masked(frames.OP_PING, b"new") + masked(frames.OP_TEXT, b"end"))
+    assert ws.receive() == "end"
+    assert list(ws._queue) == [
+        frames.encode_frame(frames.OP_PONG, b"new"),
+        frames.encode_frame(frames.OP_TEXT, b"data"),
+    ]
+    ws._writer.kill()
+
+
+def test_every_frame_kind_is_charged_to_the_budget(pair: Any) -> None:
+    for flood in (
+        masked(frames.OP_PING),
+        masked(frames.OP_PONG),
+        masked(frames.OP_TEXT, b"x"),
+        masked(frames.OP_BINARY, b"x"),
+    ):
+        ws, client = pair(rate_limit=1, rate_burst=3)
+        client.sendall(flood * 20)
+        while (msg := ws.receive()) is not None:
+            pass
+        assert ws.close_code == 1008 and ws.close_reason == "rate limit exceeded"
+    # continuation frames of one endless message: charged per frame, not per message
+    ws, client = pair(rate_limit=1, rate_burst=3, max_message_bytes=1_000_000)
+    client.sendall(masked(frames.OP_TEXT, b"a", fin=False) + masked(frames.OP_CONT, b"", fin=False) * 20)
+    assert ws.receive() is None and ws.close_code == 1008
+    assert msg is None
+
+
+def test_budget_verdicts_per_frame(pair: Any) -> None:
+    ws, client = pair(rate_limit=0.001, rate_burst=3)  # no refill during the test
+    client.sendall(masked(frames.OP_TEXT, b"one") + masked(frames.OP_PING, b"ok"))  # within the burst
+    client.sendall(masked(frames.OP_TEXT, b"three"))  # the last within the burst
+    client.sendall(masked(frames.OP_PING, b"dropped"))  # limited: no pong
+    client.sendall(masked(frames.OP_TEXT, b"two"))  # limited: handed over as RateLimited
+    client.sendall(masked(frames.OP_PONG))  # limited, still noted
+    client.sendall(masked(frames.OP_TEXT, b"closed"))  # debt past the burst: 1008
+    ws.ping_sent_at = 1.0
+    assert ws.receive() == "one"
+    assert ws.receive() == "three"
+    assert ws.receive() == RateLimited("two")
+    assert ws.receive() is None
+    assert ws.ping_sent_at is None and ws.close_code == 1008
+    got = Stream(client).all()
+    assert got[0] == (frames.OP_PONG, b"ok")
+    assert close_of(got[-1]) == (1008, "rate limit exceeded") and len(got) == 2
+
+
+def test_a_fragment_over_budget_makes_its_message_rate_limited(pair: Any) -> None:
+    ws, client = pair(rate_limit=0.001, rate_burst=2)
+    client.sendall(masked(frames.OP_TEXT, b"a", fin=False) + masked(frames.OP_CONT, b"b", fin=False))
+    client.sendall(masked(frames.OP_CONT, b"c"))  # the third frame is over: the message is limited
+    assert ws.receive() == RateLimited("abc")
+
+
+def test_zero_rate_charges_nothing(pair: Any) -> None:
+    ws, client = pair(rate_limit=0, rate_burst=1)
+    client.sendall(masked(frames.OP_PING) * 2000 + masked(frames.OP_TEXT, b"end"))
+    assert ws.receive() == "end" and ws.open
+
+
+def test_a_close_frame_is_honoured_even_over_budget(pair: Any) -> None:
+    ws, client = pair(rate_limit=0.001, rate_burst=1)
+    client.sendall(masked(frames.OP_PING) + masked(frames.OP_CLOSE, struct.pack("!H", 4000)))
+    assert ws.receive() is None
+    assert ws.close_code == 4000
+
+
+def test_a_message_before_a_bad_frame_is_delivered_first(pair: Any) -> None:
+    ws, client = pair()
+    client.sendall(masked(frames.OP_TEXT, b"Hello") + masked(0x3, b""))
+    assert ws.receive() == "Hello"
+    ws.send_text("Hello")  # the route echoes it
+    assert ws.receive() is None and ws.close_code == 1002
+    got = Stream(client)
+    assert got.frame() == (frames.OP_TEXT, b"Hello")
+    assert close_of(got.frame()) == (1002, "reserved opcode 3")  # type: ignore[arg-type]
+
+
+def test_the_reader_yields_between_batches(pair: Any) -> None:
+    """With several reads' worth of frames waiting, another greenlet runs while the reader
+    is in the middle of them (it would not if the reader kept the hub to itself)."""
+    ws, client = pair(rate_limit=0)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    flood = masked(frames.OP_PONG) * 30_000  # 180 KB: three reads or more
+    client.sendall(flood + masked(frames.OP_TEXT, b"end"))
+    start = Traffic.bytes_in
+    reader = gevent.spawn(ws.receive)
+    progress: list[int] = []
+
+    def bystander() -> None:
+        while not reader.dead:
+            progress.append(Traffic.bytes_in - start)
+            gevent.sleep(0)
+
+    watcher = gevent.spawn(bystander)
+    assert reader.get(timeout=10) == "end"
+    watcher.join(5)
+    assert any(0 < seen < len(flood) for seen in progress), progress
+
+
+def test_close_handshake_timeout_constant_is_sane() -> None:
+    assert 0 < CLOSE_HANDSHAKE_TIMEOUT_S <= 5
