@@ -164,6 +164,19 @@ def test_readme_first_command_serves_page_token_and_a_round_trip(run_sh: RunSh) 
     assert "DEMO MODE" in run_sh.log()
 
 
+def test_readme_token_command_mints_a_token_the_demo_server_accepts(run_sh: RunSh) -> None:
+    """`WSAPP_DEMO=1 .venv/bin/flask --app app token alice`, as the README's "Try it" has it."""
+    flask = str(run_sh.checkout / ".venv" / "bin" / "flask")
+    token = run([flask, "--app", "app", "token", "readme-cli"], run_sh.checkout, timeout=60, WSAPP_DEMO="1").strip()
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{run_sh.port}/ws/chat", timeout=10, header=[f"Authorization: Bearer {token}"]
+    )
+    try:
+        assert json.loads(ws.recv())["client_id"] == "readme-cli"
+    finally:
+        ws.close()
+
+
 def test_run_sh_made_its_venv_from_requirements_txt_alone(run_sh: RunSh) -> None:
     venv = run_sh.checkout / ".venv"
     stamps = [p.name for p in venv.glob(".installed-*")]
