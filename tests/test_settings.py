@@ -190,6 +190,10 @@ BAD = {
     "log level": ({**KEY, "WSAPP_LOG_LEVEL": "loud"}, ["WSAPP_LOG_LEVEL='loud': must be one of DEBUG"]),
     "ping interval": ({**KEY, "WSAPP_PING_INTERVAL": "abc"}, ["WSAPP_PING_INTERVAL='abc': must be a number"]),
     "no key": ({}, ["WSAPP_JWT_SECRET / WSAPP_JWT_PUBLIC_KEY: neither is set"]),
+    "demo tokens with a public key": (
+        {"WSAPP_JWT_PUBLIC_KEY": _public_pem(), "WSAPP_DEMO_TOKENS": "1"},
+        ["WSAPP_DEMO_TOKENS=1: tokens cannot be minted with WSAPP_JWT_PUBLIC_KEY"],
+    ),
     "two at once": (
         {**KEY, "WSAPP_PORT": "http", "WSAPP_DEMO": "maybe"},
         ["WSAPP_PORT='http': must be a whole number", "WSAPP_DEMO='maybe': must be 1 or 0"],
