@@ -381,3 +381,140 @@ def test_per_client_limit_counts_connections_on_other_nodes(node: Callable[..., 
     eventually(lambda: clients(a).get("capped") == 1, 5, "the connection on B is gone")
     third = chat_client(a, "capped")  # room again
     on_a.close(), third.close()
+
+
+def test_a_room_name_the_server_cannot_encode_leaves_no_phantom_on_the_other_node(
+    two_hosts: tuple[Server, Server],
+) -> None:
+    a, b = two_hosts
+    for i in range(12):  # more than the per-client limit: a leaked slot would 429 the last ones
+        ws = chat_client(a, "phantom")
+        ws.send('{"type":"join","room":"\\ud800","id":"j"}')
+        err = recv_json(ws)
+        assert (err["type"], err["code"]) == ("error", "bad_json")
+        send(ws, type="join", room="real", id=i)  # still open, and a real room works
+        assert recv_until(ws, lambda m: m["type"] == "joined")["room"] == "real"
+        ws.close()
+
+    def phantom_gone() -> bool:
+        resp = http(b.url, "POST", "/api/send", {"to": "phantom", "data": 1}, token=ADMIN)
+        return resp.status == 404 and resp.body["delivered"] == 0 and "phantom" not in clients(b)
+
+    eventually(phantom_gone, 5, "node B no longer counts the closed connections")
+    assert http(b.url, "POST", "/api/broadcast", {"room": "real", "data": 1}, token=ADMIN).body == {"delivered": 0}
+    assert "Traceback" not in a.log() and "code=1011" not in a.log()
+
+
+class CountingRooms(set[str]):
+    """A peer's room set that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self) -> Any:
+        self.walks += 1
+        return super().__iter__()
+
+
+@pytest.fixture
+def backplane(redis_server: RedisProcess) -> Iterator[Any]:
+    """A RedisBackplane in this process on the real redis-server (no gunicorn): its presence
+    writes, step by step."""
+    from wsapp.redis_backplane import RedisBackplane
+    from wsapp.registry import Registry
+    from wsapp.settings import Settings
+
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    settings = Settings.from_env({"WSAPP_JWT_SECRET": "x" * 40, "WSAPP_REDIS_URL": redis_server.url})
+    bp = RedisBackplane(Registry(100, 100), settings)
+    bp.start()
+    assert bp.healthy
+    yield bp
+    bp.stop()
+
+
+def _peer(client_id: str, conn_id: str) -> Any:
+    from wsapp.registry import Peer
+
+    class Ws:
+        def __init__(self) -> None:
+            self.conn_id = conn_id
+
+        def send_frame(self, frame: bytes) -> bool:
+            return True
+
+    peer = Peer(Ws(), client_id, False, 0.0, "", "chat")  # type: ignore[arg-type]
+    peer.rooms = CountingRooms()
+    return peer
+
+
+def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
+    backplane: Any, redis_server: RedisProcess
+) -> None:
+    """Each join/leave writes one room's presence: it never walks the client's other rooms
+    (it did: 0.75 ms per join at 0 rooms, 3.5 ms at 12,000)."""
+    from wsapp.hub import Hub
+    from wsapp.registry import Join
+
+    hub = Hub(backplane.registry, backplane)
+    held, other = _peer("many", "c1"), _peer("many", "c2")
+    for peer in (held, other):
+        hub.connect(peer)
+    for i in range(500):
+        assert hub.join(held, f"r{i}", 10_000) is Join.NEW_CLIENT
+    assert hub.join(other, "r0", 10_000) is Join.NEW_CONNECTION
+    held.rooms.walks = other.rooms.walks = 0
+    assert hub.join(held, "one-more", 10_000) is Join.NEW_CLIENT
+    hub.leave(held, "r1")
+    hub.leave(other, "r0")
+    assert hub.join(held, "r2", 10_000) is Join.ALREADY
+    assert held.rooms.walks == 0 and other.rooms.walks == 0
+
+    r = redis_server.client()
+    key = f"wsapp:n:{backplane.node_id}:"
+    assert r.hget(key + "r:one-more", "many") == b"1" and not r.exists(key + "r:r1")
+    assert r.hget(key + "r:r0", "many") == b"1"  # other left it, held is still there
+    assert r.hget(key + "c", "many") == b"2" and r.hget(key + "t", "r:r0") == b"1"
+
+
+def test_presence_written_step_by_step_equals_presence_written_whole(
+    backplane: Any, redis_server: RedisProcess
+) -> None:
+    """The O(1) writes and a full rewrite from the registry leave Redis in the same state."""
+    from wsapp.hub import Hub
+    from wsapp.redis_backplane import _Mirror
+
+    hub = Hub(backplane.registry, backplane)
+    peers = [_peer(cid, f"{cid}-{n}") for cid in ("p", "q") for n in range(2)]
+    for peer in peers:
+        hub.connect(peer)
+    ops = [(0, "join", "a"), (1, "join", "a"), (2, "join", "a"), (0, "join", "b"), (3, "join", "b"),
+           (1, "leave", "a"), (0, "join", "c"), (2, "leave", "a"), (3, "join", "c"), (0, "leave", "b"),
+           (1, "join", "c")]  # fmt: skip
+    r = redis_server.client()
+    prefix = f"wsapp:n:{backplane.node_id}:"
+
+    def redis_state() -> dict[str, dict[bytes, bytes]]:
+        return {k.decode(): r.hgetall(k) for k in r.scan_iter(prefix + "*")}
+
+    def whole() -> _Mirror:
+        mirror, writes = _Mirror(), dict[tuple[str, str], int]()
+        for cid in ("p", "q"):
+            mirror.set(cid, *backplane._local_state(cid), writes)
+        return mirror
+
+    # p's second connection goes while its first stays in "c": only the disconnect writes that count
+    for index, op, room in [*ops, (1, "disconnect", ""), (3, "disconnect", ""), (0, "disconnect", "")]:
+        if op == "join":
+            hub.join(peers[index], room, 10)
+        elif op == "leave":
+            hub.leave(peers[index], room)
+        else:
+            hub.disconnect(peers[index])
+        expected = whole()
+        assert vars(backplane._mirror) == vars(expected), (op, index, room)
+        state = redis_state()
+        for room_name, total in expected.room_totals.items():
+            assert state[prefix + "t"][f"r:{room_name}".encode()] == str(total).encode()
+        assert {k for k in state if ":r:" in k} == {prefix + "r:" + name for name in expected.room_totals}
