@@ -172,7 +172,128 @@ def test_query_token_never_reaches_the_logs(server: Server) -> None:
     status, _, _, sock = raw_handshake(server.port, f"/ws/echo?token={tok}x", {})
     sock.close()
     assert status == 401
-    time.sleep(0.3)
-    log = server.log()
-    assert "client=logged" in log
+    log = wait_for_log(server, "disconnect client=logged")
+    assert tok not in log and tok.split(".")[1] not in log
+
+
+def wait_for_log(server: Server, needle: str, timeout: float = 5) -> str:
+    """The server's log once `needle` appears in it (polled, with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while needle not in (text := server.log()):
+        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{text}"
+        time.sleep(0.05)
+    return text
+
+
+def _upgraded(server: Server, **headers: str | None) -> bool:
+    status, _, _, sock = raw_handshake(server.port, headers=headers)
+    sock.close()
+    return status == 101
+
+
+def malformed_origins(port: int) -> list[str]:
+    return [
+        "http://[::1",  # unparsable: once a 500 with a traceback
+        f"http://[::1]x:{port}",
+        f"http://evil@127.0.0.1:{port}",  # userinfo
+        f"http://user:pass@127.0.0.1:{port}",
+        f"http://127.0.0.1:{port}:1",
+        "http://127.0.0.1:abc",  # non-numeric port
+        f"http://127.0.0.1:+{port}",
+        "http://127.0.0.1:0",  # out of range
+        "http://127.0.0.1:99999",
+        f"http://127.0.0.1:{port + 65536}",  # the same port modulo 65536
+        "http://",
+        "127.0.0.1",
+    ]
+
+
+def test_malformed_origin_is_403_never_500_with_the_default_rule(server: Server) -> None:
+    tok = bearer(make_token())
+    for value in malformed_origins(server.port):
+        assert refusal(server, Origin=value, Authorization=tok) == (403, "origin_not_allowed"), value
+    # a path in the Origin is ignored: still the same origin
+    assert _upgraded(server, Origin=f"http://127.0.0.1:{server.port}/some/page", Authorization=tok)
+    assert _upgraded(server, Origin=f"HTTP://127.0.0.1:{server.port}", Authorization=tok)
+    assert "Traceback" not in server.log() and "internal_error" not in server.log()
+
+
+def test_malformed_origin_is_403_with_an_allow_list(start_server) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server(WSAPP_ALLOWED_ORIGINS="http://127.0.0.1:8000,http://app.example.com,http://[::1]:8000")
+    tok = bearer(make_token())
+    for value in [*malformed_origins(8000), "http://evil@app.example.com", "http://app.example.com:80:80"]:
+        assert refusal(srv, Origin=value, Authorization=tok) == (403, "origin_not_allowed"), value
+    assert _upgraded(srv, Origin="http://app.example.com/path", Authorization=tok)
+    assert _upgraded(srv, Origin="http://APP.example.com:80", Authorization=tok)
+    assert _upgraded(srv, Origin="http://[0::1]:8000", Authorization=tok)
+    assert "Traceback" not in srv.log()
+
+
+def test_malformed_or_missing_host_is_403_host_not_allowed(server: Server) -> None:
+    tok = bearer(make_token())
+    for value in [
+        None,
+        f"evil@127.0.0.1:{server.port}",
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "127.0.0.1:abc",
+        "127.0.0.1:",
+        "[::1",
+        "exa mple.com",
+    ]:
+        assert refusal(server, Host=value, Authorization=tok) == (403, "host_not_allowed"), value
+    assert _upgraded(server, Host=f"LOCALHOST:{server.port}", Authorization=tok)
+
+
+def test_bearer_subprotocol_offered_last_is_401_missing_token(server: Server) -> None:
+    for offered in ("bearer", "chat.v1, bearer"):
+        hdrs = {"Sec-WebSocket-Protocol": offered, "Authorization": bearer(make_token())}
+        assert refusal(server, **hdrs) == (401, "missing_token")
+    assert "Traceback" not in server.log() and "IndexError" not in server.log()
+
+
+def test_each_refused_handshake_logs_one_line_with_its_code_and_address(server: Server) -> None:
+    expired = make_token("late", ttl=-120)
+    status, _, _, sock = raw_handshake(
+        server.port, f"/ws/echo?token={expired}", {"X-Forwarded-For": "203.0.113.71", "Origin": None}
+    )
+    sock.close()
+    assert status == 401
+    refusal(server, Origin="http://evil.example", Authorization=bearer(expired), **{"X-Forwarded-For": "203.0.113.72"})
+    refusal(server, **{"X-Forwarded-For": "203.0.113.73"})
+    log = wait_for_log(server, "addr=203.0.113.73")
+    ours = [line for line in log.splitlines() if "203.0.113.7" in line]
+    assert len(ours) == 3, ours  # one line each (gunicorn's access log shows 127.0.0.1)
+    assert "refused GET /ws/echo status=401 error=token_expired addr=203.0.113.71" in ours[0]
+    assert "status=403 error=origin_not_allowed addr=203.0.113.72" in ours[1] and "evil.example" in ours[1]
+    assert "status=401 error=missing_token addr=203.0.113.73" in ours[2]
+    assert expired not in log and expired.split(".")[1] not in log
+
+
+def test_client_values_are_escaped_in_log_lines(server: Server) -> None:
+    forged = "\r\n2026-01-01 00:00:00,000 INFO [1] wsapp.connections: connect client=admin"
+    sub = f"mallory{forged}\x1b[2J\u202eevil"
+    ws = ws_connect(server, "/ws/echo", make_token(sub), header=["X-Forwarded-For: not-an-ip, 203.0.113.80x"])
+    ws.close()
+    log = wait_for_log(server, "disconnect client=mallory")
+    lines = [line for line in log.splitlines() if "mallory" in line]
+    assert len(lines) == 2  # connect and disconnect: no forged line
+    for line in lines:
+        assert "client=mallory\\x0d\\x0a2026-01-01" in line
+        assert "\\x1b[2J\\u202eevil" in line
+        assert "addr=127.0.0.1 " in line  # the non-IP hops are not believed, nor shown
+    assert not any(line.startswith("2026-01-01 00:00:00,000") for line in log.splitlines())
+    assert "\x1b" not in log and "\u202e" not in log and "not-an-ip" not in log
+
+
+def test_a_token_in_a_malformed_request_line_is_redacted_in_gunicorns_error_log(server: Server) -> None:
+    import socket
+
+    tok = make_token("in-the-request-line")
+    for line in (f"GET /ws/echo?token={tok}\x01 HTTP/1.1", f"GET /ws/echo?access_token={tok} HTTP/1.1 junk"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(f"{line}\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1"))
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    log = wait_for_log(server, "Invalid HTTP Version")
+    assert "Invalid HTTP request line: 'GET /ws/echo?token=[redacted] HTTP/1.1'" in log
     assert tok not in log and tok.split(".")[1] not in log

@@ -134,3 +134,11 @@ def test_redact_a_token_without_its_signature_and_nothing_that_merely_looks_simi
     head, payload, _ = TOKEN.split(".")
     assert logsafe.redact(f"x {head}.{payload} y") == "x [redacted] y"
     assert logsafe.redact("eyeglass.example.com eyJ") == "eyeglass.example.com eyJ"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [("eyJab.cd", True), ("eyJab.c", False), ("eyJa.cd", False), ("eyJab.cd.", True), ("xeyJab.cd", True)],
+)
+def test_jwt_shape_boundaries(text: str, redacted: bool) -> None:
+    assert (logsafe.REDACTED in logsafe.redact(text)) is redacted

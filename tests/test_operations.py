@@ -7,6 +7,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from helpers import Reader, Server, chat_client, http, make_token, raw_handshake, read_close, ws_connect
 
 
@@ -151,3 +153,88 @@ def test_connect_and_disconnect_log_lines_and_forwarded_address(server: Server) 
     assert re.search(
         r"disconnect client=logme conn=\S+ route=chat addr=203\.0\.113\.9 duration=[0-9.]+s code=1000", lines[1]
     )
+
+
+def _wait_for_log(srv: Server, needle: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while needle not in (text := srv.log()):
+        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{text}"
+        time.sleep(0.05)
+    return text
+
+
+def test_ctrl_c_drains_like_sigterm(start_server) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    srv: Server = start_server(WSAPP_SHUTDOWN_TIMEOUT="4")
+    a = chat_client(srv, "int-a")
+    b = ws_connect(srv, "/ws/echo", make_token("int-b"))
+    assert srv.proc is not None
+    _wait_for_log(srv, "connect client=int-b")
+    # Ctrl+C in a terminal: SIGINT to the whole foreground process group (master and worker)
+    os.killpg(srv.proc.pid, signal.SIGINT)
+    assert read_close(a) == (1001, "server shutting down")
+    assert read_close(b)[0] == 1001
+    assert srv.proc.wait(timeout=10) == 0
+    log = srv.log()
+    assert "disconnect client=int-a" in log and "disconnect client=int-b" in log
+    assert log.count("shutting down: closing") == 1  # SIGINT, then the master's SIGTERM: one drain
+    assert "Quick shutdown" not in log and "graceful timeout" not in log.lower()
+    a.close()
+    b.close()
+
+
+def test_sigint_to_the_master_alone_drains_too(start_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = start_server(WSAPP_SHUTDOWN_TIMEOUT="4")
+    a = chat_client(srv, "int-c")
+    srv.signal(signal.SIGINT)  # e.g. `kill -INT <master>`
+    assert read_close(a) == (1001, "server shutting down")
+    assert srv.proc is not None and srv.proc.wait(timeout=10) == 0
+    assert "disconnect client=int-c" in srv.log()
+    a.close()
+
+
+def _worker_pid(srv: Server) -> int:
+    match = re.search(r"Booting worker with pid: (\d+)", _wait_for_log(srv, "Booting worker"))
+    assert match
+    return int(match.group(1))
+
+
+def _soft_nofile(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no limit line")
+
+
+def test_descriptor_soft_limit_is_raised_to_the_hard_limit_and_logged_once() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 64
+    if hard != resource.RLIM_INFINITY and hard <= low + 100:
+        pytest.skip(f"the hard descriptor limit ({hard}) leaves no room to test")
+    srv = Server(env={"WSAPP_RATE_LIMIT": "0", "WSAPP_MAX_CONNECTIONS_PER_CLIENT": "200"})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # gunicorn inherits it, as from systemd
+    try:
+        srv.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    held = []
+    try:
+        assert srv.proc is not None and _soft_nofile(srv.proc.pid) == hard
+        assert _soft_nofile(_worker_pid(srv)) == hard
+        log = srv.log()
+        assert log.count(f"descriptor limit (RLIMIT_NOFILE) raised from {low} to {hard}") == 1
+        assert log.count("RLIMIT_NOFILE") == 1
+        # more idle WebSockets than the old soft limit had descriptors, and one more still connects
+        held = [ws_connect(srv, "/ws/echo", make_token("fd")) for _ in range(low + 16)]
+        late = ws_connect(srv, "/ws/echo", make_token("late"))
+        late.send("still served")
+        assert late.recv() == "still served"
+        late.close()
+    finally:
+        for ws in held:
+            ws.close()
+        srv.stop()

@@ -38,11 +38,14 @@ def drain(service: Service, budget_s: float) -> None:
         return
     registry.draining = True
     deadline = time.monotonic() + budget_s
-    peers = registry.peers()
-    log.info("shutting down: closing %d connections (1001)", len(peers))
-    for peer in peers:
-        peer.ws.close(CloseCode.GOING_AWAY, "server shutting down")
-    while registry.held and time.monotonic() < deadline:  # every session has finished
+    log.info("shutting down: closing %d connections (1001)", len(registry.peers()))
+    while True:
+        # again on every pass: a session upgraded just before `draining` was set
+        # registers after the first pass, and must get its 1001 too (close is idempotent)
+        for peer in registry.peers():
+            peer.ws.close(CloseCode.GOING_AWAY, "server shutting down")
+        if not registry.held or time.monotonic() >= deadline:  # every session has finished
+            break
         gevent.sleep(0.05)
     for peer in registry.peers():  # those that did not answer in time
         peer.ws.abort()
