@@ -21,7 +21,8 @@ def payload(sender: str, seq: int) -> dict[str, object]:
 
 
 def test_many_concurrent_senders_large_messages_arrive_whole_once_in_order(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="1024")
+    # the one receiver reads in Python: its queue may hold every message at once (~40 MB)
+    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="1024", WSAPP_SEND_QUEUE_BYTES="67108864")
     receiver = chat_client(srv, "sink")
     errors: list[BaseException] = []
 
@@ -67,7 +68,8 @@ def test_many_concurrent_senders_large_messages_arrive_whole_once_in_order(start
 
 
 def test_a_client_that_never_reads_is_closed_and_others_keep_receiving(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="32")
+    # the evicted client is given WSAPP_PING_TIMEOUT to read its close frame: it never does
+    srv: Server = start_server(WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="32", WSAPP_PING_TIMEOUT="1")
     # the stalled client: a raw socket with a tiny receive window that never reads
     status, _, _, stalled = raw_handshake(
         srv.port, "/ws/chat", {"Authorization": f"Bearer {make_token('stalled')}"}, rcvbuf=4096
@@ -106,3 +108,71 @@ def test_a_client_that_never_reads_is_closed_and_others_keep_receiving(start_ser
 
 def _disconnect_lines(srv: Server) -> str:
     return "\n".join(line for line in srv.log().splitlines() if "disconnect" in line and "client=stalled" in line)
+
+
+def _masked_text(text: str) -> bytes:
+    payload, mask = text.encode(), b"\x0a\x0b\x0c\x0d"
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_an_evicted_client_leaves_its_rooms_at_once_and_still_gets_its_1008(start_server) -> None:  # type: ignore[no-untyped-def]
+    # the evicted client gets WSAPP_PING_TIMEOUT (30 s here) to read its close frame; its
+    # rooms hear `leave` at the eviction, not when that time is up
+    srv: Server = start_server(
+        WSAPP_RATE_LIMIT="0", WSAPP_SEND_QUEUE="8", WSAPP_PING_TIMEOUT="30", WSAPP_PING_INTERVAL="60"
+    )
+    watcher = chat_client(srv, "watcher")
+    watcher.send(json.dumps({"type": "join", "room": "evict-room", "id": "w"}))
+    recv_until(watcher, lambda m: m["type"] == "ack")
+    status, _, _, stalled = raw_handshake(
+        srv.port, "/ws/chat", {"Authorization": f"Bearer {make_token('stalled')}"}, rcvbuf=4096
+    )
+    assert status == 101
+    stalled.sendall(_masked_text('{"type":"join","room":"evict-room"}'))
+    assert recv_until(watcher, lambda m: m["type"] == "presence")["client_id"] == "stalled"
+
+    sender, flood = make_token("flooder"), "z" * 60000
+    for _ in range(400):
+        r = http(srv.url, "POST", "/api/send", {"to": "stalled", "data": flood}, sender)
+        if r.status == 404:  # evicted: out of the registry already
+            break
+        assert r.status == 200
+    else:
+        raise AssertionError("the stalled client was never evicted")
+    left = recv_until(watcher, lambda m: m["type"] == "presence", timeout=10)
+    assert left == {"type": "presence", "room": "evict-room", "event": "leave", "client_id": "stalled"}
+    listed = {
+        c["client_id"] for c in http(srv.url, "GET", "/api/clients", token=make_token("a", admin=True)).body["clients"]
+    }
+    assert listed == {"watcher"}
+
+    # now it reads again: whole frames, then the 1008 close frame (the socket was not cut)
+    stalled.settimeout(10)
+    data = b""
+    while True:
+        chunk = stalled.recv(1 << 20)
+        assert chunk, "EOF before the close frame"
+        data += chunk
+        code = _close_code(data)
+        if code is not None:
+            break
+    assert code == 1008
+    stalled.close(), watcher.close()
+
+
+def _close_code(data: bytes) -> int | None:
+    """Walk whole server frames in `data`; the close frame's code once it is complete."""
+    pos = 0
+    while pos + 2 <= len(data):
+        n, head = data[pos + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+        if pos + head + n > len(data):
+            return None
+        if data[pos] & 0x0F == 0x8:
+            return int.from_bytes(data[pos + head : pos + head + 2], "big")
+        pos += head + n
+    return None
