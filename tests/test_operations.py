@@ -120,8 +120,12 @@ def test_metrics_count_connections_messages_refusals_and_evictions(start_server)
         assert status == 401
     b.send_binary(b"\x00")  # closed 1003
     read_close(b)
-    time.sleep(0.6)  # a heartbeat tick flushes the traffic counters
-    text = http(srv.url, "GET", "/metrics").body
+    deadline = time.monotonic() + 10
+    while True:  # a heartbeat tick flushes the traffic counters
+        text = http(srv.url, "GET", "/metrics").body
+        if _metric(text, "wsapp_received_bytes_total") > 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert _metric(text, "wsapp_connections_open", route="chat") == 1
     assert _metric(text, "wsapp_connections_opened_total", route="chat") == 2
     assert _metric(text, "wsapp_connections_closed_total", route="chat", code="1003") == 1
