@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -94,6 +95,7 @@ SURROGATE = '"\\ud800"'  # JSON for a lone surrogate: valid JSON, not Unicode te
         ('{"type":"broadcast","data":' + '{"a":' * 100_000, "bad_json", None),
         # type
         ('{"type":"dance"}', "unknown_type", None),
+        ('{"type":"dance","id":"d"}', "unknown_type", "d"),
         ('{"data":1,"id":"q"}', "unknown_type", "q"),
         ('{"type":["broadcast"],"data":1,"id":"l"}', "unknown_type", "l"),
         ('{"type":{"a":1},"data":1}', "unknown_type", None),
@@ -131,15 +133,20 @@ def test_bad_frames_name_their_problem_and_keep_the_id(text: str, code: str, msg
 
 
 @pytest.mark.parametrize(
-    ("text", "says"),
+    ("text", "message"),
     [
-        ("{nope", "not valid JSON"),
-        ("[1]", "not a JSON object"),
-        ('{"type":"broadcast","data":1e400}', "out of range"),
-        ('{"type":"broadcast","data":NaN}', "NaN is not JSON"),
-        ('{"type":"join","room":' + SURROGATE + "}", "lone surrogate"),
-        ("[" * 100_000, f"nested deeper than {MAX_DEPTH} levels"),
-        ('{"type":"broadcast","data":' + nested(MAX_DEPTH) + "}", f"nested deeper than {MAX_DEPTH} levels"),
+        ("{nope", "the frame is not a JSON object: not valid JSON"),
+        ("[1]", "the frame is not a JSON object"),
+        ('{"type":"broadcast","data":1e400}', "the frame is not a JSON object: the number 1e400 is out of range"),
+        ("[1" + "0" * 400 + "e9]", "the frame is not a JSON object: the number 1" + "0" * 31 + " is out of range"),
+        ('{"type":"broadcast","data":NaN}', "the frame is not a JSON object: NaN is not JSON"),
+        (
+            '{"type":"join","room":' + SURROGATE + "}",
+            "the frame is not a JSON object: a string holds a lone surrogate (\\ud800-\\udfff), "
+            "which is not Unicode text",
+        ),
+        ("[" * 100_000, f"the frame is not a JSON object: nested deeper than {MAX_DEPTH} levels"),
+        (nested(MAX_DEPTH + 1), f"the frame is not a JSON object: nested deeper than {MAX_DEPTH} levels"),
         ('{"type":[1]}', "'type' must be a string"),
         ('{"type":"dance"}', "unknown frame type 'dance'"),
         ('{"type":"direct","data":1}', "a 'direct' frame needs 'to'"),
@@ -149,10 +156,29 @@ def test_bad_frames_name_their_problem_and_keep_the_id(text: str, code: str, msg
         ('{"type":"join","room":"r","id":false}', "'id' must be a string or an integer"),
     ],
 )
-def test_error_messages_say_what_is_wrong(text: str, says: str) -> None:
+def test_error_messages_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(FrameError) as info:
         protocol.parse_command(text)
-    assert says in info.value.message
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"\xff{}", "the body is not UTF-8"), (b"{", "not valid JSON"), (b'"\\udc00"', "a string holds a lone surrogate")],
+)
+def test_loads_says_what_is_wrong(raw: bytes, message: str) -> None:
+    with pytest.raises(BadJson) as info:
+        protocol.loads(raw)
+    assert str(info.value).startswith(message)
+
+
+def test_frame_error_carries_its_code() -> None:
+    assert str(FrameError("bad_json")) == "bad_json" and FrameError("bad_json").code == "bad_json"
+
+
+def test_timestamps_have_microseconds_at_most() -> None:
+    ts = protocol.now()
+    assert round(ts, 6) == ts and abs(ts - time.time()) < 60
 
 
 def test_an_unknown_type_is_quoted_briefly() -> None:
@@ -197,6 +223,9 @@ def test_loads_accepts(text: str) -> None:
         '["\\ude00\\ud83d"]',  # a pair in the wrong order is two lone surrogates
         '{"\\udfff":1}',
         '[[[[["\\ud800"]]]]]',
+        '["\\ud800", "after"]',
+        '[["\\ud800"], "after", {"k": "v"}]',
+        '{"a": "\\ud800", "b": "after"}',
         "1e400",
         "-1e400",
         "1E999",

@@ -109,6 +109,7 @@ def test_the_worker_limit_is_checked_before_the_client_limit() -> None:
 
 def test_draining_refuses_every_reservation() -> None:
     reg = Registry(10, 10)
+    assert reg.draining is False
     reg.draining = True
     assert refusal(reg, "alice") == "shutting_down"
     assert reg.held == 0
@@ -140,7 +141,7 @@ def test_a_slot_releases_once_however_often_it_is_released() -> None:
     reg = Registry(10, 10)
     keep = reg.reserve("alice")
     slot = reg.reserve("alice")
-    assert isinstance(slot, Slot) and not slot.released
+    assert isinstance(slot, Slot) and slot.released is False
     slot.release()
     slot.release()
     assert slot.released and reg.held == 1
@@ -296,3 +297,17 @@ def test_slot_release_says_whether_it_released() -> None:
     assert slot.release() is True
     assert slot.release() is False
     assert reg.held == 0
+
+
+def test_nothing_is_kept_for_clients_and_rooms_that_are_gone() -> None:
+    """Per-client counts and rooms are forgotten at zero: no entry per client id or room ever seen."""
+    reg = Registry(10, 10)
+    for cid in ("a", "b"):
+        reg.reserve(cid).release()
+    assert reg._per_client == {}
+    a, b = added(reg, "a"), added(reg, "b")
+    reg.join(a, "r", 10), reg.join(b, "r", 10)
+    assert reg.leave(a, "r") is True
+    assert reg.room_members("r") == ["b"] and reg.targets(Target("room", "r")) == [b]  # b is still in it
+    reg.remove(b)
+    assert reg._rooms == {} and reg._by_client == {"a": {a}}

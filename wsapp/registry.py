@@ -183,9 +183,8 @@ class Registry:
             return self._leave_locked(peer, room)
 
     def _leave_locked(self, peer: Peer, room: str) -> bool:
-        members = self._rooms.get(room)
-        if members is None or peer.client_id not in members:
-            return False
+        """`room` is in `peer.rooms`: then the maps hold the peer there (one lock keeps them in step)."""
+        members = self._rooms[room]
         peers = members[peer.client_id]
         peers.discard(peer)
         if peers:
