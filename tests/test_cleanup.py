@@ -202,6 +202,8 @@ def test_a_session_error_closes_1011_cleans_up_and_logs_once(inproc: InProcess, 
     assert client.json()["type"] == "joined"
     client.send({"type": "broadcast", "data": 1})
     assert client.close_code() == 1011
+    client.close()
+    client.sock.close()
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
     assert inproc.service.registry.peers() == [] and inproc.service.registry.room_members("r") == []
     assert len(inproc.lines("error in chat session")) == 1
@@ -309,3 +311,15 @@ def test_a_room_name_the_server_cannot_encode_never_leaks_a_slot(start_server: C
         ws.close()
     log = srv.log()
     assert "Traceback" not in log and "code=1011" not in log
+
+
+def test_a_client_id_the_server_cannot_encode_still_gives_everything_back(inproc: InProcess) -> None:
+    """A token's client id is the issuer's word, not parsed by the chat rules: if it cannot be
+    encoded, the session fails (1011), and the cleanup still runs to the end."""
+    for _ in range(inproc.service.settings.max_connections_per_client + 1):
+        client = inproc.connect(client_id="\ud800")
+        assert client.close_code() == 1011
+        client.close()  # answer the close and hang up: the server need not wait for either
+        client.sock.close()
+        until(lambda: inproc.service.registry.held == 0, "the slot is back")
+        assert inproc.service.registry.peers() == []
