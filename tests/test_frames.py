@@ -377,3 +377,17 @@ def test_unmask_round_trips_any_length() -> None:
         masked = frames.unmask(data, key)
         assert len(masked) == n and frames.unmask(masked, key) == data
         assert masked == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+@pytest.mark.parametrize(("count", "batch"), [(600, 256), (256, 256), (257, 256), (5, 1)])
+def test_feed_hands_out_at_most_a_batch_and_keeps_the_rest(count: int, batch: int) -> None:
+    reader = FrameReader(LIMIT, batch_frames=batch)
+    events = reader.feed(client_frame(9, b"p") * count)
+    sizes = [len(events)]
+    while reader.backlog:
+        more = reader.feed(b"")
+        sizes.append(len(more))
+        events += more
+    assert events == [Ping(b"p")] * count
+    assert sizes == [batch] * (count // batch) + ([count % batch] if count % batch else [])
+    assert frames.BATCH_FRAMES == 256

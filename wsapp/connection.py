@@ -3,7 +3,8 @@
 Who may do what:
 - **reading**: only the greenlet that runs the route, through `receive()`. It reads,
   parses and handles one batch (one `recv`) at a time, so a client that floods faster
-  than the app reads is held back by TCP, not buffered in our memory. Every frame the
+  than the app reads is held back by TCP, not buffered in our memory (a batch is at
+  most one read, parsed `frames.BATCH_FRAMES` frames at a time). Every frame the
   client sends (data, continuation, ping, pong, close) is charged to the connection's
   budget (`WSAPP_RATE_LIMIT`/`WSAPP_RATE_BURST`); between batches the reader yields to
   the other greenlets, so a socket that always has data cannot starve the worker.
@@ -360,17 +361,20 @@ class WebSocket:
             if self._peer_closed:
                 return None
             gevent.sleep(0)  # one batch at a time: let every other greenlet run first
-            try:
-                data = self.sock.recv(RECV_BYTES)
-            except OSError:
+            if self._reader.backlog:  # frames already read and not parsed yet: no recv
                 data = b""
-            if not data:
-                self._peer_closed = True
-                self._closing = True
-                if self.close_code is None:
-                    self.close_code = CloseCode.ABNORMAL
-                return None
-            Traffic.bytes_in += len(data)
+            else:
+                try:
+                    data = self.sock.recv(RECV_BYTES)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._peer_closed = True
+                    self._closing = True
+                    if self.close_code is None:
+                        self.close_code = CloseCode.ABNORMAL
+                    return None
+                Traffic.bytes_in += len(data)
             try:
                 self._events.extend(self._reader.feed(data))
             except frames.ProtocolError as exc:

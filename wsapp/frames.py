@@ -40,6 +40,9 @@ MAX_CONTROL_PAYLOAD = 125
 # What one continuation frame costs against the message limit: about what keeping it
 # costs us (a list slot and an object header, or the parser's per-frame work).
 FRAGMENT_COST = 64
+# Frames parsed per `feed` call at most: the rest waits in the buffer (`backlog`), so a
+# read of 64 KiB of tiny frames is handled in slices, with other greenlets run between.
+BATCH_FRAMES = 256
 # close codes a peer may send (RFC 6455 §7.4); 1005/1006/1015 must never be on the wire
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
@@ -156,9 +159,13 @@ def _inflate_chunk(d: zlib._Decompress, data: bytes, room: int) -> bytes:
 class FrameReader:
     """Parses client-to-server bytes. One per connection, used by its reader only."""
 
-    def __init__(self, max_message_bytes: int, inflater: Inflater | None = None) -> None:
+    def __init__(
+        self, max_message_bytes: int, inflater: Inflater | None = None, batch_frames: int = BATCH_FRAMES
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.inflater = inflater
+        self.batch_frames = batch_frames
+        self.backlog = False  # the last feed stopped at batch_frames: call feed(b"") for more
         self._buf = bytearray()
         # the message being reassembled (between its first and its final frame)
         self._msg_op: int | None = None
@@ -173,7 +180,8 @@ class FrameReader:
         self._checked = 0
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add bytes from the socket; return the events (one per frame) they complete.
+        """Add bytes from the socket; return the events (one per frame) they complete,
+        at most `batch_frames` of them (then `backlog` is set: `feed(b"")` goes on).
 
         Raises `ProtocolError` (with the events parsed before the bad frame)."""
         buf = self._buf
@@ -181,8 +189,12 @@ class FrameReader:
         events: list[Event] = []
         pos = 0
         n = len(buf)
+        self.backlog = False
         try:
             while n - pos >= 2:
+                if len(events) >= self.batch_frames:
+                    self.backlog = True
+                    break
                 b0, b1 = buf[pos], buf[pos + 1]
                 fin, rsv1, opcode = b0 & 0x80, b0 & 0x40, b0 & 0x0F
                 if b0 & 0x30:
