@@ -258,3 +258,73 @@ def test_client_id_at_the_length_limit_and_numeric_ids() -> None:
     assert auth.verify_token(make_token(None, ID=0), s).client_id == "0"
     assert rejected(make_token(None, ID=True), s) == (401, "invalid_token")  # a bool is not an id
     assert rejected(make_token(None, ID=""), s) == (401, "invalid_token")
+
+
+def _message(token: str, settings: Settings = SETTINGS) -> str:
+    with pytest.raises(HandshakeRejected) as info:
+        auth.verify_token(token, settings)
+    return info.value.message
+
+
+def test_each_invalid_token_says_why() -> None:
+    # the message is what a client sees in the 401's JSON and in the refusal log line
+    now = int(time.time())
+    assert _message("a" * (auth.MAX_TOKEN_CHARS + 1)) == "the token is too long"
+    assert _message("not.a.jwt") == "the token is malformed"
+    assert _message(make_token(secret="another-secret-0123456789-0123456789")) == (
+        "the token's signature does not verify"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _message(make_token(algorithm="HS512")) == "the token's algorithm is not accepted"
+    assert _message(jwt.encode({"sub": "x"}, SECRET, algorithm="HS256")) == "the token has no 'exp' claim"
+    s = SETTINGS.replace(jwt_issuer="https://issuer")
+    assert _message(make_token(iss="https://other"), s) == "the token is not valid: Invalid issuer"
+    assert _message(jwt.encode({"exp": now + 60}, SECRET, algorithm="HS256")) == "the token has no usable 'sub' claim"
+    assert _message(make_token("x" * 257)) == "the client id is too long"
+    assert _message(make_token(ttl=-60)) == "the token has expired"
+    assert _message(make_token(nbf=now + 600)) == "the token is not valid yet"
+
+
+def test_an_audience_in_the_token_is_ignored_unless_configured() -> None:
+    assert auth.verify_token(make_token("a", aud="someone-else"), SETTINGS).client_id == "a"
+
+
+def test_identity_carries_the_claims_and_expiry() -> None:
+    tok = make_token("c", ttl=120, team="blue")
+    ident = auth.verify_token(tok, SETTINGS)
+    assert ident.claims["team"] == "blue" and ident.claims["sub"] == "c"
+    assert ident.expires_at == float(jwt.decode(tok, options={"verify_signature": False})["exp"])
+
+
+def test_minted_claims_and_header() -> None:
+    s = SETTINGS.replace(jwt_issuer="https://issuer", jwt_audience="wsapp")
+    tok = auth.mint_token(s, "erin", admin=False, ttl_s=90)
+    assert jwt.get_unverified_header(tok)["alg"] == "HS256"
+    claims = jwt.decode(tok, options={"verify_signature": False})
+    assert set(claims) == {"sub", "iat", "exp", "roles", "iss", "aud"}
+    assert (claims["iss"], claims["aud"], claims["roles"]) == ("https://issuer", "wsapp", [])
+    assert claims["exp"] - claims["iat"] == 90 and abs(claims["iat"] - time.time()) < 5
+    default = jwt.decode(auth.mint_token(SETTINGS, "f"), options={"verify_signature": False})
+    assert set(default) == {"sub", "iat", "exp", "roles"}
+    assert default["roles"] == [] and default["exp"] - default["iat"] == 3600  # not admin, one hour
+
+
+def test_minting_needs_an_hs256_secret() -> None:
+    with pytest.raises(RuntimeError, match=r"^minting needs WSAPP_JWT_SECRET \(or demo mode's generated secret\)$"):
+        auth.mint_token(Settings(), "x")
+    with pytest.raises(RuntimeError, match=r"^minting makes HS256 tokens, which WSAPP_JWT_ALGORITHMS does not accept$"):
+        auth.mint_token(SETTINGS.replace(jwt_algorithms=("HS384",)), "x")
+
+
+def test_bearer_last_message_is_exact() -> None:
+    with pytest.raises(
+        HandshakeRejected, match=r"^401 missing_token: the 'bearer' subprotocol must be followed by the token$"
+    ):
+        auth.find_token({"Sec-WebSocket-Protocol": "bearer"}, {}, {})
+
+
+def test_offered_subprotocols() -> None:
+    assert auth.offered_subprotocols(None) == []
+    assert auth.offered_subprotocols("") == []
+    assert auth.offered_subprotocols(" a , ,b,") == ["a", "b"]

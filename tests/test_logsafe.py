@@ -109,6 +109,7 @@ def test_filter_indents_tracebacks_and_escapes_them() -> None:
         logger.exception("session failed client=%s", "bob")
     lines = out.getvalue().splitlines()
     assert lines[0] == "ERROR logsafe-test-exc: session failed client=bob"
+    assert lines[1] == "    Traceback (most recent call last):" and len(lines) > 4
     assert all(line.startswith("    ") for line in lines[1:])
     assert any("forged [redacted]\\x1b[0m" in line for line in lines)
     assert TOKEN not in out.getvalue()
@@ -127,7 +128,31 @@ def test_filter_runs_once_per_record_across_handlers() -> None:
     logger.addHandler(handler)
     logsafe.install(logger)
     logger.info("x=%s", "a\\x0a\n")
-    assert second.getvalue() == "x=a\\x0a\\x0a\n"  # escaped once, not twice
+    assert second.getvalue() == "x=a\\x0a\\x0a\n"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("failed")
+    tb = second.getvalue().splitlines()[2:]
+    assert tb[0] == "    Traceback (most recent call last):"  # indented once, not once per handler
+    assert tb[-1] == "    ValueError: boom"
+
+
+def test_stack_info_is_indented_too() -> None:
+    logger, out = _logger("logsafe-test-stack")
+    logger.info("where", stack_info=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "INFO logsafe-test-stack: where"
+    assert lines[1] == "    Stack (most recent call last):" and len(lines) > 3
+    assert all(line.startswith("    ") for line in lines[1:])
+
+
+def test_escape_widths() -> None:
+    assert logsafe._escape_char("\x00") == "\\x00"
+    assert logsafe._escape_char("\xff") == "\\xff"
+    assert logsafe._escape_char("\u0100") == "\\u0100"
+    assert logsafe._escape_char("\uffff") == "\\uffff"
+    assert logsafe._escape_char("\U00010000") == "\\U00010000"
 
 
 def test_redact_a_token_without_its_signature_and_nothing_that_merely_looks_similar() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wsapp.errors import HandshakeRejected
-from wsapp.origin import HostPort, check_host, check_origin, is_loopback, normalise_origin, parse_host
+from wsapp.origin import HostPort, check_host, check_origin, is_loopback, normalise_origin, parse_host, parse_origin
 
 
 def refused(origin: str | None, host: str | None, allowed: tuple[str, ...] = ()) -> bool:
@@ -225,3 +225,63 @@ def test_check_host_refuses_missing_and_malformed_with_403() -> None:
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(parse_host(host, 0)) is loopback
+
+
+def _message(origin: str | None, host: str | None, allowed: tuple[str, ...] = ()) -> str:
+    with pytest.raises(HandshakeRejected) as info:
+        check_origin(origin, host, allowed)
+    return info.value.message
+
+
+def test_each_refusal_says_why() -> None:
+    # the message is what a client sees in the 403's JSON and in the refusal log line
+    assert _message("null", "a") == "an opaque Origin ('null') is not allowed"
+    assert _message("http://[::1", "a") == "Origin 'http://[::1' is malformed: unterminated IPv6 literal"
+    assert _message("nope", "a") == "Origin 'nope' is malformed: not scheme://host"
+    assert _message("http://a", "a", ("http://b",)) == "Origin 'http://a' is not in WSAPP_ALLOWED_ORIGINS"
+    assert _message("ftp://a", "a") == "Origin 'ftp://a' is not a web origin"
+    assert _message("http://a", None) == "Origin 'http://a' cannot match a missing Host"
+    assert _message("http://a", "a:x") == "Origin 'http://a' cannot match Host 'a:x'"
+    assert _message("http://a", "b") == "Origin 'http://a' does not match Host 'b'"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[::1", "unterminated IPv6 literal"),
+        ("[::1%lo]", "an IPv6 zone is not a host"),
+        ("[::g]", "invalid IPv6 literal"),
+        ("[::1]]", "the port is not a number"),
+        ("[::1]x", "the port is not a number"),
+        ("a_b:", "the port is not a number"),
+        ("a b", "not a host name"),
+        ("a:0", "the port is out of range"),
+        ("a:65536", "the port is out of range"),
+        ("a" * 254, "not a host name"),
+        ("é", "not a host name"),
+    ],
+)
+def test_parse_host_says_why(text: str, why: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_host(text, 80)
+    assert str(info.value) == why
+
+
+def test_check_host_messages_and_result() -> None:
+    assert check_host("Example.com") == HostPort("example.com", 0)  # no scheme: no default port
+    for host, message in [
+        (None, "the request has no Host header"),
+        ("", "the request has no Host header"),
+        ("a:x", "the Host header 'a:x' is malformed: the port is not a number"),
+    ]:
+        with pytest.raises(HandshakeRejected) as info:
+            check_host(host)
+        assert info.value.message == message
+
+
+def test_parse_origin_and_normalise() -> None:
+    assert parse_origin("chrome-extension://abc/x") == ("chrome-extension", HostPort("abc", 0))
+    assert parse_origin("WSS://A.b") == ("wss", HostPort("a.b", 443))
+    assert normalise_origin(" https://A.example ") == "https://a.example:443"
+    assert normalise_origin("http://[::1") is None
+    assert str(HostPort("[::1]", 80)) == "[::1]:80"

@@ -37,7 +37,9 @@ class Identity:
 
 
 def offered_subprotocols(header: str | None) -> list[str]:
-    return [p.strip() for p in (header or "").split(",") if p.strip()]
+    if not header:
+        return []
+    return [p.strip() for p in header.split(",") if p.strip()]
 
 
 def find_token(headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]) -> FoundToken | None:
@@ -60,10 +62,11 @@ def find_token(headers: Mapping[str, str], query: Mapping[str, str], cookies: Ma
         for proto in offered:
             if _looks_like_jwt(proto):
                 return FoundToken(proto, "subprotocol", proto)
-    auth = headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return FoundToken(value.strip(), "header")
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return FoundToken(value.strip(), "header")
     if query.get("token"):
         return FoundToken(query["token"], "query")
     if cookies.get("access_token"):

@@ -83,7 +83,7 @@ class SafeLogFilter(logging.Filter):
         except Exception:  # a bad format string: show it rather than lose the record  # noqa: BLE001
             message = f"{record.msg!r} % {record.args!r}"
         record.msg = safe(message)
-        record.args = None
+        record.args = ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
