@@ -1,9 +1,12 @@
-"""Per-connection message rate limit: a token bucket that also measures debt. No I/O.
+"""Per-connection budget: a token bucket that also measures debt. No I/O.
 
-Within the rate plus its burst a message passes. Over it, the message is refused
-(`LIMITED`: the client gets a `rate_limited` error frame) and still costs a token, so
-a client that keeps sending digs a debt; once the debt passes another burst it is
+`connection.WebSocket` charges one token per frame the client sends, whatever its kind
+(data, continuation, ping, pong, close). Within the rate plus its burst a frame passes.
+Over it, it is refused (`LIMITED`: a data message reaches the route as `RateLimited`
+and gets a `rate_limited` error frame, a ping gets no pong) and still costs a token,
+so a client that keeps sending digs a debt; once the debt passes another burst it is
 `CLOSE`d with 1008. A client that slows down pays the debt back and is fine again.
+A rate <= 0 turns the budget off (`WebSocket` then keeps no limiter at all).
 """
 
 from __future__ import annotations
