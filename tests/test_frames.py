@@ -391,3 +391,29 @@ def test_feed_hands_out_at_most_a_batch_and_keeps_the_rest(count: int, batch: in
     assert events == [Ping(b"p")] * count
     assert sizes == [batch] * (count // batch) + ([count % batch] if count % batch else [])
     assert frames.BATCH_FRAMES == 256
+
+
+class SpyDecompress:
+    """Stands in for a zlib decompressor: produces as much as it is allowed to."""
+
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        self.limits.append(max_length)
+        return b"x" * (max_length or 10**6)  # 0 would mean "no limit" to zlib
+
+
+@pytest.mark.parametrize("room", [0, 1, 100])
+def test_inflate_asks_zlib_for_one_byte_past_the_room_at_most(room: int) -> None:
+    spy = SpyDecompress()
+    with pytest.raises(ProtocolError) as info:
+        frames._inflate_chunk(spy, b"data", room)  # type: ignore[arg-type]
+    assert info.value.code == 1009 and spy.limits == [room + 1]
+
+
+def test_no_room_left_is_1009_without_inflating_at_all() -> None:
+    spy = SpyDecompress()  # asked with max_length 0, zlib would inflate without a limit
+    with pytest.raises(ProtocolError) as info:
+        frames._inflate_chunk(spy, b"data", -1)  # type: ignore[arg-type]
+    assert info.value.code == 1009 and spy.limits == []
