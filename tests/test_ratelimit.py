@@ -65,3 +65,9 @@ def test_zero_rate_turns_it_off(rate: float) -> None:
 def test_default_clock_is_monotonic_now() -> None:
     lim = RateLimiter(rate=1000, burst=2)
     assert [lim.check(), lim.check()] == [OK, OK]
+
+
+def test_verdicts_are_distinct_and_a_new_bucket_is_full() -> None:
+    assert len({OK, LIMITED, CLOSE}) == 3
+    lim = RateLimiter(rate=10, burst=5, now=0.0)
+    assert lim.tokens == 5 and lim.stamp == 0.0
