@@ -86,7 +86,7 @@ def negotiate_deflate(header: str | None) -> str | None:
         }
         if set(values) - known or len(values) != len(params):
             continue
-        if any(values.get(flag, None) is not None for flag in known if flag.endswith("takeover")):
+        if any(values.get(flag) is not None for flag in known if flag.endswith("takeover")):
             continue
         server_bits = values.get("server_max_window_bits", "")
         if "server_max_window_bits" in values and not _window_bits(server_bits):
