@@ -532,10 +532,14 @@
         });
         break;
       case "joined":
-        rooms.set(msg.room, new Set(msg.members || []));
+        // a repeated join of a room this connection is in carries no `members`: keep what we have
+        if (msg.members || !rooms.has(msg.room)) rooms.set(msg.room, new Set(msg.members || []));
         wantedRooms.add(msg.room);
         renderRooms();
-        logLine("system", { tag: "joined", text: `#${msg.room} (${(msg.members || []).length} member${(msg.members || []).length === 1 ? "" : "s"})` });
+        {
+          const n = rooms.get(msg.room).size;
+          logLine("system", { tag: "joined", text: `#${msg.room} (${n} member${n === 1 ? "" : "s"})` });
+        }
         break;
       case "presence": {
         const members = rooms.get(msg.room);
