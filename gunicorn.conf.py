@@ -58,24 +58,9 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 
 
-def on_starting(server):
-    """In the master, before any worker: descriptors, and Ctrl+C as a graceful stop."""
-    from wsapp import startup
-
-    raised = startup.raise_descriptor_limit()
-    if raised is not None:
-        server.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
-    startup.graceful_sigint(server)
-
-
-def post_worker_init(worker):
-    """SIGTERM or SIGINT: refuse new handshakes, close every client 1001, exit in time."""
-    from wsapp import lifecycle, startup
-
-    raised = startup.raise_descriptor_limit()  # inherited from the master: normally a no-op
-    if raised is not None:
-        worker.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
-    lifecycle.install(worker)
+# the drain on SIGTERM/SIGINT and the descriptor limit: the one line a gunicorn config of
+# one's own needs too (docs/extending.md)
+from wsapp.server import on_starting, post_worker_init  # noqa: E402, F401
 
 
 def child_exit(server, worker):

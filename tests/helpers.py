@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import redis
 import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,12 @@ class Server:
     mode instead (the helper then sets `WSAPP_DEMO=1` unless the test set it)."""
 
     env: dict[str, str] = field(default_factory=dict)
+    # what gunicorn serves, with which config file and extra arguments, and the path
+    # polled until it answers 200 (another app: `Server(app="examples.orders:app", ...)`)
+    app: str = "app:app"
+    config: str = "gunicorn.conf.py"
+    args: tuple[str, ...] = ()
+    health: str = "/healthz"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="wsapp-", suffix=".log")[1]))
@@ -88,7 +96,7 @@ class Server:
             env.setdefault("WSAPP_DEMO", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                [sys.executable, "-m", "gunicorn", "-c", self.config, *self.args, self.app],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -110,7 +118,7 @@ class Server:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{self.url}{self.health}", timeout=1) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -317,3 +325,40 @@ def unavailable(why: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{why}; with CI set these tests must run (bash scripts/setup.sh --system installs it)")
     pytest.skip(why)  # only outside CI
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisProcess:
+    """A redis-server on one port that a test may stop and start again (same port, empty data)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)

@@ -9,173 +9,55 @@ describes (a room name the server cannot encode, sent again and again by one cli
 from __future__ import annotations
 
 import json
-import logging
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import gevent
-import gevent.socket
 import pytest
+from inprocess import InProcess, in_process, until
 
-from helpers import SECRET, Server, chat_client, http, make_token, recv_json, recv_until
-from wsapp import create_app, metrics
+from helpers import Server, chat_client, http, make_token, recv_json, recv_until
 from wsapp.backplane import InProcessBackplane
 from wsapp.hub import Hub
 from wsapp.registry import Peer, Registry
-from wsapp.service import Service
-from wsapp.settings import Settings
 
 ADMIN = make_token("ops", admin=True)
 
 # ---- in this process: a real app, real sockets, failures put in on purpose ---------------
 
 
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked client frame."""
-    mask = b"\x11\x22\x33\x44"
-    n = len(payload)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-class Client:
-    """The client end of a socket pair: sends masked frames, reads the server's frames."""
-
-    def __init__(self, sock: gevent.socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        sock.settimeout(5)
-
-    def send(self, obj: Any) -> None:
-        self.sock.sendall(client_frame(json.dumps(obj).encode()))
-
-    def close(self) -> None:
-        self.sock.sendall(client_frame((1000).to_bytes(2, "big"), 0x8))
-
-    def _fill(self, n: int) -> bool:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return False
-            self.buf += chunk
-        return True
-
-    def frame(self) -> tuple[int, bytes] | None:
-        """The next (opcode, payload), or None at EOF."""
-        if not self._fill(2):
-            return None
-        n, head = self.buf[1] & 0x7F, 2
-        if n == 126:
-            self._fill(4)
-            n, head = int.from_bytes(self.buf[2:4], "big"), 4
-        elif n == 127:
-            self._fill(10)
-            n, head = int.from_bytes(self.buf[2:10], "big"), 10
-        self._fill(head + n)
-        opcode, payload = self.buf[0] & 0x0F, self.buf[head : head + n]
-        self.buf = self.buf[head + n :]
-        return opcode, payload
-
-    def json(self) -> dict[str, Any]:
-        got = self.frame()
-        assert got is not None and got[0] == 0x1, got
-        return json.loads(got[1])  # type: ignore[no-any-return]
-
-    def close_code(self) -> int:
-        """Read up to the server's close frame; its code."""
-        while (got := self.frame()) is not None:
-            if got[0] == 0x8:
-                return int.from_bytes(got[1][:2], "big")
-        raise AssertionError("EOF before a close frame")
-
-    def at_eof(self) -> bool:
-        return self.frame() is None
-
-
-@dataclass
-class InProcess:
-    app: Any
-    service: Service
-    records: list[logging.LogRecord]
-
-    def connect(self, path: str = "/ws/chat", client_id: str = "alice") -> Client:
-        server_end, client_end = gevent.socket.socketpair()
-        headers = {
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "13",
-            "Authorization": f"Bearer {make_token(client_id)}",
-        }
-        resp = self.app.test_client().get(path, headers=headers, environ_overrides={"werkzeug.socket": server_end})
-        assert resp.status_code == 200, resp.data  # the 101 went out on the socket itself
-        client = Client(client_end)
-        assert client._fill(4) and b"101 Switching Protocols" in client.buf.split(b"\r\n\r\n")[0]
-        client.buf = client.buf.split(b"\r\n\r\n", 1)[1]
-        return client
-
-    def lines(self, pattern: str) -> list[str]:
-        return [r.getMessage() for r in self.records if re.search(pattern, r.getMessage())]
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 5) -> None:
-    """Poll `check`, letting the app's greenlets run, until it holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        gevent.sleep(0.01)
-
-
-class _Records(logging.Handler):
-    def __init__(self, into: list[logging.LogRecord]) -> None:
-        super().__init__(logging.DEBUG)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record)
-
-
 @pytest.fixture
 def inproc() -> Iterator[InProcess]:
-    settings = Settings.from_env({"WSAPP_JWT_SECRET": SECRET, "WSAPP_INSTANCE_PATH": tempfile.mkdtemp()})
-    app = create_app(settings)
-    records: list[logging.LogRecord] = []
-    handler = _Records(records)
-    logging.getLogger("wsapp").addHandler(handler)
-    try:
-        yield InProcess(app, app.extensions["wsapp"], records)
-    finally:
-        logging.getLogger("wsapp").removeHandler(handler)
+    with in_process() as running:
+        yield running
 
 
 def test_a_session_holds_its_slot_until_it_ends(inproc: InProcess) -> None:
-    slots = metrics.CONNECTION_SLOTS._value.get()
+    slots = inproc.service.metrics.connection_slots._value.get()
     client = inproc.connect()
     assert client.json()["type"] == "welcome"
-    assert inproc.service.registry.held == 1 and metrics.CONNECTION_SLOTS._value.get() == slots + 1
+    assert inproc.service.registry.held == 1 and inproc.service.metrics.connection_slots._value.get() == slots + 1
     client.close()
     assert client.close_code() == 1000
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
-    assert metrics.CONNECTION_SLOTS._value.get() == slots
+    assert inproc.service.metrics.connection_slots._value.get() == slots
     assert inproc.lines("no session greenlet") == []
 
 
-def test_a_flask_sock_style_route_that_dies_with_a_type_error_gives_its_slot_back(inproc: InProcess) -> None:
+def test_a_route_whose_handler_cannot_be_called_gives_its_slot_back(inproc: InProcess) -> None:
     sock = inproc.app.extensions["wsapp.sock"]
 
     @sock.route("/ws/flask-sock-style")
-    def flask_sock_style(ws):  # type: ignore[no-untyped-def]  # flask-sock's signature: f(ws)
+    def flask_sock_style(ws, *, extra):  # type: ignore[no-untyped-def]  # a handler that cannot be called
         ws.send("never")
 
-    slots = metrics.CONNECTION_SLOTS._value.get()
+    slots = inproc.service.metrics.connection_slots._value.get()
     client = inproc.connect("/ws/flask-sock-style")
+    assert client.close_code() == 1011
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
-    assert metrics.CONNECTION_SLOTS._value.get() == slots
+    assert inproc.service.metrics.connection_slots._value.get() == slots
+    assert len(inproc.lines("error in flask_sock_style session")) == 1
     client.sock.close()
 
 
@@ -183,12 +65,15 @@ def test_a_route_that_raises_gives_its_slot_back(inproc: InProcess) -> None:
     sock = inproc.app.extensions["wsapp.sock"]
 
     @sock.route("/ws/raises")
-    def raises(raw, accepted):  # type: ignore[no-untyped-def]
+    def raises(conn):  # type: ignore[no-untyped-def]
         raise RuntimeError("after the 101")
 
     for _ in range(inproc.service.settings.max_connections_per_client + 1):  # a leak would 429 the last
-        inproc.connect("/ws/raises").sock.close()
+        client = inproc.connect("/ws/raises")
+        assert client.close_code() == 1011
+        client.sock.close()
         until(lambda: inproc.service.registry.held == 0, "the slot is back")
+    assert len(inproc.lines("error in raises session")) == inproc.service.settings.max_connections_per_client + 1
 
 
 def test_a_session_error_closes_1011_cleans_up_and_logs_once(inproc: InProcess, monkeypatch: Any) -> None:

@@ -8,58 +8,31 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 import websocket
 
-from helpers import Server, chat_client, free_port, http, make_token, raw_handshake, recv_json, recv_until, unavailable
+from helpers import (
+    REDIS_SERVER,
+    RedisProcess,
+    Server,
+    chat_client,
+    http,
+    make_token,
+    raw_handshake,
+    recv_json,
+    recv_until,
+    unavailable,
+)
 from wsapp.emitter import Emitter
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 ADMIN = make_token("admin", admin=True)
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-class RedisProcess:
-    """A redis-server on one port that a test may stop and start again (same port, empty data)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
 
 @pytest.fixture(scope="module")

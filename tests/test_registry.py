@@ -32,7 +32,7 @@ _serial = [0]
 
 def peer(client_id: str, route: str = "chat", **ws: Any) -> Peer:
     _serial[0] += 1
-    return Peer(FakeWs(f"c{_serial[0]}", **ws), client_id, False, 0.0, "127.0.0.1", route)  # type: ignore[arg-type]
+    return Peer(FakeWs(f"c{_serial[0]}", **ws), client_id, False, 0.0, "127.0.0.1", route, addressable=route == "chat")  # type: ignore[arg-type]
 
 
 def added(reg: Registry, client_id: str, route: str = "chat") -> Peer:

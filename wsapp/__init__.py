@@ -1,18 +1,37 @@
 """wsapp: real-time WebSockets for Flask on gevent, built to run in production.
 
-`create_app` lives in `wsapp.factory`; it is imported lazily here so that
-`gunicorn.conf.py` can read `wsapp.settings` before the gevent worker monkey-patches
-(importing Flask, ssl and friends first would leave them unpatched).
+The public API (see docs/extending.md)::
+
+    from wsapp import WSApp, Connection, Identity, FrameError
+
+Imported lazily: `gunicorn.conf.py` reads `wsapp.settings` and `wsapp.server` in
+gunicorn's master, before the gevent worker monkey-patches (importing Flask, ssl and
+friends first would leave them unpatched).
+
+As a library, wsapp logs to the `wsapp` logger and its children, which have a
+`NullHandler` and no level: the app's logging set-up decides what is shown.
 """
 
+import logging
 from typing import Any
 
-__all__ = ["create_app"]
+__all__ = ["Connection", "FrameError", "Identity", "Sock", "WSApp"]
+
+logging.getLogger("wsapp").addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "WSApp": ("extension", "WSApp"),
+    "Connection": ("session", "Connection"),
+    "Identity": ("auth", "Identity"),
+    "FrameError": ("protocol", "FrameError"),
+    "Sock": ("transport", "Sock"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from .factory import create_app
+    if name in _EXPORTS:
+        from importlib import import_module
 
-        return create_app
+        module, attr = _EXPORTS[name]
+        return getattr(import_module(f"{__name__}.{module}"), attr)
     raise AttributeError(name)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from . import auth, metrics, protocol
+from . import auth, protocol
 from .errors import ApiError
 from .proxy import address_allowed, client_address
 from .service import Service
@@ -63,8 +63,8 @@ def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None
     return value
 
 
-def init_app(app: Flask, service: Service) -> None:
-    bp = Blueprint("api", __name__)
+def add_routes(bp: Blueprint, service: Service) -> None:
+    """The API's routes, on the site blueprint (`wsapp.site`)."""
     hub = service.hub
 
     @bp.post("/api/broadcast")
@@ -118,7 +118,5 @@ def init_app(app: Flask, service: Service) -> None:
         )
         if not address_allowed(addr, service.settings.metrics_allow):
             raise ApiError("forbidden", "metrics are served to WSAPP_METRICS_ALLOW networks only")
-        body, content_type = metrics.render()
+        body, content_type = service.metrics.render()
         return Response(body, content_type=content_type)
-
-    app.register_blueprint(bp)

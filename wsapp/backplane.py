@@ -8,9 +8,26 @@ above this layer knows which one runs.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 
 from .registry import Peer, Registry, Target, deliver
+
+
+def close_payload(code: int, reason: str) -> bytes:
+    """What a `disconnect` carries between nodes in place of a frame."""
+    return json.dumps([code, reason]).encode()
+
+
+def close_local(registry: Registry, client_id: str, payload: bytes) -> int:
+    """Close every connection of `client_id` on this worker (any route); how many were open."""
+    code, reason = json.loads(payload)
+    closed = 0
+    for peer in registry.targets(Target("close", client_id)):
+        if peer.ws.open:
+            peer.ws.close(int(code), str(reason))
+            closed += 1
+    return closed
 
 
 class Backplane(ABC):
@@ -40,6 +57,11 @@ class Backplane(ABC):
     @abstractmethod
     def clients(self) -> dict[str, int]:
         """Chat client ids and their connection counts, cluster-wide."""
+
+    def disconnect(self, client_id: str, code: int, reason: str) -> int:
+        """Close every connection of `client_id`, on every node; returns how many (other
+        nodes count their addressable connections, as presence does)."""
+        return close_local(self.registry, client_id, close_payload(code, reason))
 
     def connections_elsewhere(self, client_id: str) -> int:
         """Connections `client_id` holds on other nodes (for the per-client limit)."""

@@ -171,7 +171,7 @@ class WebSocket:
         started frame, so ordering and whole frames are kept: nobody else writes while
         a writer exists, and nothing here yields to another greenlet.
         """
-        if self._writer is None and self._can_try_send:
+        if self._writer is None and not self._queue and self._can_try_send:
             try:
                 sent = self.sock.send(frame, 0, timeout=0.0)  # type: ignore[call-arg]  # gevent's socket
             except BlockingIOError:
@@ -282,8 +282,8 @@ class WebSocket:
                     return
                 # blocks this greenlet only, until the kernel takes some bytes
                 sent = self.sock.send(started[0]) if len(started) == 1 else self.sock.sendmsg(list(started))
-                if not started:  # aborted while we waited
-                    return
+                if not started:  # aborted while we waited: nothing of ours left to account
+                    continue
                 self._sent(sent)
         except OSError:
             self.abort()

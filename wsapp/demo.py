@@ -16,14 +16,14 @@ import logging
 import re
 
 import click
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from . import auth, origin
 from .demo_secret import SECRET_FILE, load_or_create_secret
-from .errors import ApiError, HandshakeRejected
+from .errors import ApiError
 from .service import Service
 
-__all__ = ["SECRET_FILE", "guard_host", "host_is_loopback", "init_app", "load_or_create_secret"]
+__all__ = ["SECRET_FILE", "add_routes", "host_is_loopback", "load_or_create_secret", "refuse_host"]
 
 log = logging.getLogger("wsapp")
 DEMO_TTL_S = 3600
@@ -37,43 +37,40 @@ def host_is_loopback(host: str | None) -> bool:
         return False
 
 
-def _refuse_host() -> None:
-    """403 unless the request's Host is a loopback name (DNS rebinding, see the module doc)."""
+def loopback_message(host: str | None) -> str:
+    return f"demo mode serves only localhost, 127.0.0.0/8 and [::1], not Host {host!r}"
+
+
+def refuse_host() -> None:
+    """403 unless the request's Host is a loopback name (DNS rebinding, see the module doc).
+
+    The WebSocket handshake checks the same itself (`WSApp.handshake`)."""
     host = request.headers.get("Host")
-    if host_is_loopback(host):
-        return
-    message = f"demo mode serves only localhost, 127.0.0.0/8 and [::1], not Host {host!r}"
-    if request.endpoint in current_app.extensions["wsapp.sock"].endpoints:
-        raise HandshakeRejected("host_not_allowed", message)
-    raise ApiError("host_not_allowed", message)
+    if not host_is_loopback(host):
+        raise ApiError("host_not_allowed", loopback_message(host))
 
 
-def guard_host(app: Flask) -> None:
-    """In demo mode, every request (page, API, WebSocket) must carry a loopback Host.
-
-    Registered before the WebSocket routes' hook, so it runs first."""
-    app.before_request(_refuse_host)
-
-
-def init_app(app: Flask, service: Service) -> None:
+def add_routes(bp: Blueprint, service: Service) -> None:
+    """The `token` command and, in demo mode, the token route and the Host guard (on the
+    site blueprint: its routes only; the shipped app guards every route, `site.init_service`)."""
     settings = service.settings
 
-    @app.cli.command("token")
+    @bp.cli.command("token")
     @click.argument("client_id")
     @click.option("--admin", is_flag=True, help="Give the token the admin role.")
     @click.option("--ttl", default=3600, show_default=True, help="Lifetime in seconds.")
     def token_command(client_id: str, admin: bool, ttl: int) -> None:
         """Print a signed token for CLIENT_ID (in demo mode, signed with the demo secret)."""
-        click.echo(auth.mint_token(current_app.extensions["wsapp"].settings, client_id, admin, ttl))
+        click.echo(auth.mint_token(settings, client_id, admin, ttl))
 
+    if settings.generated_secret:
+        bp.before_request(refuse_host)
     if not (settings.generated_secret or settings.demo_tokens):
         return
 
-    bp = Blueprint("demo", __name__)
-
     @bp.post("/api/demo/token")
     def demo_token() -> Response:
-        _refuse_host()
+        refuse_host()
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise ApiError("bad_request", "the body must be a JSON object")
@@ -85,5 +82,3 @@ def init_app(app: Flask, service: Service) -> None:
             raise ApiError("bad_request", "'admin' must be true or false")
         token = auth.mint_token(settings, client_id, admin, DEMO_TTL_S)
         return jsonify(token=token, client_id=client_id, admin=admin, expires_in=DEMO_TTL_S)
-
-    app.register_blueprint(bp)

@@ -31,6 +31,10 @@ HTTP_ERRORS: dict[str, tuple[int, str]] = {
     "shutting_down": (503, "this worker is shutting down; reconnect to another"),
     "not_ready": (503, "not ready"),
     "internal_error": (500, "internal error"),
+    "unsupported_server": (
+        501,
+        "this server cannot serve WebSockets: run the app under gunicorn's gevent worker (gunicorn -k gevent)",
+    ),
 }
 
 # codes of chat `error` frames
@@ -42,6 +46,7 @@ FRAME_ERRORS: dict[str, str] = {
     "not_in_room": "join the room before sending to it",
     "rate_limited": "too many messages: slow down",
     "too_many_rooms": "this connection is in the most rooms allowed (WSAPP_MAX_ROOMS): leave one first",
+    "forbidden": "you may not join this room",
 }
 
 

@@ -1,4 +1,4 @@
-"""One greenlet per worker that keeps every connection honest, on a short tick.
+"""One greenlet per app (per worker) that keeps every connection honest, on a short tick.
 
 For each connection: send a ping every `WSAPP_PING_INTERVAL` (each on its own phase,
 from when it connected, so pings do not all fire at once); close one whose pong is
@@ -14,8 +14,8 @@ import time
 
 import gevent
 
-from . import metrics
 from .errors import CloseCode
+from .metrics import Metrics, Traffic
 from .registry import Registry
 from .settings import Settings
 
@@ -27,7 +27,7 @@ def tick_s(settings: Settings) -> float:
     return min(1.0, max(0.02, min(settings.ping_interval_s, settings.ping_timeout_s) / 4))
 
 
-def sweep(registry: Registry, settings: Settings, now: float, wall: float) -> None:
+def sweep(registry: Registry, settings: Settings, metrics: Metrics, now: float, wall: float) -> None:
     depth = deepest = 0
     for peer in registry.peers():
         ws = peer.ws
@@ -46,20 +46,21 @@ def sweep(registry: Registry, settings: Settings, now: float, wall: float) -> No
         queued = ws.queue_depth
         depth += queued
         deepest = max(deepest, queued)
-    metrics.SEND_QUEUE_DEPTH.set(depth)
-    metrics.SEND_QUEUE_MAX.set(deepest)
-    metrics.Traffic.flush()
+    metrics.send_queue_depth.set(depth)
+    metrics.send_queue_max.set(deepest)
+    Traffic.flush()
 
 
-def run(registry: Registry, settings: Settings) -> None:
+def run(registry: Registry, settings: Settings, metrics: Metrics) -> None:
     interval = tick_s(settings)
     while True:
         gevent.sleep(interval)
         try:
-            sweep(registry, settings, time.monotonic(), time.time())
+            sweep(registry, settings, metrics, time.monotonic(), time.time())
         except Exception:  # the heartbeat must outlive any one bad connection
             log.exception("heartbeat sweep failed")
 
 
-def start(registry: Registry, settings: Settings) -> gevent.Greenlet:
-    return gevent.spawn(run, registry, settings)
+def start(registry: Registry, settings: Settings, metrics: Metrics) -> gevent.Greenlet:
+    """One per app; the app's `WSApp.close()` kills it."""
+    return gevent.spawn(run, registry, settings, metrics)

@@ -1,6 +1,8 @@
 """Prometheus metrics, correct across gunicorn's several worker processes.
 
-prometheus-client runs in multiprocess mode: `gunicorn.conf.py` points
+Each app has its own `Metrics` (a registry of its own, made by `WSApp.init_app`); the
+transport's process-wide counters are registered in each. Under the shipped
+gunicorn.conf.py prometheus-client runs in multiprocess mode: `gunicorn.conf.py` points
 `PROMETHEUS_MULTIPROC_DIR` at a fresh folder before the workers fork, each worker
 writes its own files, `/metrics` merges them, and a dead worker's live gauges are
 dropped (`mark_dead`). Per-message traffic is counted in plain integers on the hot
@@ -11,6 +13,7 @@ message costs an integer add, not a lock and an mmap write.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,37 +26,20 @@ from prometheus_client import (
 
 from .errors import CloseCode
 
-CONNECTIONS_OPEN = Gauge(
-    "wsapp_connections_open", "Open WebSocket connections.", ["route"], multiprocess_mode="livesum"
+# The transport's counters (`wsapp.connection` counts them) belong to the process, not
+# to one app: they are registered in no registry of prometheus-client's (no process-wide
+# registration) but in each app's `Metrics.registry`.
+MESSAGES_IN = Counter("wsapp_messages_received", "Messages received from clients.", registry=None)
+BYTES_IN = Counter(
+    "wsapp_received_bytes", "Bytes received from clients on WebSockets (frames included).", registry=None
 )
-CONNECTIONS_OPENED = Counter("wsapp_connections_opened", "WebSocket connections accepted.", ["route"])
-CONNECTIONS_CLOSED = Counter(
-    "wsapp_connections_closed",
-    'WebSocket connections closed, by close code (codes the service does not name count as "other").',
-    ["route", "code"],
+MESSAGES_OUT = Counter("wsapp_messages_sent", "Frames written to clients.", registry=None)
+BYTES_OUT = Counter("wsapp_sent_bytes", "Bytes written to clients on WebSockets.", registry=None)
+SLOW_CONSUMERS = Counter(
+    "wsapp_slow_consumer_evictions", "Connections closed 1008 because their send queue was full.", registry=None
 )
-HANDSHAKES_REFUSED = Counter(
-    "wsapp_handshakes_refused", "Handshakes refused before the upgrade, by error code.", ["error"]
-)
-CONNECTION_SLOTS = Gauge(
-    "wsapp_connection_slots",
-    "Connection slots held (open connections plus handshakes in flight): what the connection limits count.",
-    multiprocess_mode="livesum",
-)
-MESSAGES_IN = Counter("wsapp_messages_received", "Messages received from clients.")
-BYTES_IN = Counter("wsapp_received_bytes", "Bytes received from clients on WebSockets (frames included).")
-MESSAGES_OUT = Counter("wsapp_messages_sent", "Frames written to clients.")
-BYTES_OUT = Counter("wsapp_sent_bytes", "Bytes written to clients on WebSockets.")
-SLOW_CONSUMERS = Counter("wsapp_slow_consumer_evictions", "Connections closed 1008 because their send queue was full.")
-SEND_QUEUE_DEPTH = Gauge(
-    "wsapp_send_queue_depth", "Frames waiting in send queues (sum over connections).", multiprocess_mode="livesum"
-)
-SEND_QUEUE_MAX = Gauge(
-    "wsapp_send_queue_depth_max", "Deepest send queue of any one connection.", multiprocess_mode="livemax"
-)
+_PROCESS_COLLECTORS = (MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT, SLOW_CONSUMERS)
 
-
-ROUTES = ("chat", "echo")
 # Close codes that get a label value of their own: the ones the service sends or names
 # (wsapp.errors.CloseCode). A client picks its close code, so any other code would be a
 # new time series per value (3000-4999 alone are 2,000): those all count as "other".
@@ -67,9 +53,67 @@ def close_code_label(code: int | None) -> str:
     return str(code) if code in KNOWN_CLOSE_CODES else "other"
 
 
-# label children looked up once: `.labels()` costs a lock and a dict lookup per call
-OPEN_BY_ROUTE = {route: CONNECTIONS_OPEN.labels(route) for route in ROUTES}
-OPENED_BY_ROUTE = {route: CONNECTIONS_OPENED.labels(route) for route in ROUTES}
+class Metrics:
+    """One app's metrics, in a registry of its own (two apps in one process do not collide).
+
+    The `route` label takes the names of the app's WebSocket routes, a set fixed by its
+    code; each route's label children are looked up once (`.labels()` costs a lock and a
+    dict lookup per call)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        for collector in _PROCESS_COLLECTORS:
+            self.registry.register(collector)
+        r = self.registry
+        self.connections_open = Gauge(
+            "wsapp_connections_open", "Open WebSocket connections.", ["route"], multiprocess_mode="livesum", registry=r
+        )
+        self.connections_opened = Counter(
+            "wsapp_connections_opened", "WebSocket connections accepted.", ["route"], registry=r
+        )
+        self.connections_closed = Counter(
+            "wsapp_connections_closed",
+            'WebSocket connections closed, by close code (codes the service does not name count as "other").',
+            ["route", "code"],
+            registry=r,
+        )
+        self.handshakes_refused = Counter(
+            "wsapp_handshakes_refused", "Handshakes refused before the upgrade, by error code.", ["error"], registry=r
+        )
+        self.connection_slots = Gauge(
+            "wsapp_connection_slots",
+            "Connection slots held (open connections plus handshakes in flight): what the connection limits count.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.send_queue_depth = Gauge(
+            "wsapp_send_queue_depth",
+            "Frames waiting in send queues (sum over connections).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.send_queue_max = Gauge(
+            "wsapp_send_queue_depth_max",
+            "Deepest send queue of any one connection.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.open_by_route: dict[str, Any] = {}
+        self.opened_by_route: dict[str, Any] = {}
+
+    def add_route(self, route: str) -> None:
+        """Make the route's label children (at route registration, not per connection)."""
+        self.open_by_route[route] = self.connections_open.labels(route)
+        self.opened_by_route[route] = self.connections_opened.labels(route)
+
+    def render(self) -> tuple[bytes, str]:
+        """The /metrics body: this app's registry, or every worker's files in multiprocess mode."""
+        Traffic.flush()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class Traffic:
@@ -92,15 +136,6 @@ class Traffic:
             if value:
                 setattr(cls, attr, 0)
                 counter.inc(value)
-
-
-def render() -> tuple[bytes, str]:
-    Traffic.flush()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
 
 
 def mark_dead(pid: int) -> None:

@@ -91,12 +91,16 @@ def _check(value: Any) -> None:
 
 
 class FrameError(Exception):
-    """A chat frame we answer with an `error` frame; the connection stays open."""
+    """A chat frame we answer with an `error` frame; the connection stays open.
+
+    Public (`wsapp.FrameError`): a frame handler (`@ws.on`) raises it to refuse a frame;
+    the error frame carries the frame's `id` when the handler gave none. An app may use
+    codes of its own; their default message is the code."""
 
     def __init__(self, code: str, message: str | None = None, msg_id: Any = None) -> None:
         super().__init__(code)
         self.code = code
-        self.message = message or FRAME_ERRORS[code]
+        self.message = message or FRAME_ERRORS.get(code, code)
         self.msg_id = msg_id
 
 
@@ -118,8 +122,9 @@ _FIELDS = {
 }
 
 
-def parse_command(text: str) -> Command:
-    """Validate one client frame; raise `FrameError` saying what is wrong with it."""
+def parse_frame(text: str) -> tuple[dict[str, Any], str | int | None, str]:
+    """The envelope every chat frame shares: a JSON object, an optional `id` (string or
+    integer), a string `type`. Returns (frame, id, type); raises `FrameError`."""
     try:
         obj = loads(text)
     except BadJson as err:
@@ -132,8 +137,15 @@ def parse_command(text: str) -> Command:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise FrameError("unknown_type", "'type' must be a string", msg_id)
-    if kind not in _FIELDS:
-        raise FrameError("unknown_type", f"unknown frame type {kind[:MAX_ROOM_CHARS]!r}", msg_id)
+    return obj, msg_id, kind
+
+
+def unknown_type(kind: str, msg_id: str | int | None) -> FrameError:
+    return FrameError("unknown_type", f"unknown frame type {kind[:MAX_ROOM_CHARS]!r}", msg_id)
+
+
+def command(obj: dict[str, Any], msg_id: str | int | None, kind: str) -> Command:
+    """Check a built-in frame's fields (`_FIELDS`); raise `FrameError` naming the first wrong one."""
     for name in _FIELDS[kind]:
         if name not in obj:
             raise FrameError("missing_field", f"a {kind!r} frame needs {name!r}", msg_id)
@@ -145,6 +157,17 @@ def parse_command(text: str) -> Command:
             if name == "room" and len(value) > MAX_ROOM_CHARS:
                 raise FrameError("missing_field", f"'room' is longer than {MAX_ROOM_CHARS} characters", msg_id)
     return Command(kind, msg_id, obj.get("data"), obj.get("to", ""), obj.get("room", ""))
+
+
+BUILT_IN_TYPES = tuple(_FIELDS)
+
+
+def parse_command(text: str) -> Command:
+    """Validate one built-in client frame; raise `FrameError` saying what is wrong with it."""
+    obj, msg_id, kind = parse_frame(text)
+    if kind not in _FIELDS:
+        raise unknown_type(kind, msg_id)
+    return command(obj, msg_id, kind)
 
 
 def frame_id(text: str) -> str | int | None:

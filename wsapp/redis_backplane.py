@@ -42,7 +42,7 @@ from typing import Any
 import gevent
 
 from . import protocol
-from .backplane import Backplane
+from .backplane import Backplane, close_local, close_payload
 from .redis_bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, connect, decode_envelope
 from .registry import Peer, Registry, Target, deliver
 from .settings import Settings
@@ -57,7 +57,7 @@ class _Mirror:
     """What Redis holds for this node, as this node last wrote it (guarded by RedisBackplane._lock)."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, int] = {}  # client id -> chat connections here
+        self.clients: dict[str, int] = {}  # client id -> addressable connections here
         self.rooms: dict[str, dict[str, int]] = {}  # client id -> room -> its connections in the room here
         self.room_totals: dict[str, int] = {}
         self.total = 0
@@ -69,7 +69,7 @@ class _Mirror:
             self.set_room(cid, room, rooms.get(room, 0), writes)
 
     def set_client(self, cid: str, n: int, writes: dict[tuple[str, str], int]) -> None:
-        """Record that `cid` holds `n` chat connections here."""
+        """Record that `cid` holds `n` addressable connections here."""
         old_n = self.clients.get(cid, 0)
         if n != old_n:
             self.total += n - old_n
@@ -156,6 +156,17 @@ class RedisBackplane(Backplane):
             self._lost(exc)
             return local
 
+    def disconnect(self, client_id: str, code: int, reason: str) -> int:
+        payload = close_payload(code, reason)
+        local = close_local(self.registry, client_id, payload)
+        if not self._healthy:
+            return local
+        try:
+            return local + self.bus.publish(Target("close", client_id), payload)
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+            return local
+
     def room_members(self, room: str) -> list[str]:
         members = set(self.registry.room_members(room))
         if self._healthy:
@@ -187,11 +198,11 @@ class RedisBackplane(Backplane):
     # ---- presence -----------------------------------------------------------------------
 
     def connected(self, peer: Peer) -> None:
-        if peer.route == "chat":
+        if peer.addressable:
             self._write(peer.client_id, ())
 
     def disconnected(self, peer: Peer, rooms: list[str]) -> None:
-        if peer.route == "chat":
+        if peer.addressable:
             self._write(peer.client_id, rooms)
 
     def joined(self, peer: Peer, room: str) -> bool:
@@ -252,7 +263,7 @@ class RedisBackplane(Backplane):
         """Register this node and its whole presence from the registry, replacing what Redis held."""
         with self._lock:
             mirror, writes = _Mirror(), dict[tuple[str, str], int]()
-            for cid in {p.client_id for p in self.registry.peers() if p.route == "chat"}:
+            for cid in {p.client_id for p in self.registry.peers() if p.addressable}:
                 mirror.set(cid, *self._local_state(cid), writes)
             pipe = self.bus.client.pipeline(transaction=True)
             self.bus.register(pipe, self.presence_ttl_s)
@@ -265,7 +276,7 @@ class RedisBackplane(Backplane):
         """Catch up on changes the hub does not report (a second connection joining a room)."""
         with self._lock:
             cids = set(self._mirror.clients) | set(self._mirror.rooms)
-        cids |= {p.client_id for p in self.registry.peers() if p.route == "chat"}
+        cids |= {p.client_id for p in self.registry.peers() if p.addressable}
         self._sync(cids)
 
     # ---- the supervisor -----------------------------------------------------------------
@@ -325,8 +336,15 @@ class RedisBackplane(Backplane):
         except (ValueError, TypeError) as exc:
             log.warning("redis backplane: dropped a malformed message: %s", exc)
             return
-        if origin != self.node_id:  # our own peers had it when we published
-            deliver(self.registry.targets(target), frame)
+        if origin == self.node_id:  # our own peers had it when we published
+            return
+        if target.kind == "close":
+            try:
+                close_local(self.registry, target.key, frame)
+            except (ValueError, TypeError) as exc:
+                log.warning("redis backplane: dropped a malformed disconnect: %s", exc)
+            return
+        deliver(self.registry.targets(target), frame)
 
     def _lost(self, exc: BaseException) -> None:
         if self._healthy or self._supervisor is None:

@@ -44,7 +44,7 @@ def encode_envelope(origin: str, target: Target, frame: bytes) -> bytes:
 def decode_envelope(payload: bytes) -> tuple[str, Target, bytes]:
     head, sep, frame = payload.partition(b"\n")
     version, origin, kind, key, exclude = json.loads(head)
-    if not sep or version != WIRE_VERSION or kind not in ("all", "client", "room"):
+    if not sep or version != WIRE_VERSION or kind not in ("all", "client", "room", "close"):
         raise ValueError(f"not a {WIRE_VERSION} envelope")
     return str(origin), Target(kind, key, exclude), frame
 
@@ -67,17 +67,19 @@ local function others()
 end
 """
 # ARGV[3..7] = kind, key, exclude, envelope, channel: count the other nodes' connections, publish if any
+# (kind 'close': a `disconnect`; its frame is the close code and reason, see backplane.close_payload)
 _PUBLISH = """
 local kind, k, excl, n = ARGV[3], ARGV[4], ARGV[5], 0
 for _, node in ipairs(others()) do
   if kind == 'all' then n = n + num(redis.call('HGET', key(node, 't'), '*'))
-  elseif kind == 'client' then n = n + num(redis.call('HGET', key(node, 'c'), k))
+  elseif kind == 'client' or kind == 'close' then n = n + num(redis.call('HGET', key(node, 'c'), k))
   else
     n = n + num(redis.call('HGET', key(node, 't'), 'r:' .. k))
     if excl ~= '' then n = n - num(redis.call('HGET', key(node, 'r:' .. k), excl)) end
   end
 end
-if n > 0 then redis.call('PUBLISH', ARGV[7], ARGV[6]) end
+-- a close goes out even if presence counts none there: presence counts addressable routes only
+if n > 0 or kind == 'close' then redis.call('PUBLISH', ARGV[7], ARGV[6]) end
 return n
 """
 _CLIENTS = """

@@ -31,9 +31,12 @@ class Peer:
     is_admin: bool
     expires_at: float  # the token's exp, unix seconds
     remote_addr: str
-    route: str  # "chat" or "echo"; only chat peers receive messages
+    route: str  # the route's name (its view function's), for logs and metrics
     rooms: set[str] = field(default_factory=set)
     connected_at: float = field(default_factory=time.time)
+    # a route option: messages to everyone or to a client id (send/broadcast) reach
+    # addressable connections only; room messages reach whoever joined the room
+    addressable: bool = True
 
     @property
     def conn_id(self) -> str:
@@ -44,7 +47,7 @@ class Peer:
 class Target:
     """Who a message goes to: everyone, one client id, or one room."""
 
-    kind: str  # "all" | "client" | "room"
+    kind: str  # "all" | "client" | "room" | "close" (every connection of client `key`, any route)
     key: str = ""
     exclude_client: str = ""  # for presence: everyone in the room but the one who moved
 
@@ -95,7 +98,7 @@ class Registry:
         self._count = 0  # connections held or reserved on this worker
         self._per_client: dict[str, int] = {}  # client id -> connections held or reserved
         self._peers: set[Peer] = set()
-        self._by_client: dict[str, set[Peer]] = {}  # chat peers only
+        self._by_client: dict[str, set[Peer]] = {}  # addressable peers only
         self._rooms: dict[str, dict[str, set[Peer]]] = {}  # room -> client id -> its peers there
 
     # ---- admission ----------------------------------------------------------------------
@@ -140,7 +143,7 @@ class Registry:
     def add(self, peer: Peer) -> None:
         with self._lock:
             self._peers.add(peer)
-            if peer.route == "chat":
+            if peer.addressable:
                 self._by_client.setdefault(peer.client_id, set()).add(peer)
 
     def remove(self, peer: Peer) -> Departure | None:
@@ -197,17 +200,19 @@ class Registry:
     # ---- reading ----------------------------------------------------------------------
 
     def targets(self, target: Target) -> list[Peer]:
-        """A snapshot of the chat peers a message to `target` reaches on this worker."""
+        """A snapshot of the peers a message to `target` reaches on this worker."""
         with self._lock:
             if target.kind == "all":
                 return [p for peers in self._by_client.values() for p in peers]
             if target.kind == "client":
                 return list(self._by_client.get(target.key, ()))
+            if target.kind == "close":  # rare (revoking access): a scan of every connection
+                return [p for p in self._peers if p.client_id == target.key]
             members = self._rooms.get(target.key, {})
             return [p for cid, peers in members.items() if cid != target.exclude_client for p in peers]
 
     def client_count(self, client_id: str) -> int:
-        """Chat connections `client_id` holds on this worker. O(1)."""
+        """Addressable connections `client_id` holds on this worker. O(1)."""
         with self._lock:
             return len(self._by_client.get(client_id, ()))
 
@@ -221,12 +226,12 @@ class Registry:
             return sorted(self._rooms.get(room, {}))
 
     def clients(self) -> dict[str, int]:
-        """Chat client ids on this worker and how many connections each holds."""
+        """Addressable client ids on this worker and how many connections each holds."""
         with self._lock:
             return {cid: len(peers) for cid, peers in self._by_client.items()}
 
     def peers(self) -> list[Peer]:
-        """A snapshot of every connection (chat and echo), for heartbeats and shutdown."""
+        """A snapshot of every connection (any route), for heartbeats and shutdown."""
         with self._lock:
             return list(self._peers)
 

@@ -1,4 +1,4 @@
-"""The per-app objects every route needs, built once by the factory."""
+"""The per-app objects every route needs, built once per app by `WSApp.init_app`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from flask import current_app
 
 from .backplane import Backplane
 from .hub import Hub
+from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
 
@@ -18,7 +19,8 @@ class Service:
     registry: Registry
     backplane: Backplane
     hub: Hub
+    metrics: Metrics
 
 
 def current_service() -> Service:
-    return current_app.extensions["wsapp"]  # type: ignore[no-any-return]
+    return current_app.extensions["wsapp"].service  # type: ignore[no-any-return]

@@ -12,11 +12,12 @@ lines with `exit_on_error` and exits 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,13 @@ def _public_key(raw: str) -> str:
     if text and "PUBLIC KEY-----" not in text:
         raise ValueError("must be a PEM public key or the path of a file holding one")
     return text
+
+
+def _path(raw: str) -> str:
+    value = raw.strip()
+    if value and (not value.startswith("/") or any(c.isspace() for c in value)):
+        raise ValueError("must be empty or a path starting with / and without spaces")
+    return value
 
 
 @dataclass(frozen=True)
@@ -324,6 +332,21 @@ OPTIONS: tuple[Option, ...] = (
         _log_level,
         "Log level of the `wsapp` logger: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
     ),
+    Option(
+        "WSAPP_CHAT_PATH",
+        "chat_path",
+        "/ws/chat",
+        _path,
+        "Path of the built-in chat route. Empty: no chat route.",
+    ),
+    Option(
+        "WSAPP_ROOMS_CLAIM",
+        "rooms_claim",
+        "",
+        _str,
+        "Token claim listing the rooms (names or fnmatch patterns) a client may join, when "
+        "no `authorize_join` hook is set. Empty: any room.",
+    ),
 )
 
 
@@ -362,6 +385,8 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     instance_path: str = ""
     log_level: str = "INFO"
+    chat_path: str = "/ws/chat"
+    rooms_claim: str = ""
     generated_secret: bool = False  # set by the app in demo mode, not an environment option
 
     @property
@@ -389,8 +414,28 @@ class Settings:
             raise SettingsError(problems)
         return cls(**values)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+        """`from_env` with a Flask app's `config["WSAPP_*"]` first and the environment
+        filling the rest (so `app.config.from_prefixed_env()` works too). Config values
+        may be typed (`5`, `True`, a list for a comma list); they pass the same checks."""
+        merged = dict(os.environ if env is None else env)
+        for opt in OPTIONS:
+            if opt.env in config:
+                merged[opt.env] = _config_text(config[opt.env])
+        return cls.from_env(merged)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _config_text(value: Any) -> str:
+    """A typed `app.config` value as the text its environment variable would hold."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
 
 
 def _derive(values: dict[str, Any], problems: list[str]) -> None:
@@ -477,6 +522,17 @@ def exit_on_error(env: Mapping[str, str] | None = None) -> Settings:
     """`Settings.from_env`, or each problem on one line of stderr and exit status 2."""
     try:
         return Settings.from_env(env)
+    except SettingsError as exc:
+        sys.stderr.write("".join(line + "\n" for line in exc.lines()))
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def exit_on_bad_settings() -> Iterator[None]:
+    """`with exit_on_bad_settings(): ws = WSApp(app)`: a `SettingsError` raised inside
+    becomes one line per problem on stderr and exit status 2 (the shipped `app.py`)."""
+    try:
+        yield
     except SettingsError as exc:
         sys.stderr.write("".join(line + "\n" for line in exc.lines()))
         raise SystemExit(2) from None

@@ -3,94 +3,83 @@
 flask-sock's `Sock.route` upgrades inside the view with simple-websocket, which picks
 subprotocols from a fixed list, always accepts compression, lets any greenlet write to
 the socket with a plain `send` (a partial write loses bytes; two writers interleave)
-and buffers inbound messages without bound. We keep the surface (`Sock()`,
-`sock.init_app(app)`, `@sock.route(path)`) and put
-`wsapp.connection.WebSocket` behind it: the handshake's checks have already run in the
-before-upgrade hook, which leaves what to answer in `g.wsapp_accepted`.
+and buffers inbound messages without bound. We keep its surface and its handler shape:
+`Sock(app)` or `Sock()` then `sock.init_app(app)`, `@sock.route(path)` (before
+`init_app` too: the routes wait on the sock's blueprint, as in flask-sock), `bp=`, and
+the handler `f(ws, **view_args)` where `ws` is a `wsapp.Connection` (`send`,
+`receive(timeout=None)`, `close(code, reason)`, iteration). Behind it runs
+`wsapp.connection.WebSocket`, and every handshake check of the app's `WSApp`
+(`app.extensions["wsapp"]`), which must exist when a request comes.
+
+Each route is two rules with one view: the WebSocket rule (`websocket=True`, as in
+flask-sock) and a plain-HTTP one, so that a request that is not a handshake (no
+Upgrade, a POST) reaches the view too and is answered 400 `not_websocket` as JSON,
+without an error handler on the app. (A POST that asks for an upgrade fails routing
+with 405; the shipped service's handlers answer it `not_websocket` too.)
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 import flask_sock
-import gevent
-from flask import Response, current_app, g, request
+from flask import Blueprint, Response, current_app
 
-from .handshake import Accepted, switching_protocols
+from .session import Route
 
-
-class _AfterUpgrade(Response):
-    """The WSGI answer once the socket has been taken over: tell the server it is done."""
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        if "gunicorn.socket" in environ:
-            raise StopIteration()  # gunicorn's signal that the socket was handled
-        return super().__call__(environ, start_response)
-
-
-def raw_socket(environ: dict[str, Any]) -> socket.socket:
-    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-    if sock is None:
-        raise RuntimeError("wsapp needs gunicorn (gevent worker) to serve WebSockets")
-    return sock  # type: ignore[no-any-return]
-
-
-def upgrade(accepted: Accepted) -> socket.socket:
-    """Write the 101 and hand back the socket, now speaking WebSocket.
-
-    The socket is taken from the server: its file descriptor is detached from the
-    server's socket object (which gunicorn closes, now harmlessly, when the WSGI
-    request ends right after the upgrade) and wrapped anew, to live on in a session
-    greenlet of its own (see `Sock.route`)."""
-    server_sock = raw_socket(request.environ)
-    sock = type(server_sock)(fileno=server_sock.detach())
-    try:
-        sock.settimeout(None)
-        sock.sendall(switching_protocols(accepted))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+# the plain-HTTP rule's methods: the view answers them 400 not_websocket (Werkzeug allows
+# a WebSocket rule GET only, so a POST that asks for an upgrade fails routing with 405)
+HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type hints
+    bp: Blueprint | None
+
     def __init__(self, app: Any = None) -> None:
-        self.endpoints: set[str] = set()  # the before-upgrade hook guards these
-        self.paths: set[str] = set()
+        self.routes: dict[str, Route] = {}  # path -> options, of every route of this sock
         super().__init__(app)
 
-    def route(self, path: str, bp: Any = None, **kwargs: Any) -> Callable[..., Any]:
-        """Register `f(sock, accepted, *args)` as a WebSocket route at `path`.
+    def route(
+        self, path: str, bp: Any = None, *, addressable: bool = False, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register `f(conn, **view_args)` as a WebSocket route at `path`.
 
-        After the 101, `f` runs in a fresh greenlet and the WSGI request returns at
-        once. A connection then holds no gunicorn greenlet, no Flask request context
-        and only a shallow stack (what an idle connection costs is mostly that), and
+        After the 101, `f` runs in a greenlet of its own and the WSGI request returns at
+        once: a connection holds no gunicorn greenlet and no Flask request context, and
         gunicorn's `worker_connections` caps HTTP requests in flight, not WebSockets
-        (`WSAPP_MAX_CONNECTIONS` does that). `g.wsapp_upgraded` tells the request's
-        teardown that the session now owns what the handshake reserved.
+        (`WSAPP_MAX_CONNECTIONS` does that). `endpoint=` names the route (its metrics
+        label and log name); the default is the function's name."""
 
-        The rule is a `websocket=True` one, as in flask-sock: a request with no upgrade
-        fails routing with `WebsocketMismatch` and another method with
-        `MethodNotAllowed`; the app answers both on these paths with `not_websocket`."""
+        def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
+            endpoint = kwargs.pop("endpoint", None) or f.__name__
+            options = Route(endpoint, addressable)
 
-        def decorator(f: Callable[..., None]) -> Callable[..., Response]:
             @wraps(f)
-            def websocket_route(*args: Any, **kw: Any) -> Response:
-                accepted: Accepted = g.wsapp_accepted
-                sock = upgrade(accepted)
-                g.wsapp_upgraded = True
-                g.wsapp_session = gevent.spawn(f, sock, accepted, *args, **kw)  # the slot is released when it ends
-                return _AfterUpgrade()
+            def websocket_view(*args: Any, **kw: Any) -> Response:
+                ext = current_app.extensions.get("wsapp")
+                if ext is None:
+                    raise RuntimeError("a wsapp route needs the app's WSApp: WSApp(app) or ws.init_app(app)")
+                return ext.handshake(f, options, args, kw)  # type: ignore[no-any-return]
 
-            kwargs["websocket"] = True
-            target = bp or self.app or current_app
-            target.route(path, **kwargs)(websocket_route)
-            self.endpoints.add(f"{bp.name}.{f.__name__}" if bp else f.__name__)
-            self.paths.add(path)
-            return websocket_route
+            websocket_view.wsapp_route = True  # type: ignore[attr-defined]  # see `is_websocket_view`
+            target = bp or self.app or self._blueprint()
+            target.add_url_rule(path, endpoint, websocket_view, methods=["GET"], websocket=True, **kwargs)
+            target.add_url_rule(path, endpoint, websocket_view, methods=HTTP_METHODS, **kwargs)
+            self.routes[path] = options
+            return f
 
         return decorator
+
+    def _blueprint(self) -> Blueprint:
+        """Where routes wait before `init_app` (flask-sock's pattern: no app context needed)."""
+        bp: Blueprint | None = self.bp
+        if bp is None:
+            bp = self.bp = Blueprint(f"wsapp_sock_{id(self):x}", __name__)
+        return bp
+
+
+def is_websocket_view(view: Any) -> bool:
+    """Is `view` (an app's view function) a WebSocket route of wsapp's?"""
+    return bool(getattr(view, "wsapp_route", False))

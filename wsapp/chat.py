@@ -1,0 +1,92 @@
+"""The built-in chat route (`WSAPP_CHAT_PATH`, /ws/chat by default) and its frame types.
+
+Chat is an ordinary route of the public API: `serve_chat` is its handler, and the
+built-in types (`broadcast`, `direct`, `room`, `join`, `leave`) are registered with
+`WSApp.on` exactly as an app registers its own (`typing`, `read`...). A handler takes
+`(conn, frame)` and returns the `delivered` count for the ack (None: 0), or raises
+`FrameError` for an `error` frame; the connection stays open either way. Any other
+exception is a server bug: the session ends 1011 and it is logged once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .errors import CloseCode
+from .protocol import FrameError
+from .registry import Join
+from .session import Connection
+
+if TYPE_CHECKING:
+    from .extension import WSApp
+
+
+def serve_chat(ext: WSApp, conn: Connection) -> None:
+    ws = conn._ws  # the hot path: one frame in, its answers out
+    handlers = ext.frame_handlers
+    ws.send_frame(protocol.text_frame(protocol.welcome(conn.client_id, conn.conn_id)))
+    while (msg := conn.next_message(with_ids=True)) is not None:
+        if isinstance(msg, bytes):
+            ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
+            continue
+        msg_id: str | int | None = None
+        try:
+            frame, msg_id, kind = protocol.parse_frame(msg)
+            handler = handlers.get(kind)
+            if handler is None:
+                raise protocol.unknown_type(kind, msg_id)
+            delivered = handler(conn, frame)
+        except FrameError as err:
+            error_id = err.msg_id if err.msg_id is not None else msg_id
+            ws.send_frame(protocol.text_frame(protocol.error(err.code, err.message, error_id)))
+            continue
+        if msg_id is not None:
+            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, delivered or 0)))
+
+
+def register_built_ins(ext: WSApp) -> None:
+    """The contract's frame types, registered like an app's own (`@ws.on`), when the
+    WSApp is made (its hub comes with `init_app`: each handler takes the connection's)."""
+
+    @ext.on("broadcast")
+    def broadcast(conn: Connection, frame: dict[str, Any]) -> int:
+        cmd = protocol.command(frame, frame.get("id"), "broadcast")
+        hub = conn._service.hub
+        return hub.broadcast(conn.client_id, cmd.data)
+
+    @ext.on("direct")
+    def direct(conn: Connection, frame: dict[str, Any]) -> int:
+        cmd = protocol.command(frame, frame.get("id"), "direct")
+        hub = conn._service.hub
+        delivered = hub.send(conn.client_id, cmd.to, cmd.data)
+        if delivered == 0:
+            raise FrameError("not_connected", f"client {cmd.to!r} is not connected")
+        return delivered
+
+    @ext.on("room")
+    def room(conn: Connection, frame: dict[str, Any]) -> int:
+        cmd = protocol.command(frame, frame.get("id"), "room")
+        hub = conn._service.hub
+        if cmd.room not in conn._peer.rooms:
+            raise FrameError("not_in_room", f"join {cmd.room!r} before sending to it")
+        return hub.send_to_room(conn.client_id, cmd.room, cmd.data)
+
+    @ext.on("join")
+    def join(conn: Connection, frame: dict[str, Any]) -> int:
+        cmd = protocol.command(frame, frame.get("id"), "join")
+        hub = conn._service.hub
+        if cmd.room not in conn._peer.rooms and not ext.may_join(conn.identity, cmd.room):
+            raise FrameError("forbidden", f"you may not join {cmd.room!r}")
+        result = conn.join_result(cmd.room)
+        # a repeated join changes nothing: no member list again (the client has it, and presence)
+        members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
+        conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members)))
+        return 0
+
+    @ext.on("leave")
+    def leave(conn: Connection, frame: dict[str, Any]) -> int:
+        cmd = protocol.command(frame, frame.get("id"), "leave")
+        hub = conn._service.hub
+        hub.leave(conn._peer, cmd.room)
+        return 0

@@ -1,0 +1,270 @@
+"""`WSApp`, the Flask extension: WebSocket routes, chat frame types, room rules, pushes.
+
+    ws = WSApp(app)                 # or ws = WSApp(); ws.init_app(app) in a factory
+
+`init_app` reads the settings (`app.config["WSAPP_*"]`, the environment filling the
+rest; one `SettingsError` naming every bad one), builds the app's own service objects
+(registry, backplane, hub, metrics, heartbeat: nothing shared with another app in the
+process) and adds the built-in chat route unless `WSAPP_CHAT_PATH` is empty. It changes
+nothing process-wide and nothing outside its routes: no error handler on the app, no
+log handler (the `wsapp` logger has a `NullHandler`, as a library's should), no route
+but the WebSocket ones. The HTTP API and demo page are a blueprint the app may
+register (`wsapp.site`). `close()` stops the app's background tasks.
+
+Every WebSocket route registered through the extension (`@ws.route`, or the sock in
+`app.extensions["wsapp.sock"]`, or a `wsapp.Sock` of the app's own) runs `handshake`
+in its view: every check before the 101, the slot reserved, then the session in a
+greenlet of its own. Refusals are answered here, as JSON, so they need no app-wide
+error handler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+import gevent
+from flask import Flask, Response, current_app, request
+
+from . import chat, demo_secret, heartbeat, server
+from .auth import Identity
+from .backplane import Backplane, InProcessBackplane
+from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
+from .handshake import check_handshake, switching_protocols
+from .hub import Hub
+from .metrics import Metrics
+from .proxy import client_address
+from .registry import Registry, Slot
+from .service import Service
+from .session import Connection, Route, run_session
+from .settings import Settings
+from .transport import Sock
+
+log = logging.getLogger("wsapp")
+F = TypeVar("F", bound=Callable[..., Any])
+FrameHandler = Callable[[Connection, dict[str, Any]], "int | None"]
+
+
+class WSApp:
+    """Real-time WebSockets for one Flask app. See docs/extending.md."""
+
+    def __init__(self, app: Flask | None = None, *, settings: Settings | None = None) -> None:
+        self.app: Flask | None = None
+        self._settings_override = settings
+        self.frame_handlers: dict[str, FrameHandler] = {}
+        self.connect_hooks: list[Callable[[Connection], Any]] = []
+        self.disconnect_hooks: list[Callable[[Connection], Any]] = []
+        self._join_rule: Callable[[Identity, str], bool] | None = None
+        self._pending: list[tuple[str, Route, dict[str, Any], Callable[..., Any]]] = []
+        self._heartbeat: gevent.Greenlet | None = None
+        self.sock = Sock()
+        chat.register_built_ins(self)
+        if app is not None:
+            self.init_app(app)
+
+    # ---- set-up -----------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Settings, the app's service objects, the WebSocket routes. Raises `SettingsError`."""
+        if self.app is not None:
+            raise RuntimeError("this WSApp already serves an app: make one WSApp per app")
+        settings = self._settings_override or Settings.from_config(app.config)
+        if settings.demo_mode:  # raises SettingsError if the secret's folder is not private
+            folder = settings.instance_path or app.instance_path
+            secret = demo_secret.load_or_create_secret(folder)
+            settings = settings.replace(jwt_secret=secret, generated_secret=True)
+            log.warning(
+                "DEMO MODE (WSAPP_DEMO=1): tokens are signed with a generated secret kept in %s, "
+                "anyone may mint one at POST /api/demo/token, and only loopback Host values are "
+                "served. Set WSAPP_JWT_SECRET for production.",
+                os.path.join(folder, demo_secret.SECRET_FILE),
+            )
+        registry = Registry(settings.max_connections, settings.max_connections_per_client)
+        backplane = _make_backplane(settings, registry)
+        self.service = Service(settings, registry, backplane, Hub(registry, backplane), Metrics())
+        self.app = app
+        app.extensions["wsapp"] = self
+        app.extensions["wsapp.sock"] = self.sock
+        self._heartbeat = heartbeat.start(registry, settings, self.service.metrics)
+        server.register(self)
+        if settings.chat_path:
+            self.route(settings.chat_path, endpoint="chat", addressable=True)(self._serve_chat)
+        self.sock.init_app(app)
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    def close(self) -> None:
+        """Stop the app's background tasks (heartbeat, Redis backplane). Idempotent;
+        open connections are the drain's (`wsapp.server.drain`)."""
+        if self._heartbeat is not None:
+            self._heartbeat.kill(block=False)
+            self._heartbeat = None
+            self.service.backplane.stop()
+        server.unregister(self)
+
+    # ---- routes and hooks -------------------------------------------------------------
+
+    def route(self, path: str, *, addressable: bool = False, bp: Any = None, **kwargs: Any) -> Callable[[F], F]:
+        """Register `f(conn, **view_args)` as a WebSocket route at `path` (flask-sock's
+        shape). Every handshake check runs before the 101. `addressable=True`: `send`
+        and `broadcast` (and the HTTP API, and chat's `direct`/`broadcast`) reach it."""
+        return cast(Callable[[F], F], self.sock.route(path, bp=bp, addressable=addressable, **kwargs))
+
+    def on(self, frame_type: str) -> Callable[[F], F]:
+        """Register `f(conn, frame) -> int | None` for chat frames of `frame_type`."""
+
+        def decorator(f: F) -> F:
+            self.frame_handlers[frame_type] = cast(FrameHandler, f)
+            return f
+
+        return decorator
+
+    def authorize_join(self, f: Callable[[Identity, str], bool]) -> Callable[[Identity, str], bool]:
+        """`f(identity, room) -> bool` decides every chat `join` (False: `forbidden`)."""
+        self._join_rule = f
+        return f
+
+    def on_connect(self, f: F) -> F:
+        """`f(conn)` after the 101, before the route's handler (raising ends it 1011)."""
+        self.connect_hooks.append(f)
+        return f
+
+    def on_disconnect(self, f: F) -> F:
+        """`f(conn)` once the connection has closed, before it leaves its rooms."""
+        self.disconnect_hooks.append(f)
+        return f
+
+    def may_join(self, identity: Identity, room: str) -> bool:
+        """The room rule: the `authorize_join` hook, else the `WSAPP_ROOMS_CLAIM` claim
+        (room names or fnmatch patterns; admins may join any room), else any room."""
+        if self._join_rule is not None:
+            return bool(self._join_rule(identity, room))
+        claim = self.settings.rooms_claim
+        if not claim or identity.is_admin:
+            return True
+        allowed = identity.claims.get(claim)
+        if isinstance(allowed, str):
+            allowed = [allowed]
+        if not isinstance(allowed, list):
+            return False
+        return any(isinstance(p, str) and fnmatch.fnmatchcase(room, p) for p in allowed)
+
+    # ---- pushes (any greenlet, any node) ----------------------------------------------
+
+    def send(self, client_id: str, data: Any, *, sender: str = "server") -> int:
+        """A `direct` frame to every addressable connection of `client_id`, on every node."""
+        return self.service.hub.send(sender, client_id, data)
+
+    def broadcast(self, data: Any, room: str | None = None, *, sender: str = "server") -> int:
+        """A `broadcast` frame to every addressable connection, or a `room` frame to `room`'s members."""
+        if room is None:
+            return self.service.hub.broadcast(sender, data)
+        return self.service.hub.send_to_room(sender, room, data)
+
+    def clients(self) -> dict[str, int]:
+        """Addressable client ids and their connection counts, cluster-wide."""
+        return self.service.hub.clients()
+
+    def members(self, room: str) -> list[str]:
+        """The client ids in `room`, cluster-wide."""
+        return self.service.hub.room_members(room)
+
+    def disconnect(self, client_id: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "") -> int:
+        """Close every connection of `client_id` (any route), on every node: revoking access."""
+        return self.service.backplane.disconnect(client_id, code, reason)
+
+    # ---- the handshake (in the route's view) ------------------------------------------
+
+    def _serve_chat(self, conn: Connection) -> None:
+        chat.serve_chat(self, conn)
+
+    def handshake(
+        self, handler: Callable[..., Any], route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Response:
+        """Check, reserve, write the 101, start the session; or answer the refusal as JSON."""
+        service = self.service
+        environ = request.environ
+        try:
+            if service.settings.generated_secret:
+                from .demo import host_is_loopback, loopback_message
+
+                if not host_is_loopback(request.headers.get("Host")):
+                    raise HandshakeRejected("host_not_allowed", loopback_message(request.headers.get("Host")))
+            if service.registry.draining:
+                raise HandshakeRejected("shutting_down")
+            accepted = check_handshake(
+                method=request.method,
+                headers=cast(Mapping[str, str], request.headers),  # case-insensitive .get()
+                query=request.args,
+                cookies=request.cookies,
+                settings=service.settings,
+            )
+            raw = server.cooperative_socket(environ)
+            if raw is None:  # never a 101 and a dead socket: say what to run instead
+                name = server.server_name(environ)
+                current_app.logger.error(server.UNSUPPORTED_SERVER.format(server=name, app=current_app.import_name))
+                return http_error_response(HandshakeRejected("unsupported_server"))
+            client_id = accepted.identity.client_id
+            slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
+        except WsappError as err:
+            return self.refused(err)
+        service.metrics.connection_slots.inc()
+        remote = client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"), service.settings.trusted_proxies
+        )
+        accepted = dataclasses.replace(accepted, remote_addr=remote)
+        try:
+            sock = server.take_over(raw, switching_protocols(accepted))
+        except OSError as exc:
+            self._release(slot)
+            log.info("upgrade failed client=%s addr=%s: %s", client_id, remote, exc)
+            return server.after_upgrade()
+        except BaseException:
+            self._release(slot)
+            raise
+        session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs)
+        session.link(lambda _greenlet: self._release(slot))  # however the greenlet ends
+        return server.after_upgrade()
+
+    def _release(self, slot: Slot) -> None:
+        if slot.release():
+            self.service.metrics.connection_slots.dec()
+
+    def refused(self, err: WsappError) -> Response:
+        """One line per refused handshake: status, code, reason and the client's address.
+
+        The path never carries the query string (where `?token=` lives); every value is
+        escaped and any token redacted by the service's `SafeLogFilter`."""
+        settings = self.service.settings
+        if isinstance(err, HandshakeRejected):
+            self.service.metrics.handshakes_refused.labels(err.code).inc()
+        addr = client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
+        )
+        log.info(
+            "refused %s %s status=%d error=%s addr=%s reason=%s",
+            request.method,
+            request.path,
+            err.status,
+            err.code,
+            addr,
+            err.message,
+        )
+        return http_error_response(err)
+
+
+def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
+    if settings.redis_url:
+        from .redis_backplane import RedisBackplane
+
+        backplane: Backplane = RedisBackplane(registry, settings)
+    else:
+        backplane = InProcessBackplane(registry)
+    backplane.start()
+    return backplane
