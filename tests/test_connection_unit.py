@@ -302,6 +302,20 @@ def test_eviction_finishes_the_frame_in_progress_and_drops_the_rest() -> None:
     assert ws.queued_bytes == 0 and ws.queue_depth == 0
 
 
+def test_no_frame_is_stranded_when_an_abort_lands_during_a_write() -> None:
+    sock = TrickleSocket()
+    ws = WebSocket(sock, conn_id="t", max_message_bytes=1000, send_queue=8, compression=False)  # type: ignore[arg-type]
+    ws.send_frame(b"first")
+    gevent.sleep(0)  # the writer takes it and waits in send
+    ws.abort()  # (the heartbeat's, say) drops everything while the writer waits
+    ws.send_frame(b"later")  # queued behind the waiting writer
+    sock.allow.put(100)
+    sock.allow.put(100)
+    wait_for(lambda: ws._writer is None)
+    assert ws.queue_depth == 0 and ws.queued_bytes == 0  # nothing left without a writer
+    assert bytes(sock.out) == b"firstlater"
+
+
 def test_evicted_client_that_resumes_reading_gets_its_1008(pair: Any) -> None:
     ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=50_000, evict_grace_s=5)
     fill_until_evicted(ws, frames.encode_frame(frames.OP_TEXT, b"t" * 900))
