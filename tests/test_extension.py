@@ -530,3 +530,52 @@ def test_settings_can_be_given_whole() -> None:
         assert ws.settings.chat_path == "" and not ws.sock.routes
     finally:
         ws.close()
+
+
+def test_the_site_blueprint_is_optional_and_its_errors_are_its_own() -> None:
+    from wsapp import site
+
+    app = Flask(__name__)
+    with in_process(app) as inproc:
+        app.register_blueprint(site.blueprint(inproc.ws))
+        client = app.test_client()
+        admin = {"Authorization": f"Bearer {make_token('ops', admin=True)}"}
+        assert client.get("/api/clients", headers=admin).json == {"clients": [], "total": 0, "connections": 0}
+        resp = client.get("/api/clients")
+        assert (resp.status_code, resp.json["error"]) == (401, "missing_token")  # type: ignore[index]
+        assert client.get("/healthz").json == {"status": "ok"}
+        assert client.get("/").status_code == 404  # no static folder given: no demo page
+        assert client.get("/nope").mimetype == "text/html"  # the app's own 404, not wsapp's
+        assert not any(app.error_handler_spec[None].values())  # handlers on the blueprint only
+        assert any(app.error_handler_spec["wsapp"].values())
+
+
+def test_docs_extending_names_every_public_name() -> None:
+    text = (ROOT / "docs" / "extending.md").read_text()
+    for name in (
+        "WSApp",
+        "Connection",
+        "Identity",
+        "FrameError",
+        "ws.route",
+        "ws.on(",
+        "ws.authorize_join",
+        "ws.send(",
+        "ws.broadcast(",
+        "ws.clients()",
+        "ws.members(",
+        "ws.disconnect(",
+        "ws.on_connect",
+        "ws.on_disconnect",
+        "conn.client_id",
+        "conn.identity",
+        "conn.rooms",
+        "conn.join(",
+        "conn.leave(",
+        "conn.send(",
+        "conn.receive(",
+        "conn.close(",
+        "examples/orders.py",
+        "from wsapp.server import on_starting, post_worker_init",
+    ):
+        assert name in text, name
