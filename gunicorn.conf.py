@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from wsapp.demo_secret import instance_folder, load_or_create_secret
+from wsapp.server import gunicorn_timeouts
 from wsapp.settings import Settings, SettingsError
 
 try:
@@ -30,13 +31,9 @@ workers = _settings.workers
 worker_class = "gevent"
 # HTTP requests in flight; WebSocket sessions leave gunicorn's pool after the 101
 worker_connections = _settings.worker_connections
-# SIGTERM: the app closes its clients within WSAPP_SHUTDOWN_TIMEOUT; gunicorn waits a
-# little longer before it kills the worker
-graceful_timeout = int(_settings.shutdown_timeout_s) + 2
+# SIGTERM: the app closes its clients within WSAPP_SHUTDOWN_TIMEOUT (wsapp.server's drain)
+graceful_timeout, keepalive = gunicorn_timeouts(_settings.shutdown_timeout_s)
 timeout = 30
-# an idle keep-alive connection holds a stopping worker this long: keep it inside the
-# shutdown budget (5 s at the default 10 s; nginx's upstream keepalive_timeout is 4 s)
-keepalive = max(1, min(5, int(_settings.shutdown_timeout_s) - 3))
 # never %(r)s or %(q)s: the request line carries ?token= when a client uses it
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
@@ -60,7 +57,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 # the drain on SIGTERM/SIGINT and the descriptor limit: the one line a gunicorn config of
 # one's own needs too (docs/extending.md)
-from wsapp.server import on_starting, post_worker_init  # noqa: E402, F401
+from wsapp.server import on_starting, post_worker_init  # noqa: E402, F401, I001
 
 
 def child_exit(server, worker):

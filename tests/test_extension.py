@@ -579,3 +579,29 @@ def test_docs_extending_names_every_public_name() -> None:
         "from wsapp.server import on_starting, post_worker_init",
     ):
         assert name in text, name
+
+
+def test_a_wsapp_without_an_app_says_so() -> None:
+    ws = WSApp()
+    with pytest.raises(RuntimeError, match="init_app"):
+        ws.send("alice", 1)
+    ws.close()  # nothing to stop
+
+
+def test_gunicorn_config_imports_no_flask_in_the_master() -> None:
+    """The drain's hooks come from wsapp.server, imported by gunicorn's master before the
+    gevent worker monkey-patches: it must not bring Flask (or ssl) in."""
+    code = (
+        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "print(sorted(m for m in ('flask', 'werkzeug', 'ssl') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"WSAPP_JWT_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

@@ -25,9 +25,11 @@ from helpers import (
     http,
     make_token,
     raw_handshake,
+    read_close,
     recv_json,
     recv_until,
     unavailable,
+    ws_connect,
 )
 from wsapp.emitter import Emitter
 
@@ -242,6 +244,11 @@ def test_external_emitter_sends_and_broadcasts_without_gunicorn(
         assert (msg["type"], msg["room"], msg["data"]) == ("room", "news", "headline")
         assert emitter.send("ghost", 1) == 0
         assert emitter.clients() == {"em": 2, "other": 1}
+        echo_em = ws_connect(b, "/ws/echo", make_token("em"))  # not addressable: closed all the same
+        assert emitter.disconnect("em", 4403, "revoked") == 2
+        for ws in (em_a, em_b, echo_em):
+            assert read_close(ws) == (4403, "revoked")
+        assert emitter.disconnect("ghost") == 0
 
 
 def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Server]) -> None:

@@ -7,10 +7,11 @@ on the same Redis bus, in the same wire format, as the web workers do (the code 
     from wsapp.emitter import Emitter
 
     with Emitter("redis://127.0.0.1:6379/0") as emitter:
-        emitter.broadcast({"text": "deploy at 18:00"})             # every chat connection
+        emitter.broadcast({"text": "deploy at 18:00"})             # every addressable connection (chat)
         emitter.broadcast({"text": "standup"}, room="team-a")       # one room
         if emitter.send("alice", {"text": "your report is ready"}) == 0:
             ...                                                     # alice is not connected
+        emitter.disconnect("mallory", 4403, "access revoked")      # every connection, any route
 
 Clients receive the same frames as from the HTTP API, with `"from"` set to `sender`
 ("server" unless given). Each call is one Redis round trip; if Redis is unreachable it
@@ -25,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from . import protocol
+from .backplane import close_payload
 from .redis_bus import Bus, connect
 from .registry import Target
 
@@ -39,7 +41,7 @@ class Emitter:
         self.sender = sender
 
     def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None) -> int:
-        """Send `data` to every chat connection, or to the members of `room`. Returns connections reached."""
+        """Send `data` to every addressable connection, or to the members of `room`. Returns connections reached."""
         sender = sender or self.sender
         if room is None:
             return self._bus.publish(Target("all"), protocol.text_frame(protocol.broadcast(sender, data)))
@@ -51,8 +53,13 @@ class Emitter:
         frame = protocol.text_frame(protocol.direct(sender or self.sender, to, data))
         return self._bus.publish(Target("client", to), frame)
 
+    def disconnect(self, client_id: str, code: int = 1008, reason: str = "") -> int:
+        """Close every connection of `client_id` on every node (`WSApp.disconnect` from outside).
+        Returns the addressable connections it held (what presence counts)."""
+        return self._bus.publish(Target("close", client_id), close_payload(code, reason))
+
     def clients(self) -> dict[str, int]:
-        """Connected chat client ids and their connection counts, cluster-wide."""
+        """Connected addressable client ids and their connection counts, cluster-wide."""
         return self._bus.clients()
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ class WSApp:
         self._join_rule: Callable[[Identity, str], bool] | None = None
         self._pending: list[tuple[str, Route, dict[str, Any], Callable[..., Any]]] = []
         self._heartbeat: gevent.Greenlet | None = None
+        self._service: Service | None = None
         self.sock = Sock()
         chat.register_built_ins(self)
         if app is not None:
@@ -85,7 +86,7 @@ class WSApp:
             )
         registry = Registry(settings.max_connections, settings.max_connections_per_client)
         backplane = _make_backplane(settings, registry)
-        self.service = Service(settings, registry, backplane, Hub(registry, backplane), Metrics())
+        self._service = Service(settings, registry, backplane, Hub(registry, backplane), Metrics())
         self.app = app
         app.extensions["wsapp"] = self
         app.extensions["wsapp.sock"] = self.sock
@@ -94,6 +95,13 @@ class WSApp:
         if settings.chat_path:
             self.route(settings.chat_path, endpoint="chat", addressable=True)(self._serve_chat)
         self.sock.init_app(app)
+
+    @property
+    def service(self) -> Service:
+        """The app's registry, backplane, hub, metrics and settings (after `init_app`)."""
+        if self._service is None:
+            raise RuntimeError("this WSApp serves no app yet: call ws.init_app(app) first")
+        return self._service
 
     @property
     def settings(self) -> Settings:

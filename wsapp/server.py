@@ -145,6 +145,16 @@ def drain_all(budget_s: float) -> None:
     gevent.joinall(jobs)
 
 
+def gunicorn_timeouts(shutdown_timeout_s: float) -> tuple[int, int]:
+    """gunicorn's (`graceful_timeout`, `keepalive`) for a drain of `shutdown_timeout_s`.
+
+    The drain closes the clients within the budget; gunicorn waits a little longer
+    before it kills the worker. An idle keep-alive connection holds a stopping worker
+    for `keepalive` seconds: keep it inside the budget (5 s at the default 10 s; nginx's
+    upstream keepalive_timeout is 4 s)."""
+    return int(shutdown_timeout_s) + 2, max(1, min(5, int(shutdown_timeout_s) - 3))
+
+
 def install(worker: Any) -> None:
     """Put the drain in front of the gevent worker's SIGTERM and SIGINT handling.
 

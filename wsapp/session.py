@@ -30,6 +30,7 @@ from .auth import Identity
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
 from .handshake import Accepted
+from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer
 from .service import Service
@@ -250,7 +251,7 @@ def _end_session(ext: WSApp, conn: Connection, peer: Peer, failed: bool) -> None
 
     def count_close() -> None:
         service.metrics.open_by_route[route].dec()
-        service.metrics.connections_closed.labels(route, _close_label(ws.close_code)).inc()
+        service.metrics.connections_closed.labels(route, close_code_label(ws.close_code)).inc()
 
     steps: tuple[tuple[str, Callable[[], object]], ...] = (
         ("close", lambda: ws.close(CloseCode.INTERNAL_ERROR, "internal error") if failed else ws.close()),
@@ -282,9 +283,3 @@ def _end_session(ext: WSApp, conn: Connection, peer: Peer, failed: bool) -> None
         ws.close_code,
         ws.close_reason,
     )
-
-
-def _close_label(code: int | None) -> str:
-    from .metrics import close_code_label
-
-    return close_code_label(code)
