@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from flask import Flask
 
 from wsapp import Connection, FrameError, Identity, WSApp
@@ -80,3 +81,13 @@ def revoke(customer: str) -> dict[str, Any]:
 @app.get("/watching")
 def who_is_watching() -> dict[str, Any]:
     return {"here": watching, "everywhere": ws.clients(), "shop:paris": ws.members("shop:paris")}
+
+
+@app.cli.command("announce")
+@click.argument("text")
+def announce_command(text: str) -> None:
+    """`flask --app examples.orders announce TEXT`: a push from a CLI command (every node with Redis)."""
+    try:
+        click.echo(ws.broadcast({"text": text}))
+    finally:
+        ws.close()  # with Redis this process was a node while it ran

@@ -96,7 +96,7 @@ class Server:
             env.setdefault("WSAPP_DEMO", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", self.config, *self.args, self.app],
+                [sys.executable, "-m", "gunicorn", *(["-c", self.config] if self.config else []), *self.args, self.app],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +16,19 @@ from typing import Any
 import pytest
 import websocket
 
-from helpers import REDIS_SERVER, RedisProcess, Server, http, make_token, read_close, recv_json, recv_until, unavailable
+from helpers import (
+    REDIS_SERVER,
+    ROOT,
+    SECRET,
+    RedisProcess,
+    Server,
+    http,
+    make_token,
+    read_close,
+    recv_json,
+    recv_until,
+    unavailable,
+)
 from helpers import ws_connect as connect
 
 ROOMS = {"shops": ["shop:paris"]}
@@ -143,6 +157,56 @@ def test_the_one_config_line_drains_on_sigterm(start_orders: Callable[..., Serve
     assert read_close(ws) == (1001, "server shutting down")
     assert srv.proc is not None and srv.proc.wait(15) == 0
     assert "Traceback" not in srv.log()
+
+
+def test_a_plain_gevent_worker_serves_it_without_a_config() -> None:
+    """`gunicorn -k gevent examples.orders:app`, nothing else: WebSockets work (only the
+    graceful drain needs the config line)."""
+    srv = Server(
+        env={"WSAPP_RATE_LIMIT": "0"},
+        app="examples.orders:app",
+        config="",
+        args=("-k", "gevent", "--bind", "127.0.0.1:0"),
+        health="/watching",
+    ).start()
+    try:
+        ws = notify(srv, "alice")
+        ws.send("ping")
+        assert ws.recv() == "pong"
+        assert http(srv.url, "POST", "/orders/1/shipped/alice").body == {"delivered": 1}
+        assert recv_json(ws)["data"] == {"order": "1", "state": "shipped"}
+    finally:
+        srv.stop()
+
+
+def test_a_cli_command_pushes_to_the_nodes(redis_url: str, start_orders: Callable[..., Server]) -> None:
+    env = {"WSAPP_REDIS_URL": redis_url, "WSAPP_REDIS_HEARTBEAT": "0.5", "WSAPP_REDIS_PRESENCE_TTL": "2"}
+    node = start_orders(**env)
+    watcher = notify(node, "alice")
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("WSAPP_")}
+    cli_env.update(env, WSAPP_JWT_SECRET=SECRET)
+    out = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "examples.orders", "announce", "from the cli"],
+        cwd=ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "1"), out.stderr
+    got = recv_json(watcher)
+    assert (got["type"], got["from"], got["data"]) == ("broadcast", "server", {"text": "from the cli"})
+    # without Redis a CLI process has no connections of its own: nothing reached
+    cli_env.pop("WSAPP_REDIS_URL")
+    out = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "examples.orders", "announce", "x"],
+        cwd=ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "0"), out.stderr
 
 
 def test_pushes_reach_every_node_with_redis(redis_url: str, start_orders: Callable[..., Server]) -> None:
