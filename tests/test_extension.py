@@ -605,3 +605,35 @@ def test_gunicorn_config_imports_no_flask_in_the_master() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1012, 2999, 5000, 70000, True])
+def test_a_close_code_a_server_may_not_send_fails_where_it_is_asked_for(code: int) -> None:
+    with in_process() as inproc:
+        client = inproc.connect(client_id="alice")
+        assert client.json()["type"] == "welcome"
+        with pytest.raises(ValueError, match="not a close code"):
+            inproc.ws.disconnect("alice", code)
+        assert inproc.ws.send("alice", "still open") == 1
+
+
+@pytest.mark.parametrize("code", [1000, 1008, 1011, 3000, 4999])
+def test_close_codes_a_server_may_send(code: int) -> None:
+    with in_process() as inproc:
+        client = inproc.connect(client_id="alice")
+        assert client.json()["type"] == "welcome"
+        assert inproc.ws.disconnect("alice", code, "bye") == 1
+        assert client.close_code() == code
+
+
+def test_a_frame_handler_returning_something_else_than_a_count_acks_0() -> None:
+    with in_process() as inproc:
+
+        @inproc.ws.on("odd")
+        def odd(conn: Connection, frame: dict[str, Any]) -> Any:
+            return {"not": "a count"}
+
+        client = inproc.connect()
+        assert client.json()["type"] == "welcome"
+        client.send({"type": "odd", "id": 1})
+        assert client.json() == {"type": "ack", "id": 1, "delivered": 0}

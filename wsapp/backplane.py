@@ -14,14 +14,26 @@ from abc import ABC, abstractmethod
 from .registry import Peer, Registry, Target, deliver
 
 
+def check_close_code(code: int) -> int:
+    """A close code a server may send (RFC 6455 §7.4: 1000-1003, 1007-1011, 3000-4999),
+    or ValueError: a bad one must fail where it is asked for, not half-way through a close."""
+    if isinstance(code, bool) or not isinstance(code, int) or not (code in _SENDABLE or 3000 <= code <= 4999):
+        raise ValueError(f"{code!r} is not a close code a server may send (1000-1003, 1007-1011, 3000-4999)")
+    return code
+
+
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011})
+
+
 def close_payload(code: int, reason: str) -> bytes:
     """What a `disconnect` carries between nodes in place of a frame."""
-    return json.dumps([code, reason]).encode()
+    return json.dumps([check_close_code(code), str(reason)]).encode()
 
 
 def close_local(registry: Registry, client_id: str, payload: bytes) -> int:
     """Close every connection of `client_id` on this worker (any route); how many were open."""
     code, reason = json.loads(payload)
+    code = check_close_code(code)
     closed = 0
     for peer in registry.targets(Target("close", client_id)):
         if peer.ws.open:

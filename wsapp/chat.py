@@ -41,8 +41,9 @@ def serve_chat(ext: WSApp, conn: Connection) -> None:
             error_id = err.msg_id if err.msg_id is not None else msg_id
             ws.send_frame(protocol.text_frame(protocol.error(err.code, err.message, error_id)))
             continue
-        if msg_id is not None:
-            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, delivered or 0)))
+        if msg_id is not None:  # a handler's count; anything else it returns counts 0
+            count = delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0
+            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, count)))
 
 
 def register_built_ins(ext: WSApp) -> None:

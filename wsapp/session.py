@@ -27,6 +27,7 @@ import gevent
 
 from . import frames, protocol
 from .auth import Identity
+from .backplane import check_close_code
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
 from .handshake import Accepted
@@ -115,8 +116,9 @@ class Connection:
         return self._ws.send_frame(json_frame(data))
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Begin the closing handshake (idempotent); `receive` then returns None."""
-        self._ws.close(code, reason)
+        """Begin the closing handshake (idempotent); `receive` then returns None.
+        ValueError for a code a server may not send."""
+        self._ws.close(check_close_code(code), reason)
 
     # ---- receiving (the handler's greenlet) -------------------------------------------
 
