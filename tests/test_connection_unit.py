@@ -306,7 +306,7 @@ def test_no_frame_is_stranded_when_an_abort_lands_during_a_write() -> None:
     sock = TrickleSocket()
     ws = WebSocket(sock, conn_id="t", max_message_bytes=1000, send_queue=8, compression=False)  # type: ignore[arg-type]
     ws.send_frame(b"first")
-    gevent.sleep(0)  # the writer takes it and waits in send
+    wait_for(lambda: len(ws._started) == 1 and not ws._queue)  # the writer took it and waits in send
     ws.abort()  # (the heartbeat's, say) drops everything while the writer waits
     ws.send_frame(b"later")  # queued behind the waiting writer
     sock.allow.put(100)
@@ -319,7 +319,7 @@ def test_no_frame_is_stranded_when_an_abort_lands_during_a_write() -> None:
 def test_evicted_client_that_resumes_reading_gets_its_1008(pair: Any) -> None:
     ws, client = pair(small_buffers=True, send_queue=10_000, send_queue_bytes=50_000, evict_grace_s=5)
     fill_until_evicted(ws, frames.encode_frame(frames.OP_TEXT, b"t" * 900))
-    gevent.sleep(0.2)  # the client is not reading yet; the socket stays up within the grace
+    assert ws.close_code == 1008 and ws._abort_timer is not None  # the socket is cut only after the grace
     got = Stream(client)
     frames_read = []
     while (f := got.frame()) is not None:

@@ -60,22 +60,22 @@ class RawClient:
         status, self.headers, self.buf, self.sock = raw_handshake(server.port, path, hdrs, timeout=10, rcvbuf=rcvbuf)
         assert status == 101
         self.seen: list[tuple[int, bytes]] = []  # frames read_close() went through
+        self.sent = 0  # bytes flood() has sent so far (read by the test's thread)
 
     def flood(self, opening: bytes, frame: bytes, stop: threading.Event, max_bytes: int) -> int:
         """Send `frame` over and over until the server closes, `stop` is set or
         `max_bytes` went out; return the bytes sent."""
         chunk = frame * max(1, 65536 // len(frame))
-        sent = 0
         try:
             self.sock.sendall(opening)
-            while sent < max_bytes and not stop.is_set():
+            while self.sent < max_bytes and not stop.is_set():
                 self.sock.sendall(chunk)
-                sent += len(chunk)
+                self.sent += len(chunk)
                 if self.closed_by_server():
                     break
         except OSError:  # the server closed and reset: what it sent first is still read below
             pass
-        return sent
+        return self.sent
 
     def closed_by_server(self) -> bool:
         readable, _, _ = select.select([self.sock], [], [], 0)
@@ -182,20 +182,19 @@ def test_with_the_budget_off_a_flood_still_leaves_room_for_others(start_server, 
     flooder = RawClient(srv)
     stop = threading.Event()
     opening, frame = FLOODS[kind]
-    sent: list[int] = []
-    thread = threading.Thread(target=lambda: sent.append(flooder.flood(opening, frame, stop, max_bytes=2 << 30)))
+    thread = threading.Thread(target=flooder.flood, args=(opening, frame, stop, 2 << 30))
     thread.start()
     try:
-        flooder_started = time.monotonic()
-        while time.monotonic() - flooder_started < 0.5 and thread.is_alive():
-            time.sleep(0.01)  # the flood gets going (not a synchronisation: the flood runs either way)
+        deadline = time.monotonic() + 30
+        while flooder.sent < 1 << 20:  # the flood is under way: a megabyte of tiny frames sent
+            assert thread.is_alive() and time.monotonic() < deadline, "the flood did not get going"
+            time.sleep(0.01)
         for i in range(20):
             echo_round_trip(bystander, f"during {i}", timeout=10)
         assert thread.is_alive(), "the flood ended before the bystander's echoes: nothing was shown"
     finally:
         stop.set()
         thread.join(30)
-    assert sent and sent[0] > 1 << 20  # a real flood: megabytes of tiny frames
     echo_round_trip(bystander, "after")
     assert worker_pids(srv) == [worker] and "WORKER TIMEOUT" not in srv.log()
     bystander.close()
