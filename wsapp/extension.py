@@ -59,7 +59,6 @@ class WSApp:
         self.connect_hooks: list[Callable[[Connection], Any]] = []
         self.disconnect_hooks: list[Callable[[Connection], Any]] = []
         self._join_rule: Callable[[Identity, str], bool] | None = None
-        self._pending: list[tuple[str, Route, dict[str, Any], Callable[..., Any]]] = []
         self._heartbeat: gevent.Greenlet | None = None
         self._service: Service | None = None
         self.sock = Sock()
