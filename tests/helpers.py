@@ -67,6 +67,8 @@ class Server:
     config: str = "gunicorn.conf.py"
     args: tuple[str, ...] = ()
     health: str = "/healthz"
+    # the soft descriptor limit gunicorn starts with (as systemd would set it), or None: ours
+    nofile_soft: int | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="wsapp-", suffix=".log")[1]))
@@ -102,6 +104,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if self.nofile_soft is None else self._lower_nofile,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,6 +118,14 @@ class Server:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"gunicorn did not become healthy:\n{self.log()}")
+
+    def _lower_nofile(self) -> None:
+        """In the child, before gunicorn: lower the soft descriptor limit (only there, so
+        the test process's own descriptors do not count against it)."""
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_soft, hard))
 
     def _healthy(self) -> bool:
         try:

@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -96,9 +96,25 @@ class InProcess:
     service: Service
     records: list[logging.LogRecord]
     ws: WSApp
+    sockets: list[Any] = field(default_factory=list)  # both ends of every pair: closed at the end
+
+    def pair(self) -> tuple[Any, Any]:
+        server_end, client_end = gevent.socket.socketpair()
+        self.sockets += [server_end, client_end]
+        return server_end, client_end
+
+    def shut(self) -> None:
+        """Hang up every client, let the sessions end, close every socket (no descriptor left)."""
+        for peer in self.service.registry.peers():
+            peer.ws.abort()
+        for sock in self.sockets:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while self.service.registry.held and time.monotonic() < deadline:
+            gevent.sleep(0.01)
 
     def connect(self, path: str = "/ws/chat", client_id: str = "alice", token: str | None = None) -> Client:
-        server_end, client_end = gevent.socket.socketpair()
+        server_end, client_end = self.pair()
         headers = {
             "Upgrade": "websocket",
             "Connection": "Upgrade",
@@ -122,7 +138,7 @@ class InProcess:
             "Sec-WebSocket-Version": "13",
         }
         if server_end is None:
-            server_end, _client_end = gevent.socket.socketpair()
+            server_end, _client_end = self.pair()
         return self.app.test_client().get(
             path, headers={**base, **headers}, environ_overrides={"werkzeug.socket": server_end}
         )
@@ -158,10 +174,15 @@ def in_process(app: Flask | None = None, **env: str) -> Iterator[InProcess]:
     ws = WSApp(app, settings=settings)
     records: list[logging.LogRecord] = []
     handler = _Records(records)
-    logging.getLogger("wsapp").addHandler(handler)
-    logging.getLogger("wsapp").setLevel(logging.DEBUG)
+    logger = logging.getLogger("wsapp")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    running = InProcess(app, ws.service, records, ws)
     try:
-        yield InProcess(app, ws.service, records, ws)
+        yield running
     finally:
-        logging.getLogger("wsapp").removeHandler(handler)
+        running.shut()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         ws.close()

@@ -518,7 +518,11 @@ def _serve(app: Flask) -> Any:
     @contextlib.contextmanager
     def serving() -> Any:
         ext = app.extensions["wsapp"]
-        yield InProcess(app, ext.service, [], ext)
+        running = InProcess(app, ext.service, [], ext)
+        try:
+            yield running
+        finally:
+            running.shut()
 
     return serving()
 
