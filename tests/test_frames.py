@@ -53,60 +53,81 @@ def failure(data: bytes, limit: int = LIMIT, inflate: bool = False) -> ProtocolE
     return info.value
 
 
-def outcome(data: bytes, limit: int = LIMIT, inflate: bool = False) -> int | list[frames.Event]:
-    """The close code the bytes earn, or the events when they are fine."""
+Closing = tuple[int, str]  # the close code and reason the client gets
+
+
+def outcome(data: bytes, limit: int = LIMIT, inflate: bool = False) -> Closing | list[frames.Event]:
+    """The close (code, reason) the bytes earn, or the events when they are fine."""
     try:
         return feed(data, limit, inflate)
     except ProtocolError as exc:
-        return exc.code
+        return exc.code, exc.reason
 
 
 C = client_frame
 CLOSE_1000 = struct.pack("!H", 1000)
+# what a client is told (docs/protocol.md: 1002 says what was wrong)
+RESERVED_BITS = (1002, "reserved bits set")
+UNMASKED = (1002, "client frames must be masked")
+LENGTH_RANGE = (1002, "frame length out of range")
+BAD_CONTROL = (1002, "control frames must be final and at most 125 bytes")
+RSV1_CONTROL = (1002, "RSV1 on a control frame")
+ORPHAN = (1002, "continuation frame with no message to continue")
+RSV1_CONT = (1002, "RSV1 on a continuation frame")
+INTERLEAVED = (1002, "new message before the last one finished")
+RSV1_PLAIN = (1002, "RSV1 set but no compression was negotiated")
+CLOSE_1_BYTE = (1002, "close frame with a 1-byte payload")
+TOO_BIG = (1009, "message too big")
+BAD_UTF8 = (1007, "text message is not valid UTF-8")
+BAD_REASON = (1007, "close reason is not valid UTF-8")
+BAD_DEFLATE = (1007, "invalid compressed data")
 
 # (name, bytes, limit, inflate, expected: close code or events)
 HEADER_CASES = [
     ("text", C(1, b"hi"), LIMIT, False, [Message("hi")]),
     ("binary", C(2, b"\x00\xff"), LIMIT, False, [Message(b"\x00\xff")]),
-    ("unmasked text", C(1, b"x", mask=False), LIMIT, False, 1002),
-    ("unmasked ping", C(9, b"", mask=False), LIMIT, False, 1002),
-    ("RSV1 text, no deflate", C(1, b"x", rsv=RSV1), LIMIT, False, 1002),
-    ("RSV2 text", C(1, b"x", rsv=RSV2), LIMIT, False, 1002),
-    ("RSV3 text", C(1, b"x", rsv=RSV3), LIMIT, True, 1002),
-    ("RSV2 with deflate", C(1, b"x", rsv=RSV2), LIMIT, True, 1002),
-    ("RSV1 ping, deflate on", C(9, b"", rsv=RSV1), LIMIT, True, 1002),
-    ("RSV1 pong, deflate on", C(10, b"", rsv=RSV1), LIMIT, True, 1002),
-    ("RSV1 close, deflate on", C(8, b"", rsv=RSV1), LIMIT, True, 1002),
+    ("unmasked text", C(1, b"x", mask=False), LIMIT, False, UNMASKED),
+    ("unmasked ping", C(9, b"", mask=False), LIMIT, False, UNMASKED),
+    ("RSV1 text, no deflate", C(1, b"x", rsv=RSV1), LIMIT, False, RSV1_PLAIN),
+    ("RSV2 text", C(1, b"x", rsv=RSV2), LIMIT, False, RESERVED_BITS),
+    ("RSV3 text", C(1, b"x", rsv=RSV3), LIMIT, True, RESERVED_BITS),
+    ("RSV2 with deflate", C(1, b"x", rsv=RSV2), LIMIT, True, RESERVED_BITS),
+    ("RSV1 ping, deflate on", C(9, b"", rsv=RSV1), LIMIT, True, RSV1_CONTROL),
+    ("RSV1 pong, deflate on", C(10, b"", rsv=RSV1), LIMIT, True, RSV1_CONTROL),
+    ("RSV1 close, deflate on", C(8, b"", rsv=RSV1), LIMIT, True, RSV1_CONTROL),
     (
         "RSV1 continuation, deflate on",
         C(1, deflate(b"ab"), fin=False, rsv=RSV1) + C(0, b"", rsv=RSV1),
         LIMIT,
         True,
-        1002,
+        RSV1_CONT,
     ),
-    ("RSV1 continuation of plain text", C(1, b"a", fin=False) + C(0, b"b", rsv=RSV1), LIMIT, True, 1002),
-    *[(f"reserved opcode {op}", C(op, b""), LIMIT, False, 1002) for op in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15)],
+    ("RSV1 continuation of plain text", C(1, b"a", fin=False) + C(0, b"b", rsv=RSV1), LIMIT, True, RSV1_CONT),
+    *[
+        (f"reserved opcode {op}", C(op, b""), LIMIT, False, (1002, f"reserved opcode {op}"))
+        for op in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15)
+    ],
     ("ping 125 bytes", C(9, b"p" * 125), LIMIT, False, [Ping(b"p" * 125)]),
-    ("ping 126 bytes", C(9, b"p" * 126), LIMIT, False, 1002),
+    ("ping 126 bytes", C(9, b"p" * 126), LIMIT, False, BAD_CONTROL),
     ("pong 125 bytes", C(10, b"p" * 125), LIMIT, False, [Pong(b"p" * 125)]),
-    ("pong 126 bytes", C(10, b"p" * 126), LIMIT, False, 1002),
+    ("pong 126 bytes", C(10, b"p" * 126), LIMIT, False, BAD_CONTROL),
     ("close 125 bytes", C(8, CLOSE_1000 + b"r" * 123), LIMIT, False, [Close(1000, "r" * 123)]),
-    ("close 126 bytes", C(8, CLOSE_1000 + b"r" * 124), LIMIT, False, 1002),
-    ("fragmented ping", C(9, b"", fin=False), LIMIT, False, 1002),
-    ("fragmented pong", C(10, b"", fin=False), LIMIT, False, 1002),
-    ("fragmented close", C(8, b"", fin=False), LIMIT, False, 1002),
-    ("orphan continuation", C(0, b"x"), LIMIT, False, 1002),
-    ("new message inside a message", C(1, b"a", fin=False) + C(1, b"b"), LIMIT, False, 1002),
-    ("binary inside text", C(1, b"a", fin=False) + C(2, b"b"), LIMIT, False, 1002),
+    ("close 126 bytes", C(8, CLOSE_1000 + b"r" * 124), LIMIT, False, BAD_CONTROL),
+    ("fragmented ping", C(9, b"", fin=False), LIMIT, False, BAD_CONTROL),
+    ("fragmented pong", C(10, b"", fin=False), LIMIT, False, BAD_CONTROL),
+    ("fragmented close", C(8, b"", fin=False), LIMIT, False, BAD_CONTROL),
+    ("orphan continuation", C(0, b"x"), LIMIT, False, ORPHAN),
+    ("new message inside a message", C(1, b"a", fin=False) + C(1, b"b"), LIMIT, False, INTERLEAVED),
+    ("binary inside text", C(1, b"a", fin=False) + C(2, b"b"), LIMIT, False, INTERLEAVED),
     # the 63-bit length: the most significant bit must be 0 (even with a limit that large)
-    ("length MSB set", C(2, b"", length=1 << 63), 1 << 64, False, 1002),
-    ("length MSB set, small limit", C(2, b"", length=(1 << 63) + 5), LIMIT, False, 1002),
-    ("length 2^63-1, small limit", C(2, b"", length=(1 << 63) - 1), LIMIT, False, 1009),
+    ("length MSB set", C(2, b"", length=1 << 63), 1 << 64, False, LENGTH_RANGE),
+    ("length MSB set, small limit", C(2, b"", length=(1 << 63) + 5), LIMIT, False, LENGTH_RANGE),
+    ("length 2^63-1, small limit", C(2, b"", length=(1 << 63) - 1), LIMIT, False, TOO_BIG),
     # the size limit, a single frame: at the limit passes, one over is 1009
     ("binary at the limit", C(2, b"x" * LIMIT), LIMIT, False, [Message(b"x" * LIMIT)]),
-    ("binary one over the limit", C(2, b"x" * (LIMIT + 1)), LIMIT, False, 1009),
+    ("binary one over the limit", C(2, b"x" * (LIMIT + 1)), LIMIT, False, TOO_BIG),
     ("text at the limit", C(1, b"x" * LIMIT), LIMIT, False, [Message("x" * LIMIT)]),
-    ("text one over the limit", C(1, b"x" * (LIMIT + 1)), LIMIT, False, 1009),
+    ("text one over the limit", C(1, b"x" * (LIMIT + 1)), LIMIT, False, TOO_BIG),
     # fragments: each continuation costs FRAGMENT_COST against the limit
     (
         "two fragments at the limit",
@@ -120,14 +141,14 @@ HEADER_CASES = [
         C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
         LIMIT,
         False,
-        1009,
+        TOO_BIG,
     ),
     (
         "text fragments one over the limit",
         C(1, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
         LIMIT,
         False,
-        1009,
+        TOO_BIG,
     ),
     (
         "empty fragments up to the limit",
@@ -141,13 +162,13 @@ HEADER_CASES = [
         C(2, b"", fin=False) + C(0, b"", fin=False) * (LIMIT // FRAGMENT_COST) + C(0, b""),
         LIMIT,
         False,
-        1009,
+        TOO_BIG,
     ),
     # UTF-8
-    ("invalid UTF-8", C(1, b"\xff\xfe"), LIMIT, False, 1007),
-    ("overlong UTF-8", C(1, b"\xc0\xaf"), LIMIT, False, 1007),
-    ("surrogate in UTF-8", C(1, b"\xed\xa0\x80"), LIMIT, False, 1007),
-    ("truncated UTF-8 at the end", C(1, "€".encode()[:2]), LIMIT, False, 1007),
+    ("invalid UTF-8", C(1, b"\xff\xfe"), LIMIT, False, BAD_UTF8),
+    ("overlong UTF-8", C(1, b"\xc0\xaf"), LIMIT, False, BAD_UTF8),
+    ("surrogate in UTF-8", C(1, b"\xed\xa0\x80"), LIMIT, False, BAD_UTF8),
+    ("truncated UTF-8 at the end", C(1, "€".encode()[:2]), LIMIT, False, BAD_UTF8),
     ("invalid UTF-8 in binary is fine", C(2, b"\xff"), LIMIT, False, [Message(b"\xff")]),
     (
         "character split across fragments",
@@ -156,17 +177,20 @@ HEADER_CASES = [
         False,
         [FRAGMENT, Message("€")],
     ),
-    ("truncated character at the last fragment", C(1, b"a", fin=False) + C(0, b"\xe2\x82"), LIMIT, False, 1007),
+    ("truncated character at the last fragment", C(1, b"a", fin=False) + C(0, b"\xe2\x82"), LIMIT, False, BAD_UTF8),
     # close frames
     ("close, no payload", C(8, b""), LIMIT, False, [Close(1005, "")]),
-    ("close, 1-byte payload", C(8, b"\x03"), LIMIT, False, 1002),
-    *[(f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, 1002) for code in (0, 999, 1004, 1005, 1006)],
-    *[(f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, 1002) for code in (1015, 1016, 2999, 5000)],
+    ("close, 1-byte payload", C(8, b"\x03"), LIMIT, False, CLOSE_1_BYTE),
+    # the code is read unsigned: 32768 and 65535 are refused as themselves
+    *[
+        (f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, (1002, f"invalid close code {code}"))
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 32768, 65535)
+    ],
     *[
         (f"close code {code}", C(8, struct.pack("!H", code)), LIMIT, False, [Close(code, "")])
         for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999)
     ],
-    ("close reason bad UTF-8", C(8, CLOSE_1000 + b"\xff"), LIMIT, False, 1007),
+    ("close reason bad UTF-8", C(8, CLOSE_1000 + b"\xff"), LIMIT, False, BAD_REASON),
     ("data after close is left alone", C(8, CLOSE_1000) + C(1, b"\xff"), LIMIT, False, [Close(1000, "")]),
 ]
 
@@ -174,7 +198,7 @@ HEADER_CASES = [
 @pytest.mark.parametrize(
     ("data", "limit", "inflate", "expected"), [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES]
 )
-def test_frame_rules(data: bytes, limit: int, inflate: bool, expected: int | list[frames.Event]) -> None:
+def test_frame_rules(data: bytes, limit: int, inflate: bool, expected: Closing | list[frames.Event]) -> None:
     assert outcome(data, limit, inflate) == expected
 
 
@@ -211,17 +235,17 @@ def test_one_event_per_frame_and_the_message_is_reset() -> None:
     assert reader.feed(client_frame(2, b"", fin=False) + client_frame(0, body)) == [FRAGMENT, Message(body)]
     with pytest.raises(ProtocolError) as info:  # the message is over: nothing to continue
         reader.feed(client_frame(0, b"x"))
-    assert info.value.code == 1002
+    assert (info.value.code, info.value.reason) == ORPHAN
 
 
 def test_events_before_an_error_are_kept() -> None:
     # Autobahn 3.2-ish: a valid message, then a bad frame in the same read
     exc = failure(client_frame(1, b"Hello") + client_frame(1, b"x", rsv=RSV2) + client_frame(9, b"never"))
-    assert exc.code == 1002 and exc.events == [Message("Hello")]
+    assert (exc.code, exc.reason) == RESERVED_BITS and exc.events == [Message("Hello")]
     exc = failure(client_frame(9, b"p") + client_frame(1, b"\xff"))
-    assert exc.code == 1007 and exc.events == [Ping(b"p")]
+    assert (exc.code, exc.reason) == BAD_UTF8 and exc.events == [Ping(b"p")]
     exc = failure(client_frame(1, b"a", fin=False) + client_frame(0, b"b", fin=False) + client_frame(2, b""))
-    assert exc.code == 1002 and exc.events == [FRAGMENT, FRAGMENT]
+    assert (exc.code, exc.reason) == INTERLEAVED and exc.events == [FRAGMENT, FRAGMENT]
     assert failure(client_frame(3, b"")).events == []
 
 
@@ -231,7 +255,7 @@ def test_invalid_utf8_fails_at_the_fragment_that_has_it() -> None:
     assert reader.feed(client_frame(1, "κόσμε".encode(), fin=False)) == [FRAGMENT]
     with pytest.raises(ProtocolError) as info:
         reader.feed(client_frame(0, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80", fin=False))
-    assert info.value.code == 1007
+    assert (info.value.code, info.value.reason) == BAD_UTF8
 
 
 def test_invalid_utf8_fails_inside_a_frame_still_arriving() -> None:
@@ -246,7 +270,7 @@ def test_invalid_utf8_fails_inside_a_frame_still_arriving() -> None:
         assert reader.feed(raw[: head + 5]) == []  # valid so far
         with pytest.raises(ProtocolError) as info:
             reader.feed(raw[head + 5 : head + 15])  # the invalid sequence arrives
-        assert info.value.code == 1007
+        assert (info.value.code, info.value.reason) == BAD_UTF8
 
 
 def test_a_valid_frame_arriving_in_chops_is_checked_once_and_whole() -> None:
@@ -272,13 +296,71 @@ def test_message_over_limit_is_1009_before_the_payload_arrives() -> None:
     raw = client_frame(2, b"x" * 1001)
     with pytest.raises(ProtocolError) as info:
         FrameReader(1000).feed(raw[:8])  # only the header
-    assert info.value.code == 1009
+    assert (info.value.code, info.value.reason) == TOO_BIG
     cont = client_frame(0, b"x" * 700)
     reader = FrameReader(1000)
     reader.feed(client_frame(2, b"x" * 300, fin=False))
     with pytest.raises(ProtocolError) as info:
         reader.feed(cont[:8])
-    assert info.value.code == 1009
+    assert (info.value.code, info.value.reason) == TOO_BIG
+
+
+@pytest.mark.parametrize(("size", "header"), [(1001, 4), (70_000, 10)])
+@pytest.mark.parametrize("after_a_message", [False, True])
+def test_over_the_limit_is_refused_from_the_length_header_alone(size: int, header: int, after_a_message: bool) -> None:
+    # the 16-bit length is in after 4 bytes, the 64-bit one after 10: no need to wait for the mask
+    before = client_frame(1, b"ok") if after_a_message else b""
+    reader = FrameReader(1000)
+    raw = before + client_frame(2, b"x" * size)
+    assert reader.feed(raw[: len(before) + header - 1]) == ([Message("ok")] if after_a_message else [])
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(raw[len(before) + header - 1 : len(before) + header])
+    assert (info.value.code, info.value.reason) == TOO_BIG
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 4093])
+def test_a_stream_of_frames_of_every_length_form_in_any_chops(step: int) -> None:
+    # several frames on one reader, each header split at every place against the one before
+    payloads = [b"", b"a" * 125, b"b" * 126, "é".encode() * 40, b"c" * 65536, b"d", b"e" * 65535]
+    raw = b"".join(client_frame(2 if i % 2 else 1, p) for i, p in enumerate(payloads))
+    raw += client_frame(8, CLOSE_1000 + b"bye")
+    reader = FrameReader(70_000)
+    events: list[frames.Event] = []
+    for i in range(0, len(raw), step):
+        events += reader.feed(raw[i : i + step])
+    expected: list[frames.Event] = [Message(p if i % 2 else p.decode()) for i, p in enumerate(payloads)]
+    assert events == [*expected, Close(1000, "bye")]
+
+
+def test_text_messages_arriving_in_chops_one_after_another_on_one_reader() -> None:
+    # each cut inside a character: what was checked of one message never leaks into the next
+    reader = FrameReader(LIMIT)
+    for text in ("€", "ab", "𝄞x", "é"):
+        raw = client_frame(1, text.encode())
+        assert reader.feed(raw[:7]) == []  # header, mask and the first payload byte
+        assert reader.feed(raw[7:]) == [Message(text)]
+    raw = client_frame(1, b"a", fin=False) + client_frame(0, "€".encode())
+    assert reader.feed(raw[:-2]) == [FRAGMENT] and reader.feed(raw[-2:]) == [Message("a€")]
+    assert reader.feed(client_frame(1, b"z")) == [Message("z")]
+
+
+def test_only_plain_text_is_utf8_checked_while_a_continuation_arrives() -> None:
+    # a binary message's continuation, and a compressed text one (deflate bytes on the
+    # wire), are not UTF-8 in flight: arriving in chops, they are no 1007
+    reader = FrameReader(LIMIT)
+    assert reader.feed(client_frame(2, b"\xff", fin=False)) == [FRAGMENT]
+    raw = client_frame(0, b"\xfe\xff" * 20)
+    assert reader.feed(raw[:20]) == [] and reader.feed(raw[20:]) == [Message(b"\xff" + b"\xfe\xff" * 20)]
+
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = c.compress(b"hello ") + c.flush(zlib.Z_SYNC_FLUSH)
+    rest = (c.compress("wörld ".encode() * 30) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    with pytest.raises(UnicodeDecodeError):
+        rest.decode("utf-8")
+    reader = FrameReader(LIMIT, frames.Inflater())
+    assert reader.feed(client_frame(1, first, fin=False, rsv=RSV1)) == [FRAGMENT]
+    raw = client_frame(0, rest)
+    assert reader.feed(raw[:12]) == [] and reader.feed(raw[12:]) == [Message("hello " + "wörld " * 30)]
 
 
 def test_parse_buffer_and_message_stay_bounded_under_an_endless_fragmented_message() -> None:
@@ -291,7 +373,7 @@ def test_parse_buffer_and_message_stay_bounded_under_an_endless_fragmented_messa
             while count < 10 * LIMIT:
                 reader.feed(client_frame(0, piece, fin=False))
                 count += 1
-        assert info.value.code == 1009
+        assert (info.value.code, info.value.reason) == TOO_BIG
         assert count <= 1 + LIMIT // FRAGMENT_COST
         assert len(reader._msg_data) <= LIMIT
 
@@ -302,10 +384,10 @@ def test_parse_buffer_and_message_stay_bounded_under_an_endless_fragmented_messa
 def test_deflate_one_frame_message_and_inflated_limit() -> None:
     body = b"a" * 5000
     assert feed(client_frame(2, deflate(body), rsv=RSV1), limit=5000, inflate=True) == [Message(body)]
-    assert outcome(client_frame(2, deflate(body), rsv=RSV1), limit=4999, inflate=True) == 1009
+    assert outcome(client_frame(2, deflate(body), rsv=RSV1), limit=4999, inflate=True) == TOO_BIG
     text = "é" * 2000
     assert feed(client_frame(1, deflate(text.encode()), rsv=RSV1), limit=4000, inflate=True) == [Message(text)]
-    assert outcome(client_frame(1, deflate(b"\xff" * 10), rsv=RSV1), inflate=True) == 1007
+    assert outcome(client_frame(1, deflate(b"\xff" * 10), rsv=RSV1), inflate=True) == BAD_UTF8
 
 
 @pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001])
@@ -314,7 +396,7 @@ def test_inflater_limit_off_by_one(size: int) -> None:
     if size == 1001:
         with pytest.raises(ProtocolError) as info:
             frames.Inflater().inflate(deflate(data), 1000)
-        assert info.value.code == 1009
+        assert (info.value.code, info.value.reason) == TOO_BIG
     else:
         assert frames.Inflater().inflate(deflate(data), 1000) == data
 
@@ -327,15 +409,28 @@ def test_deflate_fragmented_message_is_inflated_per_fragment() -> None:
     data += client_frame(0, parts[2])
     limit = len(body) + 2 * FRAGMENT_COST
     assert feed(data, limit=limit, inflate=True) == [FRAGMENT, FRAGMENT, Message(body.decode())]
-    assert outcome(data, limit=limit - 1, inflate=True) == 1009
+    assert outcome(data, limit=limit - 1, inflate=True) == TOO_BIG
     # a bomb in fragments stops at the limit, mid-message
     bomb = deflate(b"a" * 100_000)
     data = client_frame(2, bomb[:5], fin=False, rsv=RSV1) + client_frame(0, bomb[5:], fin=False)
-    assert outcome(data, limit=LIMIT, inflate=True) == 1009
+    assert outcome(data, limit=LIMIT, inflate=True) == TOO_BIG
     # invalid UTF-8 inside a compressed fragmented text message fails at its fragment
     bad = deflate(b"ok\xff")
-    assert outcome(client_frame(1, bad, fin=False, rsv=RSV1), inflate=True) == 1007
-    assert outcome(client_frame(2, b"\x07\x07\x07", rsv=RSV1), inflate=True) == 1007  # not deflate data
+    assert outcome(client_frame(1, bad, fin=False, rsv=RSV1), inflate=True) == BAD_UTF8
+    assert outcome(client_frame(2, b"\x07\x07\x07", rsv=RSV1), inflate=True) == BAD_DEFLATE  # not deflate data
+
+
+def test_deflate_fragments_that_each_inflate_count_toward_the_limit() -> None:
+    # each fragment a flushed piece of its own: what every earlier one inflated to counts
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    parts = [c.compress(bytes([65 + i]) * 3000) + c.flush(zlib.Z_SYNC_FLUSH) for i in range(3)]
+    parts[-1] = parts[-1][:-4]
+    data = client_frame(2, parts[0], fin=False, rsv=RSV1) + client_frame(0, parts[1], fin=False)
+    data += client_frame(0, parts[2])
+    body = b"A" * 3000 + b"B" * 3000 + b"C" * 3000
+    limit = len(body) + 2 * FRAGMENT_COST
+    assert feed(data, limit=limit, inflate=True) == [FRAGMENT, FRAGMENT, Message(body)]
+    assert outcome(data, limit=limit - 1, inflate=True) == TOO_BIG
 
 
 def test_deflate_wire_size_is_bounded_too() -> None:
@@ -343,7 +438,7 @@ def test_deflate_wire_size_is_bounded_too() -> None:
     body = os.urandom(LIMIT)
     compressed = deflate(body)
     assert len(compressed) > LIMIT
-    assert outcome(client_frame(2, compressed, rsv=RSV1), inflate=True) == 1009
+    assert outcome(client_frame(2, compressed, rsv=RSV1), inflate=True) == TOO_BIG
 
 
 # ---- server frames ----------------------------------------------------------------------
@@ -359,11 +454,14 @@ def test_encode_frame_long_headers_and_rsv1() -> None:
     frame = frames.encode_frame(frames.OP_TEXT, b"x" * 65536)
     assert frame[:10] == b"\x81\x7f" + struct.pack("!Q", 65536) and len(frame) == 65546
     assert frames.encode_frame(frames.OP_TEXT, b"", rsv1=True) == b"\xc1\x00"
+    assert frames.encode_frame(frames.OP_BINARY, b"", rsv1=True) == b"\xc2\x00"  # a compressed binary message
 
 
 def test_encode_close_cuts_the_reason_on_a_character_boundary() -> None:
     assert frames.encode_close(1000) == b"\x88\x02\x03\xe8"
     assert frames.encode_close(1008, "slow consumer") == b"\x88\x0f\x03\xf0slow consumer"
+    close = frames.encode_close(1000, "ab" + "é" * 100)  # cut after "ab" and 60 × é
+    assert close[1] == 2 + 122 and close[4:].decode("utf-8") == "ab" + "é" * 60
     close = frames.encode_close(1000, "é" * 100)  # 200 bytes of reason: cut to 122 (61 × é)
     assert close[1] == 2 + 122 and close[4:].decode("utf-8") == "é" * 61
     close = frames.encode_close(1000, "a" * 200)
@@ -382,6 +480,8 @@ def test_unmask_round_trips_any_length() -> None:
 @pytest.mark.parametrize(("count", "batch"), [(600, 256), (256, 256), (257, 256), (5, 1)])
 def test_feed_hands_out_at_most_a_batch_and_keeps_the_rest(count: int, batch: int) -> None:
     reader = FrameReader(LIMIT, batch_frames=batch)
+    assert reader.backlog is False  # nothing read yet: nothing waiting
+    assert reader.feed(client_frame(9, b"q")) == [Ping(b"q")] and reader.backlog is False
     events = reader.feed(client_frame(9, b"p") * count)
     sizes = [len(events)]
     while reader.backlog:
@@ -409,11 +509,11 @@ def test_inflate_asks_zlib_for_one_byte_past_the_room_at_most(room: int) -> None
     spy = SpyDecompress()
     with pytest.raises(ProtocolError) as info:
         frames._inflate_chunk(spy, b"data", room)  # type: ignore[arg-type]
-    assert info.value.code == 1009 and spy.limits == [room + 1]
+    assert (info.value.code, info.value.reason) == TOO_BIG and spy.limits == [room + 1]
 
 
 def test_no_room_left_is_1009_without_inflating_at_all() -> None:
     spy = SpyDecompress()  # asked with max_length 0, zlib would inflate without a limit
     with pytest.raises(ProtocolError) as info:
         frames._inflate_chunk(spy, b"data", -1)  # type: ignore[arg-type]
-    assert info.value.code == 1009 and spy.limits == []
+    assert (info.value.code, info.value.reason) == TOO_BIG and spy.limits == []

@@ -322,6 +322,17 @@ def test_frame_error_defaults_to_the_catalogue_message() -> None:
     assert FrameError("too_many_rooms").message.startswith("this connection is in the most rooms")
 
 
+def test_an_app_code_outside_the_catalogue_is_its_own_message() -> None:
+    # a handler's `raise FrameError("out_of_stock")`: the client's error frame still says something
+    err = FrameError("out_of_stock", msg_id=7)
+    assert protocol.error(err.code, err.message, err.msg_id) == {
+        "type": "error",
+        "code": "out_of_stock",
+        "message": "out_of_stock",
+        "id": 7,
+    }
+
+
 # ---- frame_id: for frames that are not processed (rate limited) --------------------------
 
 

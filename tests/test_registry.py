@@ -276,6 +276,16 @@ def test_targets_all_client_and_room() -> None:
     assert reg.targets(Target("room", "nowhere")) == []
 
 
+def test_target_close_reaches_every_connection_of_the_client_on_any_route() -> None:
+    # revoking access: the client's echo connections too (not addressable by messages)
+    reg = Registry(10, 10)
+    chat, echo, other = added(reg, "alice"), added(reg, "alice", "echo"), added(reg, "bob")
+    reg.join(other, "alice", 10)  # a room named like the client is not the client
+    assert set(reg.targets(Target("close", "alice"))) == {chat, echo}
+    assert reg.targets(Target("close", "bob")) == [other]
+    assert reg.targets(Target("close", "nobody")) == []
+
+
 def test_targets_is_a_snapshot() -> None:
     reg = Registry(10, 10)
     a = added(reg, "alice")
