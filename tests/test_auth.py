@@ -328,3 +328,13 @@ def test_offered_subprotocols() -> None:
     assert auth.offered_subprotocols(None) == []
     assert auth.offered_subprotocols("") == []
     assert auth.offered_subprotocols(" a , ,b,") == ["a", "b"]
+
+
+@pytest.mark.parametrize("sub", ["\ud800", "ok\udfff", "\udc80x"])
+def test_a_client_id_that_is_not_valid_unicode_is_refused(sub: str) -> None:
+    # valid JSON (an escaped lone surrogate) that no frame naming the client could carry
+    assert rejected(make_token(sub)) == (401, "invalid_token")
+
+
+def test_a_non_ascii_client_id_is_accepted() -> None:
+    assert auth.verify_token(make_token("zoë-😀"), SETTINGS).client_id == "zoë-😀"

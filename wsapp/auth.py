@@ -118,6 +118,11 @@ def verify_token(token: str, settings: Settings, now: float | None = None) -> Id
     client_id = str(raw_id)
     if len(client_id) > 256:
         raise HandshakeRejected("invalid_token", "the client id is too long")
+    if not client_id.isascii():  # a lone surrogate would pass JSON decoding and fail every frame that names it
+        try:
+            client_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HandshakeRejected("invalid_token", "the client id is not valid Unicode text") from None
     return Identity(client_id, is_admin(claims), float(claims["exp"]), claims)
 
 
