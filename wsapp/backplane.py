@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from typing import Any
 
+from .history import MemoryHistory, Position, Replay, body_prefix
 from .registry import Peer, Registry, Target, deliver
 
 
@@ -43,6 +45,8 @@ def close_local(registry: Registry, client_id: str, payload: bytes) -> int:
 
 
 class Backplane(ABC):
+    history_on = False  # True: messages get positions (`publish_kept`), resumes replay
+
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
@@ -69,6 +73,23 @@ class Backplane(ABC):
     @abstractmethod
     def clients(self) -> dict[str, int]:
         """Chat client ids and their connection counts, cluster-wide."""
+
+    # history (only called when `history_on`)
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+        """Give `obj` the next position of `stream`, keep it, deliver it to `target` on
+        every node. With `create` False (a direct message) nothing is kept or sent when
+        nobody receives it and the stream does not exist (the client id was not seen
+        within the history window). Returns (connections reached, kept)."""
+        raise NotImplementedError
+
+    def positions(self, streams: list[str], touch: str = "") -> list[Position]:
+        """Where each stream stands; `touch` (a direct stream) is created if missing and
+        kept for another history window (its client id was seen now)."""
+        raise NotImplementedError
+
+    def replay(self, stream: str, pos: Position) -> Replay:
+        """What `stream` published after `pos`, or that it cannot be told."""
+        raise NotImplementedError
 
     def disconnect(self, client_id: str, code: int, reason: str) -> int:
         """Close every connection of `client_id`, on every node; returns how many (other
@@ -98,7 +119,33 @@ class Backplane(ABC):
 
 
 class InProcessBackplane(Backplane):
-    """One worker: the local registry is the whole truth."""
+    """One worker: the local registry is the whole truth, the history is in its memory."""
+
+    def __init__(self, registry: Registry, history: MemoryHistory | None = None) -> None:
+        super().__init__(registry)
+        self.history = history
+        self.history_on = history is not None
+
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+        history = self.history
+        assert history is not None
+        peers = self.registry.targets(target)
+        if not create and not peers and not history.exists(stream):
+            return 0, False
+        # no switch from here to the last queued frame: offsets go out in order
+        offset, frame = history.append(stream, body_prefix(obj))
+        return deliver(peers, frame, stream, offset), True
+
+    def positions(self, streams: list[str], touch: str = "") -> list[Position]:
+        history = self.history
+        assert history is not None
+        if touch:
+            history.touch(touch)
+        return [history.position(s) for s in streams]
+
+    def replay(self, stream: str, pos: Position) -> Replay:
+        assert self.history is not None
+        return self.history.since(stream, pos)
 
     def publish(self, target: Target, frame: bytes) -> int:
         return deliver(self.registry.targets(target), frame)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
-from .errors import CloseCode
+from . import auth, history, protocol, resume
+from .errors import CloseCode, HandshakeRejected
 from .protocol import FrameError
 from .registry import Join
 from .session import Connection
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 def serve_chat(ext: WSApp, conn: Connection) -> None:
     ws = conn._ws  # the hot path: one frame in, its answers out
+    peer = conn._peer
     handlers = ext.frame_handlers
-    ws.send_frame(protocol.text_frame(protocol.welcome(conn.client_id, conn.conn_id)))
+    ws.send_frame(protocol.text_frame(protocol.welcome(conn.client_id, conn.conn_id, _streams(conn))))
     while (msg := conn.next_message(with_ids=True)) is not None:
         if isinstance(msg, bytes):
             ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
@@ -33,6 +34,8 @@ def serve_chat(ext: WSApp, conn: Connection) -> None:
         msg_id: str | int | None = None
         try:
             frame, msg_id, kind = protocol.parse_frame(msg)
+            if peer.gates is not None and kind != "resume":  # ?resume=1, then another frame first
+                resume.open_gates(peer)
             handler = handlers.get(kind)
             if handler is None:
                 raise protocol.unknown_type(kind, msg_id)
@@ -43,7 +46,18 @@ def serve_chat(ext: WSApp, conn: Connection) -> None:
             continue
         if msg_id is not None:  # a handler's count; anything else it returns counts 0
             count = delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0
-            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, count)))
+            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, count, type(count) is protocol.Stored)))
+
+
+def _streams(conn: Connection) -> dict[str, Any] | None:
+    """The welcome's positions (history on): broadcast, and the client's direct stream,
+    which this connection keeps for another history window (offline messages)."""
+    backplane = conn._service.backplane
+    if not backplane.history_on:
+        return None
+    direct = history.stream_direct(conn.client_id)
+    b, d = backplane.positions([history.stream_broadcast(), direct], touch=direct)
+    return {"broadcast": b.wire(), "direct": d.wire()}
 
 
 def register_built_ins(ext: WSApp) -> None:
@@ -60,7 +74,9 @@ def register_built_ins(ext: WSApp) -> None:
     def direct(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "direct")
         hub = conn._service.hub
-        delivered = hub.send(conn.client_id, cmd.to, cmd.data)
+        delivered, stored = hub.send_direct(conn.client_id, cmd.to, cmd.data)
+        if stored:
+            return protocol.Stored(0)
         if delivered == 0:
             raise FrameError("not_connected", f"client {cmd.to!r} is not connected")
         return delivered
@@ -82,7 +98,10 @@ def register_built_ins(ext: WSApp) -> None:
         result = conn.join_result(cmd.room)
         # a repeated join changes nothing: no member list again (the client has it, and presence)
         members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
-        conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members)))
+        position = None
+        if hub.backplane.history_on:
+            position = hub.backplane.positions([history.stream_room(cmd.room)])[0].wire()
+        conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members, position)))
         return 0
 
     @ext.on("leave")
@@ -90,4 +109,24 @@ def register_built_ins(ext: WSApp) -> None:
         cmd = protocol.command(frame, frame.get("id"), "leave")
         hub = conn._service.hub
         hub.leave(conn._peer, cmd.room)
+        return 0
+
+    @ext.on("resume")
+    def resume_(conn: Connection, frame: dict[str, Any]) -> int:
+        return resume.handle_resume(ext, conn, frame)
+
+    @ext.on("refresh")
+    def refresh(conn: Connection, frame: dict[str, Any]) -> int:
+        """A new token for the same client id moves the connection's expiry (the
+        heartbeat's 4401 deadline reads `peer.expires_at`); anything else changes nothing."""
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            raise FrameError("missing_field", "a 'refresh' frame needs 'token', a non-empty string")
+        try:
+            identity = auth.verify_token(token, conn._service.settings)
+        except HandshakeRejected as err:
+            raise FrameError(err.code, err.message) from None
+        if identity.client_id != conn.client_id:
+            raise FrameError("wrong_client", "the token is for another client id: reconnect with it instead")
+        conn._peer.expires_at = identity.expires_at
         return 0

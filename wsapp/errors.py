@@ -47,6 +47,10 @@ FRAME_ERRORS: dict[str, str] = {
     "rate_limited": "too many messages: slow down",
     "too_many_rooms": "this connection is in the most rooms allowed (WSAPP_MAX_ROOMS): leave one first",
     "forbidden": "you may not join this room",
+    "invalid_token": "the token is not valid",
+    "token_expired": "the token has expired",
+    "token_not_yet_valid": "the token is not valid yet",
+    "wrong_client": "the token is for another client id",
 }
 
 

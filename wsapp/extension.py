@@ -35,6 +35,7 @@ from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
 from .handshake import check_handshake, switching_protocols
+from .history import make_history
 from .hub import Hub
 from .metrics import Metrics
 from .proxy import client_address
@@ -85,7 +86,8 @@ class WSApp:
             )
         registry = Registry(settings.max_connections, settings.max_connections_per_client)
         backplane = _make_backplane(settings, registry)
-        self._service = Service(settings, registry, backplane, Hub(registry, backplane), Metrics())
+        hub = Hub(registry, backplane, store_offline=settings.store_offline)
+        self._service = Service(settings, registry, backplane, hub, Metrics())
         self.app = app
         app.extensions["wsapp"] = self
         app.extensions["wsapp.sock"] = self.sock
@@ -235,7 +237,8 @@ class WSApp:
         except BaseException:
             self._release(slot)
             raise
-        session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs)
+        resume = request.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
+        session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs, resume)
         session.link(lambda _greenlet: self._release(slot))  # however the greenlet ends
         return server.after_upgrade()
 
@@ -272,6 +275,6 @@ def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
 
         backplane: Backplane = RedisBackplane(registry, settings)
     else:
-        backplane = InProcessBackplane(registry)
+        backplane = InProcessBackplane(registry, make_history(settings))
     backplane.start()
     return backplane

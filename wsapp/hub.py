@@ -18,7 +18,7 @@ from typing import Any
 
 import gevent
 
-from . import protocol
+from . import history, protocol
 from .backplane import Backplane
 from .registry import Departure, Join, Peer, Registry, Target
 
@@ -26,9 +26,10 @@ log = logging.getLogger("wsapp.hub")
 
 
 class Hub:
-    def __init__(self, registry: Registry, backplane: Backplane) -> None:
+    def __init__(self, registry: Registry, backplane: Backplane, store_offline: bool = False) -> None:
         self.registry = registry
         self.backplane = backplane
+        self.store_offline = store_offline  # WSAPP_STORE_OFFLINE: keep directs to any client id
 
     # ---- connections ----------------------------------------------------------------
 
@@ -66,6 +67,9 @@ class Hub:
         if departure is None:
             return
         steps: list[tuple[Any, tuple[Any, ...]]] = [(self.backplane.disconnected, (peer, departure.rooms))]
+        if self.backplane.history_on and peer.addressable:  # seen until now: its direct stream stays a window
+            direct = history.stream_direct(peer.client_id)
+            steps.append((self.backplane.positions, ([], direct)))
         steps += [(self._left, (peer, room)) for room in departure.left]
         first: Exception | None = None
         for step, args in steps:
@@ -82,16 +86,31 @@ class Hub:
 
     # ---- messages -------------------------------------------------------------------
 
+    # With history on, every message gets its stream's next position and is kept
+    # (`Backplane.publish_kept`); off, it is encoded once and published as it always was.
+
     def broadcast(self, sender: str, data: Any) -> int:
-        return self.backplane.publish(Target("all"), protocol.text_frame(protocol.broadcast(sender, data)))
+        obj = protocol.broadcast(sender, data)
+        return self._publish(Target("all"), history.stream_broadcast(), obj, True)[0]
 
     def send(self, sender: str, to: str, data: Any) -> int:
-        frame = protocol.text_frame(protocol.direct(sender, to, data))
-        return self.backplane.publish(Target("client", to), frame)
+        return self.send_direct(sender, to, data)[0]
+
+    def send_direct(self, sender: str, to: str, data: Any) -> tuple[int, bool]:
+        """(connections reached, stored): stored is True when nobody was reached but the
+        message was kept in `to`'s direct stream for its next resume."""
+        obj = protocol.direct(sender, to, data)
+        delivered, kept = self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
+        return delivered, kept and delivered == 0
 
     def send_to_room(self, sender: str, room: str, data: Any) -> int:
-        frame = protocol.text_frame(protocol.room_message(room, sender, data))
-        return self.backplane.publish(Target("room", room), frame)
+        obj = protocol.room_message(room, sender, data)
+        return self._publish(Target("room", room), history.stream_room(room), obj, True)[0]
+
+    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+        if not self.backplane.history_on:
+            return self.backplane.publish(target, protocol.text_frame(obj)), False
+        return self.backplane.publish_kept(target, stream, obj, create)
 
     # ---- rooms ------------------------------------------------------------------------
 

@@ -205,18 +205,29 @@ def room_message(room: str, sender: str, data: Any) -> dict[str, Any]:
     return {"type": "room", "room": room, "from": sender, "data": data, "ts": now()}
 
 
-def joined(room: str, members: list[str] | None) -> dict[str, Any]:
-    """`members` None: the connection was in the room already and has the list (no resend)."""
-    if members is None:
-        return {"type": "joined", "room": room}
-    return {"type": "joined", "room": room, "members": members}
+def joined(room: str, members: list[str] | None, position: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`members` None: the connection was in the room already and has the list (no resend).
+    `position` (history on): the room stream's `offset` and `epoch`."""
+    out: dict[str, Any] = {"type": "joined", "room": room}
+    if members is not None:
+        out["members"] = members
+    if position is not None:
+        out.update(position)
+    return out
 
 
 def presence(room: str, event: str, client_id: str) -> dict[str, Any]:
     return {"type": "presence", "room": room, "event": event, "client_id": client_id}
 
 
-def ack(msg_id: str | int, delivered: int) -> dict[str, Any]:
+class Stored(int):
+    """What a frame handler returns for a direct message kept for a client that is away:
+    counts 0 delivered, and the ack says `"stored": true`."""
+
+
+def ack(msg_id: str | int, delivered: int, stored: bool = False) -> dict[str, Any]:
+    if stored:
+        return {"type": "ack", "id": msg_id, "delivered": delivered, "stored": True}
     return {"type": "ack", "id": msg_id, "delivered": delivered}
 
 
@@ -227,5 +238,8 @@ def error(code: str, message: str, msg_id: Any = None) -> dict[str, Any]:
     return out
 
 
-def welcome(client_id: str, conn_id: str) -> dict[str, Any]:
-    return {"type": "welcome", "client_id": client_id, "conn_id": conn_id}
+def welcome(client_id: str, conn_id: str, streams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`streams` (history on): the positions of the connection's broadcast and direct streams."""
+    if streams is None:
+        return {"type": "welcome", "client_id": client_id, "conn_id": conn_id}
+    return {"type": "welcome", "client_id": client_id, "conn_id": conn_id, "streams": streams}

@@ -37,10 +37,33 @@ class Peer:
     # a route option: messages to everyone or to a client id (send/broadcast) reach
     # addressable connections only; room messages reach whoever joined the room
     addressable: bool = True
+    # streams whose live messages are held while a resume replays them (`wsapp.resume`):
+    # None (the usual case: one check per delivery) or stream -> its Gate. Written by the
+    # connection's own greenlet only, read by whoever delivers; no switch in between.
+    gates: dict[str, Gate] | None = None
 
     @property
     def conn_id(self) -> str:
         return self.ws.conn_id
+
+
+class Gate:
+    """Live messages of one stream held for a connection while a resume replays it:
+    at most `limit` (offset, frame) pairs, then `overflowed` (the rest are in the history,
+    and the resume reads it again)."""
+
+    __slots__ = ("held", "limit", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        self.held: list[tuple[int, bytes]] = []
+        self.limit = limit
+        self.overflowed = False
+
+    def hold(self, offset: int, frame: bytes) -> None:
+        if len(self.held) < self.limit:
+            self.held.append((offset, frame))
+        else:
+            self.overflowed = True
 
 
 @dataclass(frozen=True)
@@ -242,6 +265,17 @@ class Registry:
             return self._count
 
 
-def deliver(peers: Iterable[Peer], frame: bytes) -> int:
-    """Queue one encoded frame on each peer; never waits. Returns how many took it."""
-    return sum(1 for p in peers if p.ws.send_frame(frame))
+def deliver(peers: Iterable[Peer], frame: bytes, stream: str = "", offset: int = 0) -> int:
+    """Queue one encoded frame on each peer; never waits. Returns how many took it.
+
+    A message of a stream (with its offset) goes to a peer's gate instead when the peer
+    holds that stream for a resume; it counts as delivered (the resume sends it)."""
+    n = 0
+    for p in peers:
+        gates = p.gates
+        if gates is not None and stream in gates:
+            gates[stream].hold(offset, frame)
+            n += 1
+        elif p.ws.send_frame(frame):
+            n += 1
+    return n

@@ -34,6 +34,7 @@ from .handshake import Accepted
 from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer
+from .resume import hold_streams
 from .service import Service
 
 if TYPE_CHECKING:
@@ -191,8 +192,12 @@ def run_session(
     handler: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    resume: bool = False,
 ) -> None:
-    """Run one connection from its 101 to its last byte; the one place it is cleaned up."""
+    """Run one connection from its 101 to its last byte; the one place it is cleaned up.
+
+    `resume` (`?resume=1`): the connection's broadcast and direct streams are held from
+    the start until its `resume` frame replays them (`wsapp.resume`)."""
     service = ext.service
     settings, hub, metrics = service.settings, service.hub, service.metrics
     ident = accepted.identity
@@ -217,6 +222,8 @@ def run_session(
         route.name,
         addressable=route.addressable,
     )
+    if resume and route.addressable and service.backplane.history_on:
+        peer.gates = hold_streams(peer.client_id, settings.send_queue)
     conn = Connection(peer, ident, service)
     failed = False
     if route.name not in metrics.open_by_route:

@@ -304,6 +304,43 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds after its last heartbeat that a dead node stops counting; at least twice the heartbeat.",
     ),
     Option(
+        "WSAPP_HISTORY_SIZE",
+        "history_size",
+        "100",
+        _int(0),
+        "Messages kept per stream (a room, a client id's direct messages, broadcasts) for resume; "
+        "`0` turns history off (no positions, no stored direct messages).",
+    ),
+    Option(
+        "WSAPP_HISTORY_TTL",
+        "history_ttl_s",
+        "300",
+        _float(0),
+        "Seconds a message is kept for resume, and a client id counts as seen; `0` turns history off.",
+    ),
+    Option(
+        "WSAPP_HISTORY_STREAMS",
+        "history_streams",
+        "10000",
+        _int(1),
+        "Streams kept per worker (in-process history); past it the least recently used goes.",
+    ),
+    Option(
+        "WSAPP_HISTORY_BYTES",
+        "history_bytes",
+        "67108864",
+        _int(4096),
+        "Bytes of history per worker (in-process: frames plus bookkeeping); past it the least "
+        "recently used streams go.",
+    ),
+    Option(
+        "WSAPP_STORE_OFFLINE",
+        "store_offline",
+        "0",
+        _bool,
+        "`1`: a direct message to any client id is stored for its resume, not only to ids seen within the history TTL.",
+    ),
+    Option(
         "WSAPP_METRICS_ALLOW",
         "metrics_allow",
         "127.0.0.0/8,::1/128",
@@ -381,6 +418,11 @@ class Settings:
     redis_url: str = ""
     redis_heartbeat_s: float = 5.0
     redis_presence_ttl_s: float = 15.0
+    history_size: int = 100
+    history_ttl_s: float = 300.0
+    history_streams: int = 10000
+    history_bytes: int = 64 * 1024 * 1024
+    store_offline: bool = False
     metrics_allow: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     instance_path: str = ""
@@ -388,6 +430,11 @@ class Settings:
     chat_path: str = "/ws/chat"
     rooms_claim: str = ""
     generated_secret: bool = False  # set by the app in demo mode, not an environment option
+
+    @property
+    def history_on(self) -> bool:
+        """Message history (positions, resume, stored direct messages): both bounds above 0."""
+        return self.history_size > 0 and self.history_ttl_s > 0
 
     @property
     def demo_mode(self) -> bool:

@@ -1,0 +1,160 @@
+"""Resume: a reconnecting client gets what its streams published while it was away.
+
+The race this module settles: a stream's new messages keep arriving while its history
+is read (with Redis the read is a round trip, and other greenlets deliver meanwhile).
+So a stream is first *held* for the connection (`registry.Gate`: `deliver` parks its
+frames there instead of queueing them), then its history after the client's position is
+read and queued, then the held frames past the last replayed offset are queued and the
+gate is removed, with no switch between that last read and the removal. Every message
+goes out once (offsets de-duplicate), in order, the replay before anything newer.
+
+With `?resume=1` on the URL the session holds the broadcast and direct streams from the
+connection's first moment (`hold_streams`), so nothing published between the 101 and
+the `resume` frame can overtake the replay; room streams are held just before the room
+is joined again. Ownership: `peer.gates` is written only by the connection's own
+greenlet (here, and the session set-up); the delivering greenlets only add to a gate.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .backplane import Backplane
+from .history import EMPTY, Position, stream_broadcast, stream_direct, stream_room
+from .protocol import FrameError
+from .registry import Gate, Join, Peer
+
+if TYPE_CHECKING:
+    from .extension import WSApp
+    from .session import Connection
+
+MAX_ROUNDS = 4  # history re-reads after a gate overflowed before giving up on recovery
+MAX_EPOCH_CHARS = 64
+
+
+def hold_streams(client_id: str, limit: int) -> dict[str, Gate]:
+    """The gates a `?resume=1` connection starts with: its broadcast and direct streams."""
+    return {stream_broadcast(): Gate(limit), stream_direct(client_id): Gate(limit)}
+
+
+def parse_position(value: Any, what: str, msg_id: Any) -> Position:
+    if not isinstance(value, dict):
+        raise FrameError("missing_field", f'{what} must be an object {{"offset": n, "epoch": "e"}}', msg_id)
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset >= 2**63:
+        raise FrameError("missing_field", f"{what}: 'offset' must be a whole number of at least 0", msg_id)
+    if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_CHARS:
+        raise FrameError("missing_field", f"{what}: 'epoch' must be a string", msg_id)
+    return Position(offset, epoch)
+
+
+def open_gates(peer: Peer) -> None:
+    """Release every held stream as it is (a client that asked for `?resume=1` and then
+    sent another frame first): the held frames go out in order."""
+    gates, peer.gates = peer.gates, None
+    for gate in (gates or {}).values():
+        for _offset, frame in gate.held:
+            peer.ws.send_frame(frame)
+
+
+def catch_up(peer: Peer, backplane: Backplane, stream: str, pos: Position, limit: int) -> dict[str, Any]:
+    """Replay `stream` after `pos` to `peer` and go live (see the module's docstring)."""
+    gates = peer.gates if peer.gates is not None else {}
+    peer.gates = gates
+    gate = gates.setdefault(stream, Gate(limit))
+    ws = peer.ws
+    sent = 0
+    try:
+        replay = backplane.replay(stream, pos)
+        recovered, last, epoch = replay.recovered, replay.position.offset, replay.position.epoch
+        if recovered:
+            for _offset, frame in replay.frames:
+                ws.send_frame(frame)
+                sent += 1
+        rounds = 0
+        while gate.overflowed and recovered:  # what the gate dropped is in the history
+            rounds += 1
+            gate.held.clear()
+            gate.overflowed = False
+            more = backplane.replay(stream, Position(last, epoch))
+            recovered = more.recovered and rounds <= MAX_ROUNDS
+            for _offset, frame in more.frames if recovered else ():
+                ws.send_frame(frame)
+                sent += 1
+            last = more.position.offset
+        for offset, frame in gate.held:  # published while we read: only what is newer
+            if offset > last:
+                ws.send_frame(frame)
+                last = offset
+    finally:
+        gates.pop(stream, None)
+        if not gates and peer.gates is gates:
+            peer.gates = None
+    return {"recovered": recovered, "replayed": sent, "offset": last, "epoch": epoch}
+
+
+def handle_resume(ext: WSApp, conn: Connection, frame: dict[str, Any]) -> int:
+    """The `resume` frame: rooms joined again (room rules apply), each stream replayed,
+    then one `resumed` frame with a result per stream."""
+    msg_id = frame.get("id")
+    service = conn._service
+    peer, backplane, settings = conn._peer, service.backplane, service.settings
+    wanted: dict[str, Position] = {}
+    for key in ("broadcast", "direct"):
+        if key in frame:
+            wanted[key] = parse_position(frame[key], repr(key), msg_id)
+    rooms_in = frame.get("rooms", {})
+    if not isinstance(rooms_in, dict) or len(rooms_in) > settings.max_rooms:
+        raise FrameError(
+            "missing_field", f"'rooms' must map at most {settings.max_rooms} room names to positions", msg_id
+        )
+    rooms: dict[str, Position] = {}
+    for room, value in rooms_in.items():
+        if not room or len(room) > protocol.MAX_ROOM_CHARS:
+            raise FrameError("missing_field", f"a room name is 1 to {protocol.MAX_ROOM_CHARS} characters", msg_id)
+        rooms[room] = parse_position(value, f"room {room!r}", msg_id)
+
+    limit = settings.send_queue
+    on = backplane.history_on
+    out: dict[str, Any] = {"type": "resumed"}
+    streams = {"broadcast": stream_broadcast(), "direct": stream_direct(conn.client_id)}
+    for key, stream in streams.items():
+        if key in wanted:
+            out[key] = catch_up(peer, backplane, stream, wanted[key], limit) if on else _lost()
+    open_gates(peer)  # streams held by ?resume=1 but not asked about
+    results: dict[str, Any] = {}
+    for room, pos in rooms.items():
+        results[room] = _resume_room(ext, conn, room, pos, limit)
+    out["rooms"] = results
+    conn._ws.send_frame(protocol.text_frame(out))
+    return 0
+
+
+def _lost() -> dict[str, Any]:
+    return {"recovered": False, "replayed": 0, **EMPTY.wire()}
+
+
+def _resume_room(ext: WSApp, conn: Connection, room: str, pos: Position, limit: int) -> dict[str, Any]:
+    peer, service = conn._peer, conn._service
+    if room not in peer.rooms and not ext.may_join(conn.identity, room):
+        return {"error": "forbidden", "message": f"you may not join {room!r}"}
+    stream = stream_room(room)
+    on = service.backplane.history_on
+    if on:  # held before the join: from the join on, its messages wait for the replay
+        gates = peer.gates if peer.gates is not None else {}
+        peer.gates = gates
+        gates[stream] = Gate(limit)
+    try:
+        result = conn.join_result(room)
+    except FrameError as err:
+        if on and peer.gates is not None:
+            peer.gates.pop(stream, None)
+            if not peer.gates:
+                peer.gates = None
+        return {"error": err.code, "message": err.message}
+    members = service.hub.room_members(room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
+    out = catch_up(peer, service.backplane, stream, pos, limit) if on else _lost()
+    if members is not None:
+        out["members"] = members
+    return out
