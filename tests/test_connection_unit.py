@@ -19,7 +19,7 @@ import gevent.queue
 import gevent.socket
 import pytest
 
-from wsapp import frames
+from wsapp import connection, frames
 from wsapp.connection import CLOSE_HANDSHAKE_TIMEOUT_S, RateLimited, WebSocket, default_send_queue_bytes
 from wsapp.metrics import Traffic
 
@@ -208,6 +208,30 @@ def test_close_is_idempotent_and_sends_one_close_frame(pair: Any) -> None:
     ws.shutdown_socket()
     got = Stream(client).all()
     assert [close_of(f) for f in got] == [(1001, "bye")]
+
+
+def test_the_close_timer_counts_from_now_even_after_the_hub_was_held(pair: Any, monkeypatch: Any) -> None:
+    """libev caches its clock once per loop iteration: after a stretch in which the hub
+    was held (a long broadcast, or earlier tests in the same process), a timer started
+    without refreshing it fired that much early and cut the close handshake at once."""
+    monkeypatch.setattr(connection, "CLOSE_HANDSHAKE_TIMEOUT_S", 0.5)
+    ws, client = pair(small_buffers=True)
+    big = os.urandom(20_000)
+    ws.send_binary(big)  # more than the kernel takes: the close frame will be queued
+    # back from the hub through a timer (not a callback, where gevent refreshes the
+    # clock itself): the loop's clock is cached here ...
+    gevent.sleep(0.001)
+    time.sleep(0.8)  # ... and the hub is then held for longer than the close timeout
+    ws.close(1000, "bye")
+    stream = Stream(client)
+    assert stream.frame() == (frames.OP_BINARY, big)
+    assert close_of(stream.frame() or (0, b"")) == (1000, "bye")
+    for _ in range(3):  # let the loop run: an overdue timer fires now
+        gevent.sleep(0.01)
+    client.settimeout(0)
+    with pytest.raises(BlockingIOError):  # nothing to read and no EOF: not cut yet
+        client.recv(1)
+    assert stream.frame(timeout=5) is None  # and the peer that never answers is cut later
 
 
 # ---- eviction -------------------------------------------------------------------------------

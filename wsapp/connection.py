@@ -228,10 +228,13 @@ class WebSocket:
         else:
             self._write(frames.encode_close(code, reason))
             # we started it: if the peer does not answer in time, cut the connection
-            # (a loop timer, not a greenlet: it only calls abort(), which never blocks)
+            # (a loop timer, not a greenlet: it only calls abort(), which never blocks).
+            # update=True: libev counts from the time it cached at its last iteration,
+            # which is stale by however long the hub has been held since (a long
+            # broadcast, a CPU-bound request); without it the timer fires that much early.
             self._close_wait_s = wait_s
             self._abort_timer = gevent.get_hub().loop.timer(wait_s)
-            self._abort_timer.start(self.abort)
+            self._abort_timer.start(self.abort, update=True)
 
     def _drop_queue(self) -> None:
         """Forget the frames not begun; the writer finishes the one in progress."""
