@@ -282,6 +282,7 @@ def test_each_invalid_token_says_why() -> None:
     assert _message(make_token(iss="https://other"), s) == "the token is not valid: Invalid issuer"
     assert _message(jwt.encode({"exp": now + 60}, SECRET, algorithm="HS256")) == "the token has no usable 'sub' claim"
     assert _message(make_token("x" * 257)) == "the client id is too long"
+    assert _message(make_token("ok\udfff")) == "the client id is not valid Unicode text"
     assert _message(make_token(ttl=-60)) == "the token has expired"
     assert _message(make_token(nbf=now + 600)) == "the token is not valid yet"
 
