@@ -1,11 +1,18 @@
 """Benchmark wsapp against its peers with one command; print one Markdown table.
 
-    bench/run.sh              # full run: every workload 3 times per stack, medians (~15 min)
-    bench/run.sh --quick      # smoke run: 1 time, short windows, fan-out to 2,000 (~3 min)
-    bench/run.sh --profile    # also py-spy wsapp's worker under echo and fan-out
+    bench/run.sh              # full run: every workload 2 times per stack, medians (~25 min)
+    bench/run.sh --quick      # smoke run: 1 time, short windows, fan-out and storm to 2,000
+    bench/run.sh --profile    # also py-spy wsapp's worker under echo, fan-out and handshakes
 
-Stacks, each one gunicorn gevent worker pinned to core 0 with taskset:
-  wsapp           this project, as shipped (gunicorn.conf.py), JWT checked on every handshake
+Stacks, each one process pinned to core 0 with taskset:
+  wsapp           this project, as shipped (gunicorn.conf.py, one gevent worker), a JWT
+                  verified, Host, Origin and admission checked on every handshake; the
+                  benchmark changes only: rate limit off, a 1,024-message send queue,
+                  log level WARNING, connection limits raised for 10,000 clients
+  wsapp+Redis     the same with WSAPP_REDIS_URL (a redis-server started for the run,
+                  on core 1): the reconnect storm only
+  websockets      bench/peers/websockets_app.py: python websockets' asyncio server,
+                  compression off, max_size 65536, no checks
   flask-sock      bench/peers/flask_sock_app.py: the plain dict-of-sockets app
   Flask-SocketIO  bench/peers/socketio_app.py
 The load generator (bench/loadgen, Go + gorilla/websocket) runs pinned to core 1 and
@@ -18,6 +25,7 @@ Results: the table on stdout, and bench/results/<time>.md / .json with every rep
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -25,6 +33,7 @@ import re
 import resource
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,9 +64,10 @@ class Stack:
     proto: str  # the loadgen dialect
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    extra: bool = False  # runs only the workloads that name it (Workload.stacks)
 
 
-def stacks() -> list[Stack]:
+def stacks(redis_url: str) -> list[Stack]:
     gunicorn = [PYTHON, "-m", "gunicorn"]
     peer_opts = ["-c", "bench/peers/gunicorn.conf.py"]
     wsapp_env = {
@@ -65,18 +75,67 @@ def stacks() -> list[Stack]:
         "WSAPP_PORT": "0",
         "WSAPP_JWT_SECRET": SECRET,
         "WSAPP_RATE_LIMIT": "0",
-        "WSAPP_MAX_CONNECTIONS": "15000",
+        # a storm's dropped sessions may still be registered when their clients are back
+        "WSAPP_MAX_CONNECTIONS": "25000",
         "WSAPP_MAX_CONNECTIONS_PER_CLIENT": "1000",
-        "WSAPP_WORKER_CONNECTIONS": "16000",
-        "WSAPP_SEND_QUEUE": "256",
+        "WSAPP_WORKER_CONNECTIONS": "25000",
+        "WSAPP_SEND_QUEUE": "1024",
+        "WSAPP_LOG_LEVEL": "WARNING",
         "WSAPP_SHUTDOWN_TIMEOUT": "3",
         "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-bench-"),
     }
     return [
         Stack("wsapp", "wsapp", gunicorn + ["-c", "gunicorn.conf.py", "app:app"], wsapp_env),
+        Stack(
+            "wsapp+Redis",
+            "wsapp",
+            gunicorn + ["-c", "gunicorn.conf.py", "app:app"],
+            {**wsapp_env, "WSAPP_REDIS_URL": redis_url},
+            extra=True,
+        ),
+        Stack("websockets", "plain", [PYTHON, "bench/peers/websockets_app.py"]),
         Stack("flask-sock", "plain", gunicorn + peer_opts + ["bench.peers.flask_sock_app:app"]),
         Stack("Flask-SocketIO", "sio", gunicorn + peer_opts + ["bench.peers.socketio_app:app"]),
     ]
+
+
+class Redis:
+    """A throw-away redis-server for the wsapp+Redis stack, on core 1 with the loadgen."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Redis:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", self.dir, "--maxclients", "20000"]
+        self.proc = subprocess.Popen(taskset(CLIENT_CORE) + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Server:
@@ -168,9 +227,21 @@ class Workload:
     target: str = ""  # the issue's python-websockets figure, for reference
     kind: str = "loadgen"  # or "idle"
     timeout: float = 300
+    # the stacks that run it (None: every stack that is not `extra`); the args for a
+    # stack when they differ (python websockets has no HTTP API, its storm checks an echo)
+    stacks: tuple[str, ...] | None = None
+    args_for: dict[str, list[str]] = field(default_factory=dict)
+
+    def runs_on(self, stack: Stack) -> bool:
+        return stack.name in self.stacks if self.stacks is not None else not stack.extra
+
+    def argv(self, stack: Stack) -> list[str]:
+        return self.args_for.get(stack.name, self.args)
 
 
 def workloads(quick: bool) -> list[Workload]:
+    storm_n = 2000 if quick else 10000
+    storm = ["-workload", "storm", "-conns", str(storm_n), "-dialers", "500"]
     d = ["-duration", "2s", "-warmup", "0.5s"] if quick else ["-duration", "5s", "-warmup", "1s"]
     rounds = ["-rounds", "8" if quick else "20"]
     big = 2000 if quick else 10000
@@ -183,7 +254,7 @@ def workloads(quick: bool) -> list[Workload]:
             "msg/s",
             True,
             ["-workload", "echo", "-conns", "50", "-size", "64"] + d,
-            "≥ 24,000",
+            "ahead of websockets",
         ),
         Workload(
             "echo_pipelined",
@@ -192,14 +263,21 @@ def workloads(quick: bool) -> list[Workload]:
             True,
             ["-workload", "echo", "-conns", "50", "-depth", "8", "-size", "64"] + d,
         ),
-        Workload("latency", "echo, 1 conn, p50", "µs", False, ["-workload", "latency", "-size", "64"] + d, "≤ 89"),
+        Workload(
+            "latency",
+            "echo, 1 conn, p50",
+            "µs",
+            False,
+            ["-workload", "latency", "-size", "64"] + d,
+            "ahead of websockets",
+        ),
         Workload(
             "fanout1k",
             "fan-out to 1,000 (chat), all received p50",
             "ms",
             False,
             fan + ["-subs", "1000"] + rounds,
-            "≤ 19",
+            "ahead of websockets",
         ),
         Workload(
             "fanout_http",
@@ -207,6 +285,7 @@ def workloads(quick: bool) -> list[Workload]:
             "ms",
             False,
             fan + ["-subs", "1000", "-via", "http"] + rounds,
+            stacks=("wsapp", "flask-sock", "Flask-SocketIO"),
         ),
         Workload(
             "fanout_stuck",
@@ -214,7 +293,7 @@ def workloads(quick: bool) -> list[Workload]:
             "ms",
             False,
             fan + ["-subs", "1000", "-stuck", "1", "-round-timeout", "3s"] + rounds,
-            "no stall",
+            "ahead of websockets",
         ),
         Workload(
             "fanout_big",
@@ -222,7 +301,7 @@ def workloads(quick: bool) -> list[Workload]:
             "ms",
             False,
             fan + ["-subs", str(big), "-round-timeout", "20s"] + rounds,
-            "< 200",
+            "",
             timeout=600,
         ),
         Workload(
@@ -231,7 +310,27 @@ def workloads(quick: bool) -> list[Workload]:
             "1/s",
             True,
             ["-workload", "handshake", "-conns", "50"] + d,
-            "≥ 2,000",
+            "≥ 1.0× websockets",
+        ),
+        Workload(
+            "echo_big",
+            "echo of 65,000-byte messages, 10 conns",
+            "msg/s",
+            True,
+            ["-workload", "echo", "-conns", "10", "-size", "65000"] + d,
+            "≥ 1.0× websockets",
+            stacks=("wsapp", "websockets", "flask-sock"),
+        ),
+        Workload(
+            "storm",
+            f"reconnect storm: {storm_n:,} clients dropped at once, until all welcomed again",
+            "s",
+            False,
+            storm,
+            "websockets: until all echo once",
+            stacks=("wsapp", "wsapp+Redis", "websockets"),
+            args_for={"websockets": storm + ["-storm-route", "echo"]},
+            timeout=400,
         ),
         Workload(
             "idle",
@@ -239,7 +338,7 @@ def workloads(quick: bool) -> list[Workload]:
             "KiB",
             False,
             ["-conns", str(idle_n)],
-            "≤ 15",
+            "ahead of websockets",
             kind="idle",
         ),
     ]
@@ -341,9 +440,9 @@ def run_one(stack: Stack, wl: Workload, profile: bool) -> dict[str, Any]:
             return run_idle(stack, server, wl)
         spy = None
         if profile:
-            short = wl.key in ("echo", "echo_pipelined", "latency", "handshake")
+            short = wl.key in ("echo", "echo_pipelined", "echo_big", "latency", "handshake")
             spy = profile_start(server, wl.key, 8 if short else 25)
-        result = run_loadgen(loadgen_argv(stack, server, wl.args), wl.timeout)
+        result = run_loadgen(loadgen_argv(stack, server, wl.argv(stack)), wl.timeout)
         if spy is not None:
             try:
                 spy.wait(40)
@@ -358,6 +457,8 @@ def run_one(stack: Stack, wl: Workload, profile: bool) -> dict[str, Any]:
 
 
 def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    if not reps:
+        return {"not_run": True}
     ok = [r for r in reps if "value" in r and r.get("value") is not None and not r.get("error")]
     # a fan-out where some round never reached everyone is a stall, not a latency
     stalled = [r for r in reps if r.get("rounds_ok", r.get("rounds")) != r.get("rounds")]
@@ -379,6 +480,8 @@ def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def fmt_value(s: dict[str, Any], unit: str) -> str:
+    if s.get("not_run"):
+        return ""
     if "stalled" in s:
         return f"**stalled** ({s['stalled']} delivered to all)"
     if "value" not in s:
@@ -389,6 +492,8 @@ def fmt_value(s: dict[str, Any], unit: str) -> str:
 
 
 def fmt_ratio(a: dict[str, Any], b: dict[str, Any], higher: bool) -> str:
+    if a.get("not_run") or b.get("not_run"):
+        return ""
     if "value" not in a:
         return "–"
     if "value" not in b:
@@ -407,7 +512,7 @@ def fmt_cpu(s: dict[str, Any]) -> str:
 
 
 def table(wls: list[Workload], names: list[str], summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    peers = [n for n in names if n != "wsapp"]
+    peers = [n for n in names if not n.startswith("wsapp")]
     head = ["workload", "unit", *names]
     head += [f"wsapp vs {p}" for p in peers]
     head += ["issue target"]
@@ -417,7 +522,8 @@ def table(wls: list[Workload], names: list[str], summary: dict[str, dict[str, di
         cells = [wl.label, wl.unit]
         cells += [fmt_value(summary[n][wl.key], wl.unit) for n in names]
         if "wsapp" in names:
-            cells += [fmt_ratio(summary["wsapp"][wl.key], summary[p][wl.key], wl.higher_is_better) for p in peers]
+            ours = summary["wsapp"][wl.key]
+            cells += [fmt_ratio(ours, summary[p][wl.key], wl.higher_is_better) for p in peers]
         cells += [wl.target]
         cells += [fmt_cpu(summary[n][wl.key]) for n in names]
         rows.append("| " + " | ".join(cells) + " |")
@@ -576,17 +682,17 @@ def raise_nofile() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 run each, short windows, smaller fan-out")
-    ap.add_argument("--reps", type=int, help="runs per workload and stack (default 3, quick 1)")
+    ap.add_argument("--reps", type=int, help="runs per workload and stack (default 2, quick 1)")
     ap.add_argument(
         "--only",
         help="comma list of workload keys (echo,echo_pipelined,latency,fanout1k,fanout_http,"
-        "fanout_stuck,fanout_big,handshake,idle)",
+        "fanout_stuck,fanout_big,handshake,echo_big,storm,idle)",
     )
-    ap.add_argument("--stacks", help="comma list of stacks (wsapp,flask-sock,Flask-SocketIO)")
-    ap.add_argument("--profile", action="store_true", help="py-spy wsapp under echo and fan-out (first run)")
+    ap.add_argument("--stacks", help="comma list of stacks (wsapp,wsapp+Redis,websockets,flask-sock,Flask-SocketIO)")
+    ap.add_argument("--profile", action="store_true", help="py-spy wsapp under echo, fan-out, handshakes (first run)")
     ap.add_argument("--no-cross-node", action="store_true", help="skip bench/cross_node_fanout.py")
     args = ap.parse_args()
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 2)
 
     build_loadgen()
     raise_nofile()
@@ -594,19 +700,23 @@ def main() -> int:
     if args.only:
         keep = set(args.only.split(","))
         wls = [w for w in wls if w.key in keep]
-    sts = stacks()
+    redis = Redis()
+    sts = stacks(redis.url)
     if args.stacks:
         keep = set(args.stacks.split(","))
         sts = [s for s in sts if s.name in keep]
     names = [s.name for s in sts]
-    profiled = {"echo_pipelined", "fanout1k", "fanout_big"}
+    profiled = {"echo_pipelined", "echo_big", "fanout1k", "fanout_big", "handshake", "storm"}
+    if any(w.runs_on(s) for w in wls for s in sts if s.name == "wsapp+Redis"):
+        redis.start()
+        atexit.register(redis.stop)
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {n: {w.key: [] for w in wls} for n in names}
     started = time.time()
     # interleave the stacks rep by rep, so a burst of noise hits all of them alike
     for wl in wls:
         for rep in range(reps):
-            for st in sts:
+            for st in (st for st in sts if wl.runs_on(st)):
                 t0 = time.monotonic()
                 profile = args.profile and st.name == "wsapp" and rep == 0 and wl.key in profiled
                 try:
@@ -622,6 +732,7 @@ def main() -> int:
                     flush=True,
                 )
 
+    redis.stop()
     summary = {n: {w.key: summarize(raw[n][w.key]) for w in wls} for n in names}
     cpu = os.cpu_count()
     rev = (
@@ -633,7 +744,8 @@ def main() -> int:
     header = (
         f"wsapp benchmark ({rev}), {time.strftime('%Y-%m-%d %H:%M')}, {'quick' if args.quick else 'full'} run, "
         f"median of {reps} run(s) per cell; {cpu} cores, server pinned to core {SERVER_CORE}, "
-        f"load generator to core {CLIENT_CORE}; one gunicorn gevent worker per stack. "
+        f"load generator to core {CLIENT_CORE}; one process per stack (a gunicorn gevent worker; "
+        f"python websockets: its asyncio server). "
         f"Ratios: > 1× means wsapp is better (higher throughput, or lower latency/memory)."
     )
     report = [header, "", table(wls, names, summary), ""]

@@ -10,7 +10,7 @@
 //	plain   bench/peers/flask_sock_app.py: same JSON, no token
 //	sio     bench/peers/socketio_app.py: Engine.IO 4 / Socket.IO 5 over a bare WebSocket
 //
-// Workloads (-workload): echo, latency, handshake, idle, fanout. Every loop is bounded
+// Workloads (-workload): echo, latency, handshake, idle, fanout, storm. Every loop is bounded
 // by -duration or -rounds and a timeout; everything talks to the -url given (loopback).
 //
 // Built from Debian's golang-go and golang-github-gorilla-websocket-dev only:
@@ -45,7 +45,7 @@ import (
 )
 
 var (
-	workload   = flag.String("workload", "echo", "echo | latency | handshake | idle | fanout")
+	workload   = flag.String("workload", "echo", "echo | latency | handshake | idle | fanout | storm")
 	baseURL    = flag.String("url", "ws://127.0.0.1:8000", "ws:// base of the server")
 	proto      = flag.String("proto", "wsapp", "wsapp | plain | sio")
 	secret     = flag.String("secret", "", "HS256 secret for wsapp tokens")
@@ -64,6 +64,9 @@ var (
 	serverPID  = flag.Int("server-pid", 0, "measure this process's CPU over the same window")
 	depth      = flag.Int("depth", 1, "echo: messages in flight per connection (1: send, wait for the echo, repeat)")
 	holdMax    = flag.Duration("hold", 120*time.Second, "idle: hold the connections at most this long")
+	stormRoute = flag.String("storm-route", "chat", "storm: chat (ready at its welcome) | echo (ready after one echo)")
+	dialers    = flag.Int("dialers", 500, "storm: concurrent dialers (each client reconnects as soon as it can)")
+	stormMax   = flag.Duration("storm-timeout", 120*time.Second, "storm: give up on the reconnect after this")
 )
 
 // ---- tokens ------------------------------------------------------------------------
@@ -325,8 +328,16 @@ func dialMany(n, workers int, route, prefix string, d *websocket.Dialer) ([]*Con
 
 // ---- workloads -----------------------------------------------------------------------
 
+var echoErr atomic.Value
+
 func runEcho() {
-	cs, _, err := dialMany(*conns, 16, "echo", "e", dialer)
+	d := dialer
+	if *size > 4000 {
+		// one frame per message, as browsers and python websockets send it (gorilla
+		// would cut it into frames of its write buffer's size)
+		d = &websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: *size + 64, WriteBufferSize: *size + 64}
+	}
+	cs, _, err := dialMany(*conns, 16, "echo", "e", d)
 	if err != nil {
 		fail("dial: %v", err)
 	}
@@ -354,6 +365,7 @@ func runEcho() {
 				m, err := c.Recv()
 				if err != nil || len(m) != len(frame) {
 					atomic.AddInt64(&errs, 1)
+					echoErr.Store(fmt.Sprintf("echo of %d bytes: got %d: %v", len(frame), len(m), err))
 					return
 				}
 				if atomic.LoadInt32(&measuring) == 1 {
@@ -379,6 +391,9 @@ func runEcho() {
 	}
 	r := Result{"workload": "echo", "value": float64(n) / duration.Seconds(), "unit": "msg/s",
 		"conns": *conns, "depth": *depth, "gen_cpu": gen, "srv_cpu": srv, "errors": errs}
+	if e := echoErr.Load(); e != nil {
+		r["last_error"] = e
+	}
 	if errs > 0 && n == 0 {
 		r["error"] = "every connection failed"
 	}
@@ -716,8 +731,126 @@ func runFanout() {
 	}
 }
 
+// storm: -conns clients connected (chat: welcomed; echo: one echo answered), all
+// dropped at once (TCP reset, no close handshake: a network blip or a proxy restart),
+// then every one reconnects at once with -dialers dialing concurrently, a refused or
+// failed attempt retried at once. The figure: seconds from the drop until every client
+// is ready again (chat: its welcome; echo: its first echo back).
+func runStorm() {
+	n := *conns
+	ready := func(i int) error {
+		c, err := dial(*stormRoute, fmt.Sprintf("r%d", i), dialer)
+		if err != nil {
+			return err
+		}
+		if *stormRoute == "echo" {
+			frame := echoFrame("ping")
+			c.ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if err := c.Send(frame); err != nil {
+				c.Abort()
+				return err
+			}
+			if m, err := c.Recv(); err != nil || len(m) != len(frame) {
+				c.Abort()
+				return fmt.Errorf("echo: %q %v", m, err)
+			}
+			c.ws.SetReadDeadline(time.Time{})
+		}
+		stormConns[i] = c
+		return nil
+	}
+	stormConns = make([]*Conn, n)
+	// every client reconnects until it is ready or the storm's deadline passes
+	connectAll := func(deadline time.Time) (retries int64, lastErr string) {
+		var next int64 = -1
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for w := 0; w < *dialers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(atomic.AddInt64(&next, 1))
+					if i >= n {
+						return
+					}
+					for {
+						err := ready(i)
+						if err == nil {
+							break
+						}
+						atomic.AddInt64(&retries, 1)
+						mu.Lock()
+						lastErr = err.Error()
+						mu.Unlock()
+						if time.Now().After(deadline) {
+							return
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return retries, lastErr
+	}
+	start := time.Now()
+	if retries, lastErr := connectAll(start.Add(*stormMax)); retries > 0 && countReady() < n {
+		fail("first connect: %d of %d ready (%d failures, last: %s)", countReady(), n, retries, lastErr)
+	}
+	connectSecs := time.Since(start).Seconds()
+	time.Sleep(time.Second) // the server settles (welcome sent, nothing queued)
+	mark := markCPU()
+	t0 := time.Now()
+	for i, c := range stormConns { // dropped at once
+		c.Abort()
+		stormConns[i] = nil
+	}
+	retries, lastErr := connectAll(t0.Add(*stormMax))
+	secs := time.Since(t0).Seconds()
+	gen, srv := cpuSince(mark)
+	got := countReady()
+	for _, c := range stormConns {
+		if c != nil {
+			c.Abort()
+		}
+	}
+	r := Result{"workload": "storm", "route": *stormRoute, "conns": n, "ready": got, "unit": "s",
+		"retries": retries, "first_connect_s": connectSecs, "gen_cpu": gen, "srv_cpu": srv}
+	if got == n {
+		r["value"] = secs
+	} else {
+		r["error"] = fmt.Sprintf("%d of %d reconnected within %v", got, n, *stormMax)
+	}
+	if lastErr != "" {
+		r["last_error"] = lastErr
+	}
+	emit(r)
+}
+
+var stormConns []*Conn
+
+func countReady() int {
+	k := 0
+	for _, c := range stormConns {
+		if c != nil {
+			k++
+		}
+	}
+	return k
+}
+
+// raiseNofile lifts the descriptor limit to its hard maximum (the storm holds 10,000+).
+func raiseNofile() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
 func main() {
 	flag.Parse()
+	raiseNofile()
 	if *proto == "wsapp" && len(*secret) < 32 {
 		fail("-secret: wsapp needs its 32+ byte HS256 secret")
 	}
@@ -732,6 +865,8 @@ func main() {
 		runIdle()
 	case "fanout":
 		runFanout()
+	case "storm":
+		runStorm()
 	default:
 		fail("unknown -workload %q", *workload)
 	}
