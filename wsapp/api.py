@@ -84,7 +84,9 @@ def add_routes(bp: Blueprint, service: Service) -> None:
         body = _json_body(service)
         to = _string_field(body, "to", required=True)
         assert to is not None
-        delivered = hub.send(sender.client_id, to, body["data"])
+        delivered, stored = hub.send_direct(sender.client_id, to, body["data"])
+        if stored:  # kept for the client's resume: accepted, not delivered yet
+            return jsonify(delivered=0, stored=True), 202
         if delivered == 0:
             raise ApiError("not_connected", f"client {to!r} is not connected", delivered=0)
         return jsonify(delivered=delivered)

@@ -46,6 +46,9 @@ def close_local(registry: Registry, client_id: str, payload: bytes) -> int:
 
 class Backplane(ABC):
     history_on = False  # True: messages get positions (`publish_kept`), resumes replay
+    # True: a kept message can still be on its way to this node after its history was read
+    # (Redis: publish and delivery are apart), so a resumed stream drops offsets it replayed
+    in_flight = False
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry

@@ -25,7 +25,7 @@ import secrets
 from types import TracebackType
 from typing import Any
 
-from . import protocol
+from . import history, protocol
 from .backplane import close_payload
 from .redis_bus import Bus, connect
 from .registry import Target
@@ -34,24 +34,46 @@ from .registry import Target
 class Emitter:
     """A publisher for one Redis URL (the `WSAPP_REDIS_URL` of the service). Thread-safe."""
 
-    def __init__(self, redis_url: str, *, sender: str = "server", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        sender: str = "server",
+        timeout_s: float = 5.0,
+        history_size: int = 100,
+        history_ttl_s: float = 300.0,
+        store_offline: bool = False,
+    ) -> None:
         # not a node: it holds no connections and is never in the live set, so every
         # node's connections count towards `delivered`
         self._bus = Bus(connect(redis_url, timeout_s, name="wsapp-emitter"), f"emitter-{secrets.token_hex(4)}")
         self.sender = sender
+        # the service's WSAPP_HISTORY_SIZE / _TTL / WSAPP_STORE_OFFLINE: give the same values
+        self.history_size, self.history_ttl_s, self.store_offline = history_size, history_ttl_s, store_offline
+        self.last_stored = False  # whether the last `send` kept its message for a client that is away
+
+    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> int:
+        if self.history_size <= 0 or self.history_ttl_s <= 0:
+            return self._bus.publish(target, protocol.text_frame(obj))
+        n, kept = self._bus.publish_kept(
+            target, stream, history.body_prefix(obj), 0, create, self.history_size, self.history_ttl_s
+        )
+        self.last_stored = kept and n == 0
+        return n
 
     def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None) -> int:
         """Send `data` to every addressable connection, or to the members of `room`. Returns connections reached."""
         sender = sender or self.sender
         if room is None:
-            return self._bus.publish(Target("all"), protocol.text_frame(protocol.broadcast(sender, data)))
-        frame = protocol.text_frame(protocol.room_message(room, sender, data))
-        return self._bus.publish(Target("room", room), frame)
+            return self._publish(Target("all"), history.stream_broadcast(), protocol.broadcast(sender, data), True)
+        obj = protocol.room_message(room, sender, data)
+        return self._publish(Target("room", room), history.stream_room(room), obj, True)
 
     def send(self, to: str, data: Any, *, sender: str | None = None) -> int:
-        """Send `data` to every connection of client id `to`. Returns connections reached; 0: not connected."""
-        frame = protocol.text_frame(protocol.direct(sender or self.sender, to, data))
-        return self._bus.publish(Target("client", to), frame)
+        """Send `data` to every connection of client id `to`. Returns connections reached; 0: not
+        connected (with history on, `last_stored` then says whether it was kept for `to`'s resume)."""
+        obj = protocol.direct(sender or self.sender, to, data)
+        return self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
 
     def disconnect(self, client_id: str, code: int = 1008, reason: str = "") -> int:
         """Close every connection of `client_id` on every node (`WSApp.disconnect` from outside).

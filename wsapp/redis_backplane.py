@@ -43,7 +43,9 @@ import gevent
 
 from . import protocol
 from .backplane import Backplane, close_local, close_payload
-from .redis_bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, connect, decode_envelope
+from .frames import OP_TEXT, encode_frame
+from .history import EMPTY, Position, Replay, body_prefix
+from .redis_bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, connect, decode_envelope, decode_kept
 from .registry import Peer, Registry, Target, deliver
 from .settings import Settings
 
@@ -108,6 +110,8 @@ class RedisBackplane(Backplane):
         self.presence_ttl_s = settings.redis_presence_ttl_s
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.bus = Bus(connect(settings.redis_url, name=f"wsapp-{self.node_id}"), self.node_id)
+        self.history_on = self.in_flight = settings.history_on
+        self.history_size, self.history_ttl_s = settings.history_size, settings.history_ttl_s
         # Held across Redis round trips on purpose: this node's presence writes must reach
         # Redis in the order they were computed, and the mirror must match what was written.
         self._lock = threading.Lock()
@@ -155,6 +159,38 @@ class RedisBackplane(Backplane):
         except REDIS_ERRORS as exc:
             self._lost(exc)
             return local
+
+    # ---- history: one script per message keeps it and publishes it to every node ------
+
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+        """This node's peers get the message from the bus too, so every node delivers a
+        stream's messages in offset order (the one channel is ordered). While Redis is
+        away the message goes to this node's peers only, without a position, unkept."""
+        here = len(self.registry.targets(target))
+        if self._healthy:
+            try:
+                size, ttl = self.history_size, self.history_ttl_s
+                n, kept = self.bus.publish_kept(target, stream, body_prefix(obj), here, create, size, ttl)
+                return (here + n, True) if kept else (0, False)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return deliver(self.registry.targets(target), protocol.text_frame(obj)), False
+
+    def positions(self, streams: list[str], touch: str = "") -> list[Position]:
+        if self._healthy:
+            try:
+                return self.bus.positions(streams, touch, self.history_ttl_s)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return [EMPTY for _ in streams]
+
+    def replay(self, stream: str, pos: Position) -> Replay:
+        if self._healthy:
+            try:
+                return self.bus.since(stream, pos, self.history_ttl_s)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return Replay(False, [], EMPTY)
 
     def disconnect(self, client_id: str, code: int, reason: str) -> int:
         payload = close_payload(code, reason)
@@ -332,6 +368,11 @@ class RedisBackplane(Backplane):
 
     def _on_message(self, payload: bytes) -> None:
         try:
+            kept = decode_kept(payload)
+            if kept is not None:  # every node's, this one's too: delivered here in offset order
+                target, stream, offset, body = kept
+                deliver(self.registry.targets(target), encode_frame(OP_TEXT, body), stream, offset)
+                return
             origin, target, frame = decode_envelope(payload)
         except (ValueError, TypeError) as exc:
             log.warning("redis backplane: dropped a malformed message: %s", exc)

@@ -50,14 +50,17 @@ class Peer:
 class Gate:
     """Live messages of one stream held for a connection while a resume replays it:
     at most `limit` (offset, frame) pairs, then `overflowed` (the rest are in the history,
-    and the resume reads it again)."""
+    and the resume reads it again). Once the replay is sent the gate opens at `floor`, the
+    last offset sent: a message still on its way from Redis with an offset at or below it
+    is a duplicate and dropped, and the first one above it removes the gate."""
 
-    __slots__ = ("held", "limit", "overflowed")
+    __slots__ = ("floor", "held", "limit", "overflowed")
 
     def __init__(self, limit: int) -> None:
         self.held: list[tuple[int, bytes]] = []
         self.limit = limit
         self.overflowed = False
+        self.floor = -1  # -1: closed (holding)
 
     def hold(self, offset: int, frame: bytes) -> None:
         if len(self.held) < self.limit:
@@ -274,8 +277,17 @@ def deliver(peers: Iterable[Peer], frame: bytes, stream: str = "", offset: int =
     for p in peers:
         gates = p.gates
         if gates is not None and stream in gates:
-            gates[stream].hold(offset, frame)
-            n += 1
-        elif p.ws.send_frame(frame):
+            gate = gates[stream]
+            if gate.floor < 0:
+                gate.hold(offset, frame)
+                n += 1
+                continue
+            if offset <= gate.floor:  # the replay sent it
+                n += 1
+                continue
+            del gates[stream]
+            if not gates:
+                p.gates = None
+        if p.ws.send_frame(frame):
             n += 1
     return n

@@ -52,17 +52,23 @@ def parse_position(value: Any, what: str, msg_id: Any) -> Position:
 def open_gates(peer: Peer) -> None:
     """Release every held stream as it is (a client that asked for `?resume=1` and then
     sent another frame first): the held frames go out in order."""
-    gates, peer.gates = peer.gates, None
-    for gate in (gates or {}).values():
-        for _offset, frame in gate.held:
-            peer.ws.send_frame(frame)
+    gates = peer.gates or {}
+    for stream, gate in list(gates.items()):
+        if gate.floor < 0:  # held (open ones only drop what a replay sent)
+            for _offset, frame in gate.held:
+                peer.ws.send_frame(frame)
+            del gates[stream]
+    if not gates:
+        peer.gates = None
 
 
 def catch_up(peer: Peer, backplane: Backplane, stream: str, pos: Position, limit: int) -> dict[str, Any]:
     """Replay `stream` after `pos` to `peer` and go live (see the module's docstring)."""
     gates = peer.gates if peer.gates is not None else {}
     peer.gates = gates
-    gate = gates.setdefault(stream, Gate(limit))
+    gate = gates.get(stream)
+    if gate is None or gate.floor >= 0:  # not held yet, or an open gate of an earlier resume
+        gate = gates[stream] = Gate(limit)
     ws = peer.ws
     sent = 0
     try:
@@ -87,10 +93,13 @@ def catch_up(peer: Peer, backplane: Backplane, stream: str, pos: Position, limit
             if offset > last:
                 ws.send_frame(frame)
                 last = offset
-    finally:
-        gates.pop(stream, None)
-        if not gates and peer.gates is gates:
-            peer.gates = None
+    finally:  # open at the last offset sent (messages still on their way are dropped)
+        gate.held = []
+        gate.floor = max(last, 0) if backplane.in_flight else 0
+        if not backplane.in_flight:
+            gates.pop(stream, None)
+            if not gates and peer.gates is gates:
+                peer.gates = None
     return {"recovered": recovered, "replayed": sent, "offset": last, "epoch": epoch}
 
 
