@@ -33,7 +33,8 @@ def test_direct_reaches_only_its_target(server: Server) -> None:
     a, b, c = chat_client(server, "d-a"), chat_client(server, "d-b"), chat_client(server, "d-c")
     send(a, type="direct", to="d-b", data="psst", id=1)
     msg = recv_json(b)
-    assert msg == {"type": "direct", "from": "d-a", "to": "d-b", "data": "psst", "ts": msg["ts"]}
+    assert msg == {"type": "direct", "from": "d-a", "to": "d-b", "data": "psst", "ts": msg["ts"],
+                   "offset": 1, "epoch": msg["epoch"]}  # fmt: skip
     assert recv_json(a) == {"type": "ack", "id": 1, "delivered": 1}
     send(c, type="broadcast", data="marker")
     assert recv_json(b)["data"] == "marker"  # b got nothing else in between
@@ -73,10 +74,10 @@ def test_ack_only_for_frames_with_an_id(server: Server) -> None:
 def test_rooms_joined_members_presence_and_room_messages(server: Server) -> None:
     a, b, out = chat_client(server, "r-a"), chat_client(server, "r-b"), chat_client(server, "r-out")
     send(a, type="join", room="lobby", id="j1")
-    assert recv_json(a) == {"type": "joined", "room": "lobby", "members": ["r-a"]}
+    assert recv_json(a) == {"type": "joined", "room": "lobby", "members": ["r-a"], "offset": 0, "epoch": ""}
     assert recv_json(a) == {"type": "ack", "id": "j1", "delivered": 0}
     send(b, type="join", room="lobby")
-    assert recv_json(b) == {"type": "joined", "room": "lobby", "members": ["r-a", "r-b"]}
+    assert recv_json(b) == {"type": "joined", "room": "lobby", "members": ["r-a", "r-b"], "offset": 0, "epoch": ""}
     assert recv_json(a) == {"type": "presence", "room": "lobby", "event": "join", "client_id": "r-b"}
     send(b, type="room", room="lobby", data="hello room", id="rm")
     for ws in (a, b):
@@ -203,7 +204,7 @@ def test_a_repeated_join_does_not_resend_the_member_list(server: Server) -> None
     send(b, type="join", room="rejoin")
     recv_json(b)
     send(a, type="join", room="rejoin", id=1)
-    assert recv_json(a) == {"type": "joined", "room": "rejoin", "members": ["rj-a", "rj-b"]}
+    assert recv_json(a) == {"type": "joined", "room": "rejoin", "members": ["rj-a", "rj-b"], "offset": 0, "epoch": ""}
     assert recv_json(a) == {"type": "ack", "id": 1, "delivered": 0}
     assert recv_json(b)["event"] == "join"
     for i in range(3):
@@ -231,10 +232,10 @@ def test_rooms_per_connection_are_capped(start_server) -> None:  # type: ignore[
     assert recv_json(a) == {"type": "joined", "room": "r1"}
     assert recv_json(a)["id"] == "held"
     send(b, type="join", room="r3", id="other")  # the cap is per connection
-    assert recv_json(b) == {"type": "joined", "room": "r3", "members": ["cap"]}
+    assert recv_json(b) == {"type": "joined", "room": "r3", "members": ["cap"], "offset": 0, "epoch": ""}
     send(a, type="leave", room="r0")
     send(a, type="join", room="r3", id="after-leave")
-    assert recv_json(a) == {"type": "joined", "room": "r3", "members": ["cap"]}
+    assert recv_json(a) == {"type": "joined", "room": "r3", "members": ["cap"], "offset": 0, "epoch": ""}
     send(a, type="room", room="r0", data="x", id="gone")
     assert recv_until(a, lambda m: m.get("id") == "gone")["code"] == "not_in_room"
     a.close(), b.close()

@@ -123,7 +123,7 @@ def test_the_frame_type_and_the_room_rule(start_orders: Callable[..., Server]) -
     srv = start_orders()
     staff, other, boss = chat(srv, "sam", **ROOMS), chat(srv, "oli"), chat(srv, "boss", admin=True)
     send(staff, type="join", room="shop:paris", id="j")
-    assert recv_json(staff) == {"type": "joined", "room": "shop:paris", "members": ["sam"]}
+    assert recv_json(staff) == {"type": "joined", "room": "shop:paris", "members": ["sam"], "offset": 0, "epoch": ""}
     assert recv_json(staff)["type"] == "ack"
     send(other, type="join", room="shop:paris", id="j")
     assert recv_json(other) == {

@@ -98,8 +98,8 @@ def register_built_ins(ext: WSApp) -> None:
         result = conn.join_result(cmd.room)
         # a repeated join changes nothing: no member list again (the client has it, and presence)
         members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
-        position = None
-        if hub.backplane.history_on:
+        position = None  # where the room's stream stands, for a connection new in it
+        if members is not None and hub.backplane.history_on:
             position = hub.backplane.positions([history.stream_room(cmd.room)])[0].wire()
         conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members, position)))
         return 0
