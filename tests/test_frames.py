@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 
 import pytest
 
@@ -468,13 +469,24 @@ def test_encode_close_cuts_the_reason_on_a_character_boundary() -> None:
     assert close[1] == 125 and close[4:] == b"a" * 123
 
 
-def test_unmask_round_trips_any_length() -> None:
+# the C helper (python websockets) and the pure-Python fallback used without it
+@pytest.mark.parametrize("unmask", [frames.unmask, frames._unmask_py], ids=["unmask", "fallback"])
+def test_unmask_round_trips_any_length_from_any_buffer(unmask: Callable[[bytes, bytes], bytes]) -> None:
     key = b"\x01\x02\x03\x04"
-    for n in (0, 1, 3, 4, 5, 1000):
+    for n in (0, 1, 3, 4, 5, 7, 1000):
         data = os.urandom(n)
-        masked = frames.unmask(data, key)
-        assert len(masked) == n and frames.unmask(masked, key) == data
+        masked = unmask(data, key)
+        assert isinstance(masked, bytes) and len(masked) == n and unmask(masked, key) == data
         assert masked == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+        assert unmask(bytearray(data), key) == masked and unmask(memoryview(b"xx" + data)[2:], key) == masked
+
+
+def test_the_reader_works_the_same_with_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames, "_apply_mask", frames._unmask_py)
+    payload = "a€b".encode() * 50
+    raw = client_frame(1, payload, fin=False) + client_frame(9, b"p") + client_frame(0, b"\x00" * 3)
+    reader = FrameReader(LIMIT)
+    assert reader.feed(raw[:9]) + reader.feed(raw[9:]) == [FRAGMENT, Ping(b"p"), Message(payload.decode() + "\0" * 3)]
 
 
 @pytest.mark.parametrize(("count", "batch"), [(600, 256), (256, 256), (257, 256), (5, 1)])

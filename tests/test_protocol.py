@@ -298,6 +298,27 @@ def test_joined_without_members_on_a_repeated_join() -> None:
     assert protocol.joined("r", ["a", "b"]) == {"type": "joined", "room": "r", "members": ["a", "b"]}
     assert protocol.joined("r", []) == {"type": "joined", "room": "r", "members": []}
     assert protocol.joined("r", None) == {"type": "joined", "room": "r"}
+    # history on: the room stream's position, with or without the member list
+    pos = {"offset": 7, "epoch": "e1"}
+    assert protocol.joined("r", ["a"], pos) == {"type": "joined", "room": "r", "members": ["a"], **pos}
+    assert protocol.joined("r", None, pos) == {"type": "joined", "room": "r", "offset": 7, "epoch": "e1"}
+
+
+def test_frames_with_history_positions_and_stored_acks() -> None:
+    streams = {"broadcast": {"offset": 3, "epoch": "e"}}
+    assert protocol.welcome("a", "c", streams) == {
+        "type": "welcome",
+        "client_id": "a",
+        "conn_id": "c",
+        "streams": streams,
+    }
+    assert protocol.ack("i", 0, stored=True) == {"type": "ack", "id": "i", "delivered": 0, "stored": True}
+    assert protocol.ack(5, 2, stored=False) == {"type": "ack", "id": 5, "delivered": 2}
+
+
+def test_timestamps_go_out_with_six_decimals_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol.time, "time", lambda: 1764525123.1234567)
+    assert protocol.encode(protocol.broadcast("a", 1)).endswith('"ts":1764525123.123457}')
 
 
 def test_server_frames() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from wsapp.errors import HandshakeRejected
-from wsapp.registry import Departure, Join, Peer, Registry, Slot, Target, deliver
+from wsapp.registry import Departure, Gate, Join, Peer, Registry, Slot, Target, deliver
 
 
 @dataclass
@@ -299,6 +299,58 @@ def test_deliver_counts_the_peers_that_took_the_frame() -> None:
     assert deliver([took, full, took], b"frame") == 2
     assert took.ws.sent == [b"frame", b"frame"]  # type: ignore[attr-defined]
     assert deliver([], b"frame") == 0
+
+
+# ---- gates: a stream held while a resume replays it -------------------------------------
+
+
+def test_a_held_stream_parks_its_messages_in_order_and_counts_them_delivered() -> None:
+    p, other = peer("a"), peer("b")
+    p.gates = {"s": Gate(10), "t": Gate(10)}
+    assert deliver([p, other], b"one", "s", 1) == 2
+    assert deliver([p, other], b"two", "s", 2) == 2
+    assert p.ws.sent == [] and other.ws.sent == [b"one", b"two"]  # type: ignore[attr-defined]
+    assert p.gates["s"].held == [(1, b"one"), (2, b"two")] and p.gates["t"].held == []
+    # a message of another stream, or of none, goes out at once
+    assert deliver([p], b"live", "u", 7) == 1 and deliver([p], b"plain") == 1
+    assert p.ws.sent == [b"live", b"plain"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+def test_a_gate_holds_exactly_its_limit_then_says_it_overflowed(limit: int) -> None:
+    p = peer("a")
+    gate = Gate(limit)
+    p.gates = {"s": gate}
+    for offset in range(1, limit + 1):
+        deliver([p], b"m%d" % offset, "s", offset)
+    assert len(gate.held) == limit and not gate.overflowed
+    assert deliver([p], b"more", "s", limit + 1) == 1  # counted: the resume reads it from the history
+    assert gate.held == [(o, b"m%d" % o) for o in range(1, limit + 1)] and gate.overflowed
+    assert p.ws.sent == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("floor", [0, 5])
+def test_an_open_gate_drops_what_the_replay_sent_and_goes_at_the_first_newer_message(floor: int) -> None:
+    p = peer("a")
+    gate, other = Gate(10), Gate(10)
+    gate.floor = floor
+    p.gates = {"s": gate, "t": other}
+    assert deliver([p], b"dup", "s", floor) == 1  # the replay sent it: dropped, counted
+    assert p.ws.sent == [] and "s" in p.gates  # type: ignore[attr-defined]
+    assert deliver([p], b"new", "s", floor + 1) == 1
+    assert p.ws.sent == [b"new"] and p.gates == {"t": other}  # type: ignore[attr-defined]
+    assert deliver([p], b"next", "s", floor + 2) == 1 and p.ws.sent == [b"new", b"next"]  # type: ignore[attr-defined]
+    other.floor = 0
+    assert deliver([p], b"t1", "t", 1) == 1 and p.gates is None  # the last gate gone: back to the usual case
+
+
+def test_delivery_through_gates_goes_on_to_every_peer_and_counts_what_was_taken() -> None:
+    held, full, ok = peer("a"), peer("b", accept=False), peer("c")
+    held.gates = {"s": Gate(10)}
+    full.gates = {"s": Gate(10)}
+    full.gates["s"].floor = 3
+    assert deliver([held, full, ok], b"m", "s", 4) == 2  # the full peer's gate opens, its queue refuses
+    assert full.gates is None and ok.ws.sent == [b"m"]  # type: ignore[attr-defined]
 
 
 def test_slot_release_says_whether_it_released() -> None:
