@@ -221,7 +221,7 @@ def test_chat_helpers_reach_other_clients(server: Server, spawn: Any) -> None:
     assert (welcome["type"], welcome["client_id"]) == ("welcome", me)
 
     client.type("/join lobby")
-    assert client.json() == {"type": "joined", "room": "lobby", "members": [me]}
+    assert client.json() == {"type": "joined", "room": "lobby", "members": [me], "offset": 0, "epoch": ""}
     peer.send(json.dumps({"type": "join", "room": "lobby"}))
     joined = recv_json(peer)
     assert (joined["type"], joined["room"], sorted(joined["members"])) == ("joined", "lobby", sorted([me, other]))

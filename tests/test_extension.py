@@ -230,7 +230,13 @@ def test_authorize_join_refuses_with_forbidden_and_the_connection_stays_open() -
 
         client = inproc.connect(token=make_token("carol", rooms=["team"]))
         assert client.json()["type"] == "welcome"
-        assert joined(client, "team", "j-team") == {"type": "joined", "room": "team", "members": ["carol"], "offset": 0, "epoch": ""}
+        assert joined(client, "team", "j-team") == {
+            "type": "joined",
+            "room": "team",
+            "members": ["carol"],
+            "offset": 0,
+            "epoch": "",
+        }
         assert client.json() == {"type": "ack", "id": "j-team", "delivered": 0}
         assert joined(client, "board", "j-board") == {
             "type": "error",
