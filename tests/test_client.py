@@ -488,3 +488,41 @@ def test_unanswered_close_gives_up_after_one_second(fake: FakeServer, spawn: Any
     assert client.rest("err") == ["* no close frame from the server within 1 s"]
     assert client.wait() == 0
     assert 0.8 < time.monotonic() - started < 3
+
+
+def test_state_file_resumes_rooms_and_missed_messages(server: Server, spawn: Any, tmp_path: Any) -> None:
+    """--state FILE: the client keeps its rooms and positions; run again after being away, it
+    resumes with ?resume=1 and gets what it missed, in order, before anything new."""
+    me, other = unique("erin"), unique("frank")
+    state = str(tmp_path / "state.json")
+    peer = chat_client(server, other)
+    peer.send(json.dumps({"type": "join", "room": "den", "id": "j"}))
+    recv_until(peer, lambda m: m.get("id") == "j")
+    first = spawn(f"{server.ws_url}/ws/chat", "--token", make_token(me), "--state", state).connected()
+    assert first.json()["type"] == "welcome"
+    first.type("/join den")
+    assert first.json()["type"] == "joined"
+    peer.send(json.dumps({"type": "room", "room": "den", "data": "before", "id": "b"}))
+    assert first.json()["data"] == "before"
+    recv_until(peer, lambda m: m.get("id") == "b")
+    first.eof()
+    assert first.wait() == 0
+    assert json.loads(open(state).read())["rooms"] == ["den"]  # noqa: SIM115 - read whole
+    # while it is away: a room message and a direct message (kept for it: seen a moment ago)
+    peer.send(json.dumps({"type": "room", "room": "den", "data": "missed", "id": "m"}))
+    recv_until(peer, lambda m: m.get("id") == "m")
+    peer.send(json.dumps({"type": "direct", "to": me, "data": "psst", "id": "d"}))
+    assert recv_until(peer, lambda m: m.get("id") == "d") == {"type": "ack", "id": "d", "delivered": 0, "stored": True}
+
+    again = spawn(f"{server.ws_url}/ws/chat", "--token", make_token(me), "--state", state).connected()
+    assert again.line("err") == f"* resuming from {state}"
+    assert again.json()["type"] == "welcome"
+    got = [again.json() for _ in range(3)]
+    assert [(m["type"], m.get("data")) for m in got] == [("direct", "psst"), ("room", "missed"), ("resumed", None)]
+    assert got[2]["rooms"]["den"]["recovered"] is True
+    assert again.line("err") == "* recovered 2 messages"
+    peer.send(json.dumps({"type": "room", "room": "den", "data": "live"}))  # the room was joined again
+    assert again.json()["data"] == "live"
+    again.eof()
+    assert again.wait() == 0
+    peer.close()

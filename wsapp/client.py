@@ -50,6 +50,13 @@ wss://: the server's certificate is checked against the system's trust store (or
   nothing (like wscat's --no-check): anyone between you and the server can read and change
   the traffic, so only for a test server.
 
+resume (chat): --state FILE keeps, in FILE, the rooms joined and the position (offset, epoch)
+  of every stream received (broadcast, direct, each room), written as frames arrive. Started
+  again with the same FILE, the client opens the URL with ?resume=1 and sends a resume frame:
+  the server joins the rooms again and replays what was missed, in order; the client says
+  "* recovered N messages", or "* could not recover #ROOM: reload" for a stream whose gap
+  was older than the server's history.
+
 exit status: 0 we closed (Ctrl+C, EOF, /quit) or the server closed with 1000; 1 cannot connect,
   connection lost, or the server closed with another code; 2 bad arguments; 3 handshake refused
   (the HTTP status and the error code from the JSON body are printed).
@@ -72,10 +79,103 @@ def format_frame(opcode: int, data: bytes) -> str:
     return f"< [binary {len(data)} bytes] {data[:HEX_SHOWN].hex()}{more}".rstrip()
 
 
+class ResumeState:
+    """The rooms and stream positions a chat client has seen, kept in a JSON file so the
+    next run can resume. Owned by the reader thread (the main thread only reads `rooms`
+    through `frame()` before the reader starts); written whole to a temporary file and
+    renamed, so a client killed mid-write leaves the previous state."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.positions: dict[str, dict[str, object]] = {}  # "broadcast", "direct", "room:NAME"
+        self.rooms: set[str] = set()
+        self.loaded = False
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.positions = dict(saved.get("positions", {}))
+            self.rooms = set(saved.get("rooms", []))
+            self.loaded = True
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            status(f"ignoring the state in {path}: {exc}")
+
+    def frame(self) -> dict[str, object]:
+        """The resume frame: every stream it has a position for, its rooms from the start
+        when it has none (a room joined but not heard from)."""
+        empty = {"offset": 0, "epoch": ""}
+        rooms = {room: self.positions.get("room:" + room, empty) for room in sorted(self.rooms)}
+        out: dict[str, object] = {"type": "resume", "rooms": rooms}
+        for key in ("broadcast", "direct"):
+            if key in self.positions:
+                out[key] = self.positions[key]
+        return out
+
+    def seen(self, msg: object) -> None:
+        """Follow one frame from the server; save when something changed."""
+        if not isinstance(msg, dict):
+            return
+        kind = msg.get("type")
+        before = (json.dumps(self.positions, sort_keys=True), sorted(self.rooms))
+        if kind == "welcome" and isinstance(msg.get("streams"), dict):
+            for key, pos in msg["streams"].items():
+                self.positions.setdefault(key, pos)  # a resume's own positions win
+        elif kind in ("broadcast", "direct", "room") and "offset" in msg:
+            key = "room:" + str(msg.get("room")) if kind == "room" else str(kind)
+            self.positions[key] = {"offset": msg["offset"], "epoch": msg.get("epoch", "")}
+        elif kind == "joined" and isinstance(msg.get("room"), str):
+            self.rooms.add(msg["room"])
+            if "offset" in msg:
+                self.positions.setdefault("room:" + msg["room"], {"offset": msg["offset"], "epoch": msg["epoch"]})
+        elif kind == "resumed":
+            self._resumed(msg)
+        if (json.dumps(self.positions, sort_keys=True), sorted(self.rooms)) != before:
+            self.save()
+
+    def left(self, room: str) -> None:
+        self.rooms.discard(room)
+        self.positions.pop("room:" + room, None)
+        self.save()
+
+    def _resumed(self, msg: dict[str, object]) -> None:
+        results: dict[str, object] = {k: msg[k] for k in ("broadcast", "direct") if isinstance(msg.get(k), dict)}
+        rooms = msg.get("rooms")
+        if isinstance(rooms, dict):
+            results.update({"room:" + name: r for name, r in rooms.items()})
+        replayed, lost = 0, []
+        for key, result in results.items():
+            if not isinstance(result, dict):
+                continue
+            label = "#" + key[5:] if key.startswith("room:") else key
+            if "error" in result:
+                status(f"could not join {label} again: {result['error']}")
+                self.rooms.discard(key[5:])
+                continue
+            self.positions[key] = {"offset": result.get("offset", 0), "epoch": result.get("epoch", "")}
+            if result.get("recovered"):
+                replayed += int(str(result.get("replayed", 0)))
+            else:
+                lost.append(label)
+        status(f"recovered {replayed} messages")
+        for label in lost:
+            status(f"could not recover {label}: reload")
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"positions": self.positions, "rooms": sorted(self.rooms)}, f)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            status(f"cannot save the state to {self.path}: {exc}")
+
+
 class Client:
-    def __init__(self, ws: websocket.WebSocket, chat: bool) -> None:
+    def __init__(self, ws: websocket.WebSocket, chat: bool, state: ResumeState | None = None) -> None:
         self.ws = ws
         self.chat = chat
+        self.state = state
         self.send_lock = threading.Lock()
         self.closing = False  # our close frame went out (or is the reply to theirs): send nothing more
         self.reader_done = threading.Event()
@@ -137,6 +237,8 @@ class Client:
         if cmd not in chat:
             return error(f"unknown command /{cmd}; see --help")
         complete, frame = chat[cmd]
+        if complete and cmd == "leave" and self.state is not None:
+            self.state.left(arg)
         return self.send(json.dumps(frame)) if complete else error(f"usage: {CHAT_USAGE[cmd]}")
 
     def send(self, payload: str | bytes, opcode: int = ABNF.OPCODE_TEXT) -> bool:
@@ -176,6 +278,8 @@ class Client:
                     if self.ws.cont_frame.is_fire(frame):
                         opcode, whole = self.ws.cont_frame.extract(frame)
                         print(format_frame(opcode, whole.data), flush=True)
+                        if self.state is not None and opcode == ABNF.OPCODE_TEXT:
+                            self._follow(whole.data)
                 elif frame.opcode == ABNF.OPCODE_PING:
                     self.send(frame.data, ABNF.OPCODE_PONG)
                 elif frame.opcode == ABNF.OPCODE_CLOSE:
@@ -188,6 +292,14 @@ class Client:
         finally:
             self.reader_done.set()
             self._wake_main()
+
+    def _follow(self, data: bytes) -> None:
+        assert self.state is not None
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return
+        self.state.seen(msg)
 
     def _on_close(self, payload: bytes) -> None:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005  # 1005: no code in the frame
@@ -237,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--origin", help="send this Origin header (default: none, as a non-browser client)")
     add("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra handshake header")
     add("--timeout", type=float, default=10.0, help="seconds to connect and handshake (default 10)")
+    add("--state", metavar="FILE", help="chat: keep rooms and positions in FILE and resume from it (see below)")
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--cacert", metavar="FILE", help="wss://: trust the PEM certificate(s) in FILE (a private CA)")
     tls.add_argument("--insecure", action="store_true", help="wss://: do not check the certificate (tests only)")
@@ -266,9 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         subprotocols = ["bearer", args.token]
     elif args.token:
         headers.append(f"Authorization: Bearer {args.token}")
+    state = ResumeState(args.state) if args.state else None
+    url = args.url
+    if state is not None and state.loaded:  # hold our streams until the resume frame
+        url += ("&" if urlsplit(url).query else "?") + "resume=1"
     try:
         ws = websocket.create_connection(
-            args.url, timeout=args.timeout, header=headers, subprotocols=subprotocols,
+            url, timeout=args.timeout, header=headers, subprotocols=subprotocols,
             origin=args.origin, suppress_origin=args.origin is None, sslopt=sslopt,
         )  # fmt: skip
     except websocket.WebSocketBadStatusException as exc:
@@ -285,8 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     ws.settimeout(None)
     chat = args.chat if args.chat is not None else urlsplit(args.url).path.rstrip("/").endswith("/ws/chat")
-    client = Client(ws, chat)  # installs the SIGINT handler before we say we are ready
+    client = Client(ws, chat, state)  # installs the SIGINT handler before we say we are ready
     status(f"connected to {args.url}{' (chat mode)' if chat else ''}; Ctrl+C or Ctrl+D to close")
+    if state is not None and state.loaded:
+        status(f"resuming from {args.state}")
+        client.send(json.dumps(state.frame()))
     return client.run()
 
 
