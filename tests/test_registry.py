@@ -307,7 +307,7 @@ def test_deliver_counts_the_peers_that_took_the_frame() -> None:
 def test_a_held_stream_parks_its_messages_in_order_and_counts_them_delivered() -> None:
     p, other = peer("a"), peer("b")
     p.gates = {"s": Gate(10), "t": Gate(10)}
-    assert deliver([p, other], b"one", "s", 1) == 2
+    assert deliver([other, p], b"one", "s", 1) == 2
     assert deliver([p, other], b"two", "s", 2) == 2
     assert p.ws.sent == [] and other.ws.sent == [b"one", b"two"]  # type: ignore[attr-defined]
     assert p.gates["s"].held == [(1, b"one"), (2, b"two")] and p.gates["t"].held == []
@@ -345,12 +345,17 @@ def test_an_open_gate_drops_what_the_replay_sent_and_goes_at_the_first_newer_mes
 
 
 def test_delivery_through_gates_goes_on_to_every_peer_and_counts_what_was_taken() -> None:
-    held, full, ok = peer("a"), peer("b", accept=False), peer("c")
+    first, held, full, replayed, ok = peer("a"), peer("b"), peer("c", accept=False), peer("d"), peer("e")
     held.gates = {"s": Gate(10)}
     full.gates = {"s": Gate(10)}
     full.gates["s"].floor = 3
-    assert deliver([held, full, ok], b"m", "s", 4) == 2  # the full peer's gate opens, its queue refuses
-    assert full.gates is None and ok.ws.sent == [b"m"]  # type: ignore[attr-defined]
+    replayed.gates = {"s": Gate(10)}
+    replayed.gates["s"].floor = 9
+    # taken by: first (sent), held (parked), replayed (sent by its replay), ok (sent);
+    # the full peer's gate opens, then its queue refuses
+    assert deliver([first, held, full, replayed, ok], b"m", "s", 4) == 4
+    assert full.gates is None and first.ws.sent == ok.ws.sent == [b"m"]  # type: ignore[attr-defined]
+    assert held.gates["s"].held == [(4, b"m")] and replayed.ws.sent == []  # type: ignore[attr-defined]
 
 
 def test_slot_release_says_whether_it_released() -> None:
