@@ -267,7 +267,8 @@
 
     url() {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      return `${scheme}//${location.host}${this.path}`;
+      const query = this.handlers.query ? this.handlers.query() : "";
+      return `${scheme}//${location.host}${this.path}${query}`;
     }
 
     start() {
@@ -430,8 +431,116 @@
   const rooms = new Map(); // room -> Set of member client ids (from joined + presence)
   const wantedRooms = new Set(); // rooms to rejoin after a reconnect
   const pending = new Map(); // frame id -> status element of a sent direct message
+  // Positions (docs/protocol.md, "Positions, history and resume"): the last {offset, epoch}
+  // seen per stream ("broadcast", "direct", "room:NAME"). Kept across reconnects: every
+  // reconnect opens /ws/chat?resume=1 and hands them back, so nothing sent meanwhile is lost.
+  const positions = new Map();
+  const EMPTY = { offset: 0, epoch: "" };
+  let resuming = false; // this connection was opened with ?resume=1 (its first frame is `resume`)
   let me = null;
   let seq = 0;
+
+  function streamOf(msg) {
+    if (msg.type === "room") return `room:${msg.room}`;
+    return msg.type === "broadcast" || msg.type === "direct" ? msg.type : null;
+  }
+
+  function remember(key, pos) {
+    if (pos && typeof pos.offset === "number" && typeof pos.epoch === "string") positions.set(key, { offset: pos.offset, epoch: pos.epoch });
+  }
+
+  function resumeFrame() {
+    const frame = { type: "resume", id: nextId(), rooms: {} };
+    for (const key of ["broadcast", "direct"]) if (positions.has(key)) frame[key] = positions.get(key);
+    for (const room of wantedRooms) frame.rooms[room] = positions.get(`room:${room}`) || EMPTY;
+    return frame;
+  }
+
+  /** The `resumed` answer: rooms and their members back, and what could not be recovered. */
+  function onResumed(msg) {
+    let replayed = 0;
+    const lost = [];
+    for (const key of ["broadcast", "direct"]) {
+      const r = msg[key];
+      if (!r) continue;
+      remember(key, r);
+      if (r.recovered) replayed += r.replayed;
+      else lost.push(key);
+    }
+    for (const [room, r] of Object.entries(msg.rooms || {})) {
+      if (r.error) {
+        wantedRooms.delete(room);
+        positions.delete(`room:${room}`);
+        logLine("error", { tag: r.error, text: `could not join #${room} again: ${r.message || ""}` }, { "data-code": r.error });
+        continue;
+      }
+      remember(`room:${room}`, r);
+      rooms.set(room, new Set(r.members || rooms.get(room) || []));
+      if (r.recovered) replayed += r.replayed;
+      else lost.push(`#${room}`);
+    }
+    renderRooms();
+    logLine("recovery", { tag: "resumed", text: `recovered ${replayed} message${replayed === 1 ? "" : "s"}` }, { "data-replayed": String(replayed) });
+    for (const what of lost) {
+      // the server cannot say what was missed: start that stream afresh from here
+      logLine("recovery", { tag: "resumed", text: `could not recover ${what}: reloaded` }, { "data-lost": what });
+    }
+  }
+
+  // ---------------------------------------------------------------- token refresh
+  // A token is swapped in before it expires, without reconnecting (a `refresh` frame):
+  // a new one comes from the demo token route when the server has it, or from the token
+  // box when the user pastes one for the same client id while connected.
+
+  const REFRESH_AHEAD_MS = 60000;
+  let refreshTimer = null;
+
+  function scheduleRefresh() {
+    clearTimeout(refreshTimer);
+    const claims = looksLikeJwt(currentToken()) ? decodeJwt(currentToken()) : null;
+    if (!claims || typeof claims.exp !== "number") return;
+    const left = claims.exp * 1000 - Date.now();
+    // a minute ahead, or half-way for a short-lived token
+    refreshTimer = setTimeout(refreshToken, Math.max(500, left - Math.min(REFRESH_AHEAD_MS, left / 2)));
+  }
+
+  async function refreshToken() {
+    const claims = decodeJwt(currentToken());
+    if (!me || !claims) return;
+    const admin = (Array.isArray(claims.roles) && claims.roles.includes("admin")) || claims.role === "admin";
+    let token = null;
+    try {
+      const resp = await fetch("/api/demo/token", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ client_id: me, admin }),
+      });
+      const body = await resp.json().catch(() => null);
+      if (resp.ok && body && typeof body.token === "string") token = body.token;
+    } catch (_e) {
+      token = null;
+    }
+    if (!token) {
+      logLine("system", { tag: "token", text: "the token expires soon: paste a new one for the same client id to keep this connection" });
+      return;
+    }
+    tokenBox.value = token;
+    renderTokenInfo();
+    sendRefresh(token);
+  }
+
+  function sendRefresh(token) {
+    if (sendFrame({ type: "refresh", token, id: nextId() })) {
+      logLine("system", { tag: "token", text: "token refreshed" }, { "data-refreshed": "1" });
+      scheduleRefresh();
+    }
+  }
+
+  tokenBox.addEventListener("change", () => {
+    // a token pasted while connected, for the same client id: swap it in
+    const claims = looksLikeJwt(currentToken()) ? decodeJwt(currentToken()) : null;
+    if (me && claims && String(claims.sub) === me && chat.ws && chat.ws.readyState === WebSocket.OPEN) sendRefresh(currentToken());
+  });
 
   function logLine(kind, parts, attrs) {
     const li = el("li", null, Object.assign({ className: `msg msg-${kind}`, "data-testid": "chat-msg", "data-kind": kind }, attrs || {}));
@@ -510,10 +619,20 @@
   function handleChatFrame(msg) {
     switch (msg.type) {
       case "welcome":
+        if (me !== null && me !== msg.client_id) positions.clear(); // another client id: nothing to resume
         me = msg.client_id;
         $("chat-me").textContent = `You are ${msg.client_id} (connection ${msg.conn_id})`;
         logLine("system", { tag: "welcome", text: `connected as ${msg.client_id}` });
-        for (const room of wantedRooms) sendFrame({ type: "join", room, id: nextId() });
+        if (resuming) {
+          sendFrame(resumeFrame()); // rooms joined again, what was missed replayed, then `resumed`
+        } else {
+          for (const [key, pos] of Object.entries(msg.streams || {})) remember(key, pos);
+          for (const room of wantedRooms) sendFrame({ type: "join", room, id: nextId() });
+        }
+        scheduleRefresh();
+        break;
+      case "resumed":
+        onResumed(msg);
         break;
       case "broadcast":
         logLine("broadcast", { time: timeStr(msg.ts), tag: "all", who: `${msg.from}:`, text: dataText(msg.data) }, {
@@ -532,6 +651,7 @@
         });
         break;
       case "joined":
+        if (msg.offset !== undefined) remember(`room:${msg.room}`, msg);
         // a repeated join of a room this connection is in carries no `members`: keep what we have
         if (msg.members || !rooms.has(msg.room)) rooms.set(msg.room, new Set(msg.members || []));
         wantedRooms.add(msg.room);
@@ -553,8 +673,10 @@
       case "ack": {
         const status = pending.get(msg.id);
         if (status) {
-          status.textContent = `delivered to ${msg.delivered} connection${msg.delivered === 1 ? "" : "s"}`;
-          status.dataset.state = "delivered";
+          status.textContent = msg.stored
+            ? "kept for when they come back"
+            : `delivered to ${msg.delivered} connection${msg.delivered === 1 ? "" : "s"}`;
+          status.dataset.state = msg.stored ? "stored" : "delivered";
           pending.delete(msg.id);
         }
         break;
@@ -575,6 +697,11 @@
   }
 
   const chat = new Conn("chat", "/ws/chat", {
+    query() {
+      // every reconnect (automatic or by hand) resumes where the last connection stopped
+      resuming = positions.size > 0 || wantedRooms.size > 0;
+      return resuming ? "?resume=1" : "";
+    },
     onState(state) {
       setChatEnabled(state === "open");
     },
@@ -586,10 +713,15 @@
         logLine("error", { tag: "bad frame", text: String(ev.data).slice(0, 200) });
         return;
       }
-      if (msg && typeof msg === "object") handleChatFrame(msg);
+      if (msg && typeof msg === "object") {
+        const key = streamOf(msg);
+        if (key && msg.offset !== undefined) remember(key, msg);
+        handleChatFrame(msg);
+      }
     },
     onClose(ev, wasOpen) {
-      // the server drops us from every room on close; rejoin wantedRooms after reconnecting
+      // the server drops us from every room on close; the next connection resumes them
+      clearTimeout(refreshTimer);
       rooms.clear();
       renderRooms();
       for (const status of pending.values()) {

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import ROOT, Server, http, make_token, unavailable
+from helpers import ROOT, Server, free_port, http, make_token, unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 # every run saves its screenshots here (git ignores it); to refresh the README's copies:
@@ -403,10 +404,11 @@ def test_server_going_away_is_shown_and_retried_with_backoff(
 
 
 def test_token_expiring_while_connected_closes_4401_without_retry(
-    demo_server: Server, new_page: Callable[..., Page]
+    start_server: Callable[..., Server], new_page: Callable[..., Page]
 ) -> None:
+    srv = start_server(WSAPP_RATE_LIMIT="0")  # no demo token route: the page cannot refresh its token
     page = new_page()
-    open_page(page, demo_server)
+    open_page(page, srv)
     page.fill("#token", make_token("ivy", ttl=2))
     connect_chat(page, "ivy")
     expect(page.get_by_test_id("chat-close")).to_have_attribute("data-code", "4401")
@@ -416,3 +418,64 @@ def test_token_expiring_while_connected_closes_4401_without_retry(
     page.wait_for_timeout(1500)  # longer than the first backoff step: no reconnect with a dead token
     expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "closed")
     expect(page.get_by_test_id("chat-retry")).to_have_text("—")
+
+
+def test_the_page_refreshes_its_token_before_it_expires(demo_server: Server, new_page: Callable[..., Page]) -> None:
+    """A short-lived token: the page gets a new one (the demo route) and sends `refresh`, so
+    the connection outlives the first token's expiry: no 4401, still served."""
+    ttl = 6
+    expires = time.time() + ttl
+    page = new_page()
+    open_page(page, demo_server)
+    page.fill("#token", make_token("jill", ttl=ttl))
+    connect_chat(page, "jill")
+    expect(messages(page, "system").filter(has_text="token refreshed")).to_have_count(1)
+    # past the first token's expiry (the heartbeat closes within a second of it) ...
+    page.wait_for_timeout(max(0, (expires + 2 - time.time()) * 1000))
+    # ... the same connection is still open and served
+    send_chat(page, "broadcast", "still here")
+    expect(messages(page, "broadcast").filter(has_text="still here")).to_have_count(1)
+    expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    expect(messages(page, "system").filter(has_text="closed")).to_have_count(0)
+
+
+def test_the_page_resumes_after_a_reconnect_and_says_what_it_recovered(
+    start_server: Callable[..., Server], new_page: Callable[..., Page]
+) -> None:
+    port = free_port()  # fixed, so the page finds the restarted server where it was
+    srv = start_server(WSAPP_DEMO_TOKENS="1", WSAPP_RATE_LIMIT="0", WSAPP_PORT=str(port), WSAPP_SHUTDOWN_TIMEOUT="2")
+    alice, bob = new_page(), new_page()
+    for page, name in ((alice, "alice"), (bob, "bob")):
+        open_page(page, srv)
+        get_demo_token(page, name)
+        connect_chat(page, name)
+        join_room(page, "lobby")
+    send_chat(alice, "room", "before", room="lobby")
+    expect(messages(bob, "room").filter(has_text="before")).to_have_count(1)
+
+    # bob goes away; alice goes on talking to the room and to him
+    bob.click("#chat-disconnect")
+    expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", "closed")
+    expect(members(alice, "lobby")).to_have_text(["alice (you)"])
+    send_chat(alice, "room", "while away 1", room="lobby")
+    send_chat(alice, "room", "while away 2", room="lobby")
+    send_chat(alice, "direct", "for when you are back", to="bob")
+    expect(messages(alice, "direct-out").get_by_test_id("delivery")).to_have_text("kept for when they come back")
+
+    # he comes back: rooms joined again, the three messages replayed once, in order
+    connect_chat(bob, "bob")
+    expect(bob.locator('[data-testid="chat-msg"][data-kind="recovery"]')).to_have_text(
+        [re.compile("recovered 3 messages")]
+    )
+    expect(messages(bob, "room")).to_have_text([re.compile("before"), re.compile("while away 1"),
+                                                re.compile("while away 2")])  # fmt: skip
+    expect(messages(bob, "direct").filter(has_text="for when you are back")).to_have_count(1)
+    expect(members(bob, "lobby")).to_have_text(["alice", "bob (you)"])
+
+    # the server restarts (no Redis: history is lost): the page reconnects by itself and says so
+    srv.stop()
+    srv.start()
+    lost = bob.locator('[data-testid="chat-msg"][data-kind="recovery"][data-lost="#lobby"]')
+    expect(lost).to_have_text(re.compile("could not recover #lobby: reloaded"), timeout=20_000)
+    expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    expect(members(bob, "lobby")).to_contain_text(["bob (you)"])
