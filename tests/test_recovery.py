@@ -463,3 +463,105 @@ def test_offline_direct_messages_through_redis_and_the_emitter(
     got = [back.next(lambda m: m.get("type") in ("direct", "resumed")) for _ in range(3)]
     assert [f.get("data") for f in got] == ["api", "emitter", None]
     assert got[2]["direct"]["recovered"] is True and got[2]["direct"]["replayed"] == 2
+
+
+# ---- bounds (pure logic: the in-process store) and the public API -------------------------
+
+
+def test_a_million_random_streams_stay_within_the_total_bounds() -> None:
+    """A client posting to a million random room names (or, with WSAPP_STORE_OFFLINE=1,
+    client ids) pushes old streams out; the store never holds more than its bounds."""
+    import random
+
+    from wsapp.history import ENTRY_COST, STREAM_COST, MemoryHistory
+
+    history = MemoryHistory(size=100, ttl_s=300, max_streams=1000, max_bytes=200_000)
+    prefix = '{"type":"room","room":"x","from":"mallory","data":"' + "z" * 40 + '","ts":1.0'
+    most_streams = most_bytes = 0
+    for i in range(1_000_000):
+        history.append(f"room:{random.getrandbits(64):x}", prefix)
+        if i % 1000 == 0:
+            most_streams, most_bytes = max(most_streams, history.streams), max(most_bytes, history.nbytes)
+    assert history.streams <= 1000 and most_streams <= 1000
+    assert history.nbytes <= 200_000 and most_bytes <= 200_000
+    # and the bytes are what they say: frames plus the fixed costs
+    assert history.nbytes == sum(
+        STREAM_COST + sum(len(f) + ENTRY_COST for _o, _t, f in s.entries) for s in history._streams.values()
+    )
+    # one big stream alone is held to the byte bound by losing its oldest messages
+    big = MemoryHistory(size=100_000, ttl_s=300, max_streams=10, max_bytes=50_000)
+    for _ in range(10_000):
+        big.append("room:big", prefix)
+    assert big.nbytes <= 50_000 and big.streams == 1
+
+
+def test_history_keeps_size_and_age_per_stream_and_a_dropped_stream_comes_back_with_a_new_epoch() -> None:
+    from wsapp.history import EMPTY, MemoryHistory, Position
+
+    now = [0.0]
+    h = MemoryHistory(size=3, ttl_s=10, max_streams=2, max_bytes=10**6, clock=lambda: now[0])
+    for _ in range(5):
+        h.append("room:a", '{"type":"room"')
+    pos = h.position("room:a")
+    assert pos.offset == 5
+    assert h.since("room:a", Position(2, pos.epoch)).recovered is True  # 3, 4, 5 kept
+    assert [o for o, _f in h.since("room:a", Position(2, pos.epoch)).frames] == [3, 4, 5]
+    assert h.since("room:a", Position(1, pos.epoch)).recovered is False  # 2 was trimmed
+    assert h.since("room:a", Position(5, "other")).recovered is False
+    assert h.since("room:a", Position(6, pos.epoch)).recovered is False  # ahead of the stream
+    assert h.since("room:nothing", EMPTY) == (True, [], EMPTY)
+    now[0] = 11  # idle past the TTL: gone, and a new epoch when it comes back
+    assert not h.exists("room:a")
+    h.append("room:a", '{"type":"room"')
+    assert h.position("room:a").epoch != pos.epoch and h.position("room:a").offset == 1
+    h.append("room:b", '{"type":"room"')
+    h.append("room:c", '{"type":"room"')  # the third stream pushes the least recently written out
+    assert h.streams == 2 and not h.exists("room:a")
+
+
+def test_direct_messages_to_random_client_ids_store_nothing_unless_asked() -> None:
+    from wsapp.backplane import InProcessBackplane
+    from wsapp.history import MemoryHistory
+    from wsapp.hub import Hub
+    from wsapp.registry import Registry
+
+    registry = Registry(10, 10)
+    history = MemoryHistory(size=10, ttl_s=60, max_streams=50, max_bytes=10**6)
+    hub = Hub(registry, InProcessBackplane(registry, history))
+    for i in range(20_000):
+        assert hub.send_direct("mallory", f"id-{i}", "x") == (0, False)
+    assert history.streams == 0
+    hub.store_offline = True
+    for i in range(20_000):
+        assert hub.send_direct("mallory", f"id-{i}", "x") == (0, True)
+    assert history.streams == 50
+
+
+def test_ws_send_returns_0_for_a_stored_message_and_bad_resume_frames_get_errors() -> None:
+    from inprocess import in_process, until
+
+    with in_process() as inproc:
+        away = inproc.connect(client_id="away")
+        position = away.json()["streams"]["direct"]
+        away.close()
+        until(lambda: "away" not in inproc.ws.clients(), "the server to drop 'away'")
+        assert inproc.ws.send("away", "kept") == 0  # stored, not delivered
+        assert inproc.ws.send("never-seen", "dropped") == 0
+        back = inproc.connect("/ws/chat?resume=1", client_id="away")
+        assert back.json()["type"] == "welcome"
+        for bad, code in (
+            ({"type": "resume", "id": 1, "direct": {"offset": "1", "epoch": ""}}, "missing_field"),
+            ({"type": "resume", "id": 2, "direct": {"offset": -1, "epoch": ""}}, "missing_field"),
+            ({"type": "resume", "id": 3, "rooms": ["lobby"]}, "missing_field"),
+            ({"type": "resume", "id": 4, "rooms": {"": {"offset": 0, "epoch": ""}}}, "missing_field"),
+            ({"type": "refresh", "id": 5}, "missing_field"),
+            ({"type": "refresh", "id": 6, "token": "not.a.jwt"}, "invalid_token"),
+        ):
+            back.send(bad)
+            err = back.json()
+            assert (err["type"], err["code"], err["id"]) == ("error", code, bad["id"])
+        # the first frame was not a valid resume: the held streams were let go, then a good resume
+        back.send({"type": "resume", "id": 7, "direct": position})
+        got = [back.json() for _ in range(3)]
+        assert [f["type"] for f in got] == ["direct", "resumed", "ack"] and got[0]["data"] == "kept"
+        assert not inproc.lines("Traceback|error in chat session")
