@@ -96,7 +96,7 @@ def start_redis() -> tuple[Proc, str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def start_node(redis_url: str = "") -> tuple[Proc, int]:
+def start_node(redis_url: str = "", extra_env: dict[str, str] | None = None) -> tuple[Proc, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSAPP_")}
     env.update({"WSAPP_HOST": "127.0.0.1", "WSAPP_PORT": str(port), "WSAPP_JWT_SECRET": SECRET,
@@ -105,6 +105,7 @@ def start_node(redis_url: str = "") -> tuple[Proc, int]:
                 "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-bench-")})  # fmt: skip
     if redis_url:
         env["WSAPP_REDIS_URL"] = redis_url
+    env.update(extra_env or {})
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app", "--access-logfile", "/dev/null"]
     proc = Proc(argv, env)
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from . import frames, protocol
 
-ENTRY_COST = 100  # bytes of bookkeeping counted per retained message (tuple, deque slot)
+ENTRY_COST = 150  # bytes of bookkeeping counted per retained message (tuple, time, offset, bytes header, deque slot)
 STREAM_COST = 400  # ... and per stream (object, deque, dict slots, its name)
 
 
