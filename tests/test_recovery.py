@@ -565,3 +565,22 @@ def test_ws_send_returns_0_for_a_stored_message_and_bad_resume_frames_get_errors
         got = [back.json() for _ in range(3)]
         assert [f["type"] for f in got] == ["direct", "resumed", "ack"] and got[0]["data"] == "kept"
         assert not inproc.lines("Traceback|error in chat session")
+
+
+def test_resume_1_on_an_app_route_holds_nothing() -> None:
+    """Only chat answers `resume`: an addressable route of the app's own opened with
+    ?resume=1 gets its pushes live, as without it."""
+    from inprocess import in_process, until
+
+    with in_process() as inproc:
+
+        @inproc.ws.route("/ws/feed", addressable=True)
+        def feed(conn):  # type: ignore[no-untyped-def]
+            while conn.receive() is not None:
+                pass
+
+        client = inproc.connect("/ws/feed?resume=1", client_id="reader")
+        until(lambda: "reader" in inproc.ws.clients(), "the connection registered")
+        assert inproc.ws.send("reader", "live") == 1
+        msg = client.json()
+        assert (msg["type"], msg["data"]) == ("direct", "live")

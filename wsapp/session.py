@@ -222,7 +222,8 @@ def run_session(
         route.name,
         addressable=route.addressable,
     )
-    if resume and route.addressable and service.backplane.history_on:
+    # only chat answers a `resume` frame (an app's route would hold these streams forever)
+    if resume and handler == ext._serve_chat and service.backplane.history_on:
         peer.gates = hold_streams(peer.client_id, settings.send_queue)
     conn = Connection(peer, ident, service)
     failed = False
