@@ -6,8 +6,8 @@
 # surviving mutant; docs/testing.md lists the survivors and why each is equivalent.
 # Takes a few minutes on 2 cores. Needs the dev venv: bash scripts/setup.sh --system
 # MUTMUT_CHILDREN=N: parallel test runs (default 2). MUTMUT_KEEP=1: keep the copy and
-# print its path, to look at a mutant there (cd <copy>; mutmut show NAME)
-# (see docs/testing.md).
+# print its path, to look at a mutant there (cd <copy>; mutmut show NAME; see
+# docs/testing.md). MUTMUT_REF=HEAD (any commit): that commit, not the work tree as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -17,7 +17,11 @@ if [ "${MUTMUT_KEEP:-0}" = 1 ]; then
 else
   trap 'rm -rf "$work"' EXIT
 fi
-git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t "$work"
+if [ -n "${MUTMUT_REF:-}" ]; then  # a commit as committed, without the tree's changes
+  git archive "$MUTMUT_REF" | tar -x -C "$work"
+else
+  git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t "$work"
+fi
 cd "$work"
 "$root/.venv/bin/mutmut" run --max-children "${MUTMUT_CHILDREN:-2}" >mutmut.log 2>&1 || {
   tr '\r' '\n' <mutmut.log | tail -n 30
