@@ -62,8 +62,8 @@ def decode_kept(payload: bytes) -> tuple[Target, str, int, bytes] | None:
     """(target, stream, offset, JSON text) of a `w2` envelope; None for a `w1` one."""
     head, sep, body = payload.partition(b"\n")
     fields = json.loads(head)
-    if fields[0] != KEPT_VERSION:
-        return None
+    if not isinstance(fields, list) or len(fields) != 7 or fields[0] != KEPT_VERSION:
+        return None  # a w1 envelope (or garbage, which `decode_envelope` refuses)
     _version, _origin, kind, key, exclude, stream, offset = fields
     if not sep or kind not in ("all", "client", "room"):
         raise ValueError(f"not a {KEPT_VERSION} envelope")
