@@ -73,6 +73,38 @@ def memory_redis(url: str, streams: int, per_stream: int) -> dict[str, float]:
     return {"bytes_per_message": (after - before) / n}
 
 
+class _Sink:
+    """A connection that takes every frame at once (the hot path without the sockets)."""
+
+    conn_id = "sink"
+
+    def send_frame(self, frame: bytes) -> bool:
+        return True
+
+
+def hot_path(subscribers: int, messages: int) -> dict[str, float]:
+    """Microseconds per broadcast to `subscribers` queued connections, history on and off:
+    the server's own cost (encode, number, keep, queue), no sockets."""
+    import time
+
+    from wsapp.backplane import InProcessBackplane
+    from wsapp.hub import Hub
+    from wsapp.registry import Peer, Registry
+
+    out = {}
+    for label, store in (("on", history.MemoryHistory(100, 300, 10000, 64 << 20)), ("off", None)):
+        registry = Registry(subscribers + 1, 10)
+        for i in range(subscribers):
+            registry.add(Peer(_Sink(), f"s{i}", False, 0.0, "", "chat"))  # type: ignore[arg-type]
+        hub = Hub(registry, InProcessBackplane(registry, store))
+        data = {"text": TEXT}
+        start = time.perf_counter()
+        for _ in range(messages):
+            hub.broadcast("bench", data)
+        out[label] = (time.perf_counter() - start) / messages * 1e6
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200, help="streams filled for the memory figures")
@@ -84,8 +116,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument(
+        "--off-first", action="store_true", help="run history off first (the order matters on a busy machine)"
+    )
     args = parser.parse_args()
 
+    hot = hot_path(1000, 2000)
+    print(
+        f"\nhot path, one broadcast queued on 1,000 connections: history on {hot['on']:.0f} µs, "
+        f"off {hot['off']:.0f} µs ({hot['on'] / hot['off']:.2f}x)"
+    )
+    hot1 = hot_path(1, 50000)
+    print(f"hot path, one message to one connection: history on {hot1['on']:.1f} µs, off {hot1['off']:.1f} µs")
     mem = memory_in_process(args.streams, args.per_stream)
     redis_proc, url = fanout.start_redis()
     try:
@@ -101,7 +143,8 @@ def main() -> None:
         return
 
     rows: list[dict[str, Any]] = []
-    for label, env in (("history on", {}), ("history off", {"WSAPP_HISTORY_SIZE": "0"})):
+    setups: list[tuple[str, dict[str, str]]] = [("history on", {}), ("history off", {"WSAPP_HISTORY_SIZE": "0"})]
+    for label, env in reversed(setups) if args.off_first else setups:
         procs: list[fanout.Proc] = []
         try:
             node, port = fanout.start_node(extra_env=env)
