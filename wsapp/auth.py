@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm
 
 from .errors import HandshakeRejected
 from .settings import Settings
@@ -82,13 +83,71 @@ def _verification_key(settings: Settings) -> str:
     return settings.jwt_public_key or settings.jwt_secret
 
 
+class _PreparedKeys(Algorithm):
+    """One of PyJWT's algorithms, remembering the keys it has prepared.
+
+    PyJWT prepares the key on every decode: for HMAC it checks that the secret is not a
+    PEM, SSH, DER or JWK key (two DER parses in `cryptography` and a JSON parse), for
+    RS/ES/EdDSA it parses the PEM: about a third of a token's verification, for a key
+    that is the settings' own and the same on every handshake. A key is prepared once
+    per algorithm (a key the checks refuse is not kept: it raises every time, as
+    before); signature, claims and every other rule stay PyJWT's."""
+
+    _MAX_KEYS = 16  # keys come from settings (one or two per app), never from a token
+
+    def __init__(self, alg: Algorithm) -> None:
+        self._alg = alg
+        self._prepared: dict[str | bytes, Any] = {}
+
+    def prepare_key(self, key: Any) -> Any:
+        if isinstance(key, (str, bytes)):
+            prepared = self._prepared.get(key)
+            if prepared is not None:
+                return prepared
+        prepared = self._alg.prepare_key(key)
+        if isinstance(key, (str, bytes)) and len(self._prepared) < self._MAX_KEYS:
+            self._prepared[key] = prepared
+        return prepared
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self._alg.check_key_length(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self._alg.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self._alg.verify(msg, key, sig)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT of our own (PyJWT's defaults) whose algorithms keep their prepared keys."""
+    decoder = jwt.PyJWT()
+    jws = decoder._jws
+    for name in list(jws.get_algorithms()):
+        alg = jws.get_algorithm_by_name(name)
+        jws.unregister_algorithm(name)
+        jws.register_algorithm(name, _PreparedKeys(alg))
+    return decoder
+
+
+_jwt = _decoder()
+
+
 def verify_token(token: str, settings: Settings, now: float | None = None) -> Identity:
     """Check signature, algorithm, exp (required), nbf, iss and aud; return the identity."""
     if len(token) > MAX_TOKEN_CHARS:
         raise HandshakeRejected("invalid_token", "the token is too long")
     options: dict[str, Any] = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
     try:
-        claims = jwt.decode(
+        claims = _jwt.decode(
             token,
             _verification_key(settings),
             algorithms=list(settings.jwt_algorithms),

@@ -24,16 +24,17 @@ import dataclasses
 import fnmatch
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import gevent
 from flask import Flask, Response, current_app, request
 
-from . import chat, demo_secret, heartbeat, server
+from . import chat, demo_secret, fastpath, heartbeat, server
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
+from .fastpath import HandshakeRequest
 from .handshake import check_handshake, switching_protocols
 from .history import make_history
 from .hub import Hub
@@ -96,6 +97,7 @@ class WSApp:
         if settings.chat_path:
             self.route(settings.chat_path, endpoint="chat", addressable=True)(self._serve_chat)
         self.sock.init_app(app)
+        fastpath.install(app, self)  # accepted handshakes on static routes skip Flask's request
 
     @property
     def service(self) -> Service:
@@ -197,50 +199,65 @@ class WSApp:
         self, handler: Callable[..., Any], route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Response:
         """Check, reserve, write the 101, start the session; or answer the refusal as JSON."""
-        service = self.service
-        environ = request.environ
         try:
-            if service.settings.generated_secret:
-                from .demo import host_is_loopback, loopback_message
-
-                if not host_is_loopback(request.headers.get("Host")):
-                    raise HandshakeRejected("host_not_allowed", loopback_message(request.headers.get("Host")))
-            if service.registry.draining:
-                raise HandshakeRejected("shutting_down")
-            accepted = check_handshake(
-                method=request.method,
-                headers=cast(Mapping[str, str], request.headers),  # case-insensitive .get()
-                query=request.args,
-                cookies=request.cookies,
-                settings=service.settings,
-            )
-            raw = server.cooperative_socket(environ)
-            if raw is None:  # never a 101 and a dead socket: say what to run instead
-                name = server.server_name(environ)
-                current_app.logger.error(server.UNSUPPORTED_SERVER.format(server=name, app=current_app.import_name))
-                return http_error_response(HandshakeRejected("unsupported_server"))
-            client_id = accepted.identity.client_id
-            slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
+            self.upgrade(handler, route, args, kwargs, request)
+        except server.UnsupportedServer:  # never a 101 and a dead socket: say what to run instead
+            name = server.server_name(request.environ)
+            current_app.logger.error(server.UNSUPPORTED_SERVER.format(server=name, app=current_app.import_name))
+            return http_error_response(HandshakeRejected("unsupported_server"))
         except WsappError as err:
             return self.refused(err)
-        service.metrics.connection_slots.inc()
-        remote = client_address(
-            request.remote_addr or "", request.headers.get("X-Forwarded-For"), service.settings.trusted_proxies
+        return server.after_upgrade()
+
+    def upgrade(
+        self,
+        handler: Callable[..., Any],
+        route: Route,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        req: HandshakeRequest,
+    ) -> None:
+        """The handshake on `req` (Flask's request, or `wsapp.fastpath`'s view of the WSGI
+        environ): every check, the slot, the 101, the session; the caller then answers the
+        WSGI request as one whose socket was taken (`server.after_upgrade`). Raises
+        `WsappError` (a refusal, for the caller to answer) or `server.UnsupportedServer`,
+        both before anything is reserved or written; touches no Flask context."""
+        service = self.service
+        headers = req.headers
+        if service.settings.generated_secret:
+            from .demo import host_is_loopback, loopback_message
+
+            if not host_is_loopback(headers.get("Host")):
+                raise HandshakeRejected("host_not_allowed", loopback_message(headers.get("Host")))
+        if service.registry.draining:
+            raise HandshakeRejected("shutting_down")
+        accepted = check_handshake(
+            method=req.method,
+            headers=headers,  # case-insensitive .get()
+            query=req.args,
+            cookies=req.cookies,
+            settings=service.settings,
         )
+        raw = server.cooperative_socket(req.environ)
+        if raw is None:
+            raise server.UnsupportedServer()
+        client_id = accepted.identity.client_id
+        slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
+        service.metrics.connection_slots.inc()
+        remote = client_address(req.remote_addr or "", headers.get("X-Forwarded-For"), service.settings.trusted_proxies)
         accepted = dataclasses.replace(accepted, remote_addr=remote)
         try:
             sock = server.take_over(raw, switching_protocols(accepted))
         except OSError as exc:
             self._release(slot)
             log.info("upgrade failed client=%s addr=%s: %s", client_id, remote, exc)
-            return server.after_upgrade()
+            return
         except BaseException:
             self._release(slot)
             raise
-        resume = request.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
+        resume = req.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
         session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs, resume)
         session.link(lambda _greenlet: self._release(slot))  # however the greenlet ends
-        return server.after_upgrade()
 
     def _release(self, slot: Slot) -> None:
         if slot.release():

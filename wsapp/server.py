@@ -52,6 +52,11 @@ UNSUPPORTED_SERVER = (
     "so the handshake was refused (501): run it as `gunicorn -k gevent {app}:app` instead"
 )
 
+
+class UnsupportedServer(Exception):
+    """The WSGI server handed over no socket a greenlet can keep (see `cooperative_socket`)."""
+
+
 GOING_AWAY = 1001  # wsapp.errors.CloseCode.GOING_AWAY (errors imports Flask)
 
 # every live WSApp of this process, for the drain; weak: an app that is gone is not kept
@@ -93,6 +98,23 @@ def take_over(server_sock: socket.socket, head: bytes) -> socket.socket:
     return sock
 
 
+def _leave_the_socket(environ: dict[str, Any]) -> None:
+    """Tell the server the socket is ours now: gunicorn and Werkzeug's server each have an
+    exception for it; a test client has none (it gets an empty answer)."""
+    if "gunicorn.socket" in environ:
+        raise StopIteration()  # gunicorn's signal that the socket was handled
+    if str(environ.get("SERVER_SOFTWARE", "")).startswith("Werkzeug/"):
+        raise ConnectionError("the WebSocket session owns the socket")  # dropped quietly
+
+
+def answer_upgraded(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """`after_upgrade()`'s answer as a plain WSGI call, for a request Flask never saw
+    (`wsapp.fastpath`): no Response object to build per handshake."""
+    _leave_the_socket(environ)
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", "0")])
+    return []
+
+
 _after_upgrade: type[Response] | None = None
 
 
@@ -104,10 +126,7 @@ def after_upgrade() -> Response:
 
         class AfterUpgrade(Response):
             def __call__(self, environ: Any, start_response: Any) -> Any:
-                if "gunicorn.socket" in environ:
-                    raise StopIteration()  # gunicorn's signal that the socket was handled
-                if str(environ.get("SERVER_SOFTWARE", "")).startswith("Werkzeug/"):
-                    raise ConnectionError("the WebSocket session owns the socket")  # dropped quietly
+                _leave_the_socket(environ)
                 return super().__call__(environ, start_response)  # a test client: an empty answer
 
         _after_upgrade = AfterUpgrade

@@ -64,6 +64,7 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
                 return ext.handshake(f, options, args, kw)  # type: ignore[no-any-return]
 
             websocket_view.wsapp_route = True  # type: ignore[attr-defined]  # see `is_websocket_view`
+            websocket_view.wsapp_target = (f, options)  # type: ignore[attr-defined]  # for wsapp.fastpath
             target = bp or self.app or self._blueprint()
             target.add_url_rule(path, endpoint, websocket_view, methods=["GET"], websocket=True, **kwargs)
             target.add_url_rule(path, endpoint, websocket_view, methods=HTTP_METHODS, **kwargs)
