@@ -584,3 +584,74 @@ def test_resume_1_on_an_app_route_holds_nothing() -> None:
         assert inproc.ws.send("reader", "live") == 1
         msg = client.json()
         assert (msg["type"], msg["data"]) == ("direct", "live")
+
+
+class _Ws:
+    """A connection that records what is queued on it (pure logic: no socket)."""
+
+    conn_id = "fake"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> bool:
+        self.sent.append(frame)
+        return True
+
+
+class _RacingBackplane:
+    """A stream's history, and messages that arrive while each read is in flight (what a
+    Redis round trip allows): `arrive[n]` offsets are delivered during the n-th read."""
+
+    history_on = in_flight = True
+
+    def __init__(self, peer: Any, kept: int, arrive: list[list[int]]) -> None:
+        from wsapp.history import Position
+
+        self.peer, self.kept, self.arrive = peer, kept, arrive
+        self.head = Position(kept, "e")
+        self.reads = 0
+
+    def replay(self, stream: str, pos: Any) -> Any:
+        from wsapp.history import Position, Replay
+        from wsapp.registry import deliver
+
+        arriving = self.arrive[self.reads] if self.reads < len(self.arrive) else []
+        self.reads += 1
+        upto = self.head.offset
+        frames = [(o, str(o).encode()) for o in range(pos.offset + 1, upto + 1)]
+        for o in arriving:  # published and delivered while the read was on its way
+            self.head = Position(o, "e")
+            deliver([self.peer], str(o).encode(), stream, o)
+        return Replay(True, frames, Position(upto, "e"))
+
+
+@pytest.mark.parametrize(
+    ("limit", "arrive", "reads", "replayed"),
+    [
+        (100, [[11, 12, 13]], 1, 6),  # held during the read, sent after the replay
+        (100, [[9, 10, 11]], 1, 6),  # 9 and 10 were in the read too: sent once
+        (2, [[11, 12, 13, 14, 15]], 2, 11),  # the gate overflowed: the history is read again
+        (100, [[]], 1, 6),  # nothing new
+    ],
+)
+def test_catch_up_sends_every_offset_once_in_order_whatever_arrives_during_the_read(
+    limit: int, arrive: list[list[int]], reads: int, replayed: int
+) -> None:
+    from wsapp.history import Position
+    from wsapp.registry import Peer, deliver
+    from wsapp.resume import catch_up
+
+    ws = _Ws()
+    peer = Peer(ws, "bob", False, 0.0, "", "chat")  # type: ignore[arg-type]
+    backplane = _RacingBackplane(peer, kept=10, arrive=arrive)
+    result = catch_up(peer, backplane, "broadcast", Position(4, "e"), limit)  # type: ignore[arg-type]
+    last = max([10, *arrive[0]])
+    assert [int(f) for f in ws.sent] == list(range(5, last + 1))
+    assert result == {"recovered": True, "replayed": replayed, "offset": last, "epoch": "e"}
+    assert backplane.reads == reads
+    # a copy still on its way from Redis is dropped; the next new one goes out and opens the gate
+    deliver([peer], str(last).encode(), "broadcast", last)
+    deliver([peer], str(last + 1).encode(), "broadcast", last + 1)
+    assert [int(f) for f in ws.sent][-1] == last + 1 and len(ws.sent) == last + 1 - 4
+    assert peer.gates is None
