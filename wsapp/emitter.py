@@ -50,30 +50,33 @@ class Emitter:
         self.sender = sender
         # the service's WSAPP_HISTORY_SIZE / _TTL / WSAPP_STORE_OFFLINE: give the same values
         self.history_size, self.history_ttl_s, self.store_offline = history_size, history_ttl_s, store_offline
-        self.last_stored = False  # whether the last `send` kept its message for a client that is away
 
-    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> int:
+    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
         if self.history_size <= 0 or self.history_ttl_s <= 0:
-            return self._bus.publish(target, protocol.text_frame(obj))
-        n, kept = self._bus.publish_kept(
+            return self._bus.publish(target, protocol.text_frame(obj)), False
+        return self._bus.publish_kept(
             target, stream, history.body_prefix(obj), 0, create, self.history_size, self.history_ttl_s
         )
-        self.last_stored = kept and n == 0
-        return n
 
     def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None) -> int:
         """Send `data` to every addressable connection, or to the members of `room`. Returns connections reached."""
         sender = sender or self.sender
         if room is None:
-            return self._publish(Target("all"), history.stream_broadcast(), protocol.broadcast(sender, data), True)
+            return self._publish(Target("all"), history.stream_broadcast(), protocol.broadcast(sender, data), True)[0]
         obj = protocol.room_message(room, sender, data)
-        return self._publish(Target("room", room), history.stream_room(room), obj, True)
+        return self._publish(Target("room", room), history.stream_room(room), obj, True)[0]
 
     def send(self, to: str, data: Any, *, sender: str | None = None) -> int:
-        """Send `data` to every connection of client id `to`. Returns connections reached; 0: not
-        connected (with history on, `last_stored` then says whether it was kept for `to`'s resume)."""
+        """Send `data` to every connection of client id `to`. Returns connections reached; 0:
+        not connected (with history on it may have been kept for `to`: see `send_direct`)."""
+        return self.send_direct(to, data, sender=sender)[0]
+
+    def send_direct(self, to: str, data: Any, *, sender: str | None = None) -> tuple[int, bool]:
+        """`send`, and whether a message that reached nobody was kept for `to`'s resume
+        (history on, `to` seen within the history TTL or `store_offline`)."""
         obj = protocol.direct(sender or self.sender, to, data)
-        return self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
+        n, kept = self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
+        return n, kept and n == 0
 
     def disconnect(self, client_id: str, code: int = 1008, reason: str = "") -> int:
         """Close every connection of `client_id` on every node (`WSApp.disconnect` from outside).
