@@ -526,3 +526,23 @@ def test_state_file_resumes_rooms_and_missed_messages(server: Server, spawn: Any
     again.eof()
     assert again.wait() == 0
     peer.close()
+
+
+def test_state_file_from_another_epoch_says_what_could_not_be_recovered(
+    server: Server, spawn: Any, tmp_path: Any
+) -> None:
+    me = unique("gina")
+    state = tmp_path / "state.json"
+    # positions from a history this server never had (a restarted worker): a new epoch
+    state.write_text(json.dumps({"positions": {"room:den": {"offset": 7, "epoch": "gone"}}, "rooms": ["den"]}))
+    client = spawn(f"{server.ws_url}/ws/chat", "--token", make_token(me), "--state", str(state)).connected()
+    assert client.line("err") == f"* resuming from {state}"
+    assert client.json()["type"] == "welcome"
+    resumed = client.json()
+    assert resumed["type"] == "resumed" and resumed["rooms"]["den"]["recovered"] is False
+    assert client.line("err") == "* recovered 0 messages"
+    assert client.line("err") == "* could not recover #den: reload"
+    client.eof()
+    assert client.wait() == 0
+    saved = json.loads(state.read_text())
+    assert saved["rooms"] == ["den"] and saved["positions"]["room:den"]["epoch"] != "gone"  # the server's own now
