@@ -129,24 +129,38 @@ HEADER_CASES = [
     ("binary one over the limit", C(2, b"x" * (LIMIT + 1)), LIMIT, False, TOO_BIG),
     ("text at the limit", C(1, b"x" * LIMIT), LIMIT, False, [Message("x" * LIMIT)]),
     ("text one over the limit", C(1, b"x" * (LIMIT + 1)), LIMIT, False, TOO_BIG),
-    # fragments: each continuation costs FRAGMENT_COST against the limit
+    # fragments: each continuation costs its payload, and at least FRAGMENT_COST
     (
         "two fragments at the limit",
-        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST)),
+        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500)),
         LIMIT,
         False,
-        [FRAGMENT, Message(b"a" * 500 + b"b" * (LIMIT - 500 - FRAGMENT_COST))],
+        [FRAGMENT, Message(b"a" * 500 + b"b" * (LIMIT - 500))],
     ),
     (
         "two fragments one over the limit",
-        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
+        C(2, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 + 1)),
         LIMIT,
         False,
         TOO_BIG,
     ),
     (
         "text fragments one over the limit",
-        C(1, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 - FRAGMENT_COST + 1)),
+        C(1, b"a" * 500, fin=False) + C(0, b"b" * (LIMIT - 500 + 1)),
+        LIMIT,
+        False,
+        TOO_BIG,
+    ),
+    (
+        "a short last fragment counts FRAGMENT_COST: at the limit",
+        C(2, b"a" * (LIMIT - FRAGMENT_COST), fin=False) + C(0, b"b"),
+        LIMIT,
+        False,
+        [FRAGMENT, Message(b"a" * (LIMIT - FRAGMENT_COST) + b"b")],
+    ),
+    (
+        "a short last fragment counts FRAGMENT_COST: one over",
+        C(2, b"a" * (LIMIT - FRAGMENT_COST + 1), fin=False) + C(0, b"b"),
         LIMIT,
         False,
         TOO_BIG,
@@ -298,7 +312,7 @@ def test_message_over_limit_is_1009_before_the_payload_arrives() -> None:
     with pytest.raises(ProtocolError) as info:
         FrameReader(1000).feed(raw[:8])  # only the header
     assert (info.value.code, info.value.reason) == TOO_BIG
-    cont = client_frame(0, b"x" * 700)
+    cont = client_frame(0, b"x" * 701)
     reader = FrameReader(1000)
     reader.feed(client_frame(2, b"x" * 300, fin=False))
     with pytest.raises(ProtocolError) as info:
@@ -408,7 +422,15 @@ def test_deflate_fragmented_message_is_inflated_per_fragment() -> None:
     parts = [compressed[:10], compressed[10:20], compressed[20:]]
     data = client_frame(1, parts[0], fin=False, rsv=RSV1) + client_frame(0, parts[1], fin=False)
     data += client_frame(0, parts[2])
-    limit = len(body) + 2 * FRAGMENT_COST
+    # what each fragment inflates to; a continuation counts at least FRAGMENT_COST
+    z = zlib.decompressobj(-15)
+    sizes = [
+        len(z.decompress(parts[0])),
+        len(z.decompress(parts[1])),
+        len(z.decompress(parts[2] + b"\x00\x00\xff\xff")),
+    ]
+    limit = sizes[0] + max(sizes[1], FRAGMENT_COST) + max(sizes[2], FRAGMENT_COST)
+    assert sizes[1] < FRAGMENT_COST  # the floor is what this case measures
     assert feed(data, limit=limit, inflate=True) == [FRAGMENT, FRAGMENT, Message(body.decode())]
     assert outcome(data, limit=limit - 1, inflate=True) == TOO_BIG
     # a bomb in fragments stops at the limit, mid-message
@@ -429,7 +451,7 @@ def test_deflate_fragments_that_each_inflate_count_toward_the_limit() -> None:
     data = client_frame(2, parts[0], fin=False, rsv=RSV1) + client_frame(0, parts[1], fin=False)
     data += client_frame(0, parts[2])
     body = b"A" * 3000 + b"B" * 3000 + b"C" * 3000
-    limit = len(body) + 2 * FRAGMENT_COST
+    limit = len(body)  # fragments of 3,000 bytes each count what they inflate to
     assert feed(data, limit=limit, inflate=True) == [FRAGMENT, FRAGMENT, Message(body)]
     assert outcome(data, limit=limit - 1, inflate=True) == TOO_BIG
 
@@ -529,3 +551,11 @@ def test_no_room_left_is_1009_without_inflating_at_all() -> None:
     with pytest.raises(ProtocolError) as info:
         frames._inflate_chunk(spy, b"data", -1)  # type: ignore[arg-type]
     assert (info.value.code, info.value.reason) == TOO_BIG and spy.limits == []
+
+
+def test_a_message_in_ordinary_chunks_costs_its_payload() -> None:
+    # gorilla/websocket's default 4 KiB write buffer: 65,000 bytes in 16 frames fits 65,536
+    body = os.urandom(65_000)
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    data = b"".join(client_frame(2 if i == 0 else 0, c, fin=i == len(chunks) - 1) for i, c in enumerate(chunks))
+    assert FrameReader(65_536).feed(data) == [FRAGMENT] * (len(chunks) - 1) + [Message(body)]

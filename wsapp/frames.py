@@ -9,9 +9,11 @@ encoded once and the same bytes written to every subscriber.
 
 Memory is bounded by `max_message_bytes` whatever the client sends:
 
-- a message's *size* is its payload bytes plus `FRAGMENT_COST` for every continuation
-  frame, so a message may have at most `1 + max_message_bytes // FRAGMENT_COST`
-  frames: zero-length or one-byte fragments cannot pile up. A compressed message must
+- a message's *size* is its payload bytes, where every continuation frame counts at
+  least `FRAGMENT_COST` bytes, so a message may have at most
+  `1 + max_message_bytes // FRAGMENT_COST` frames: zero-length or one-byte fragments
+  cannot pile up, while a client that splits a message into ordinary chunks (gorilla's
+  4 KiB write buffer) is charged exactly its payload. A compressed message must
   fit both before (wire bytes) and after inflation, and is inflated fragment by
   fragment, so the compressed form is never kept;
 - a frame is refused from its header, before its payload is buffered, if it would take
@@ -53,8 +55,8 @@ _DATA_OPS = (OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 MAX_CONTROL_PAYLOAD = 125
-# What one continuation frame costs against the message limit: about what keeping it
-# costs us (a list slot and an object header, or the parser's per-frame work).
+# What a continuation frame costs against the message limit at least: about what
+# keeping it costs us (a list slot and an object header, or the parser's per-frame work).
 FRAGMENT_COST = 64
 # Frames parsed per `feed` call at most: the rest waits in the buffer (`backlog`), so a
 # read of 64 KiB of tiny frames is handled in slices, with other greenlets run between.
@@ -185,7 +187,7 @@ class FrameReader:
         # the message being reassembled (between its first and its final frame)
         self._msg_op: int | None = None
         self._msg_data = bytearray()  # payload so far (inflated if compressed)
-        self._msg_size = 0  # len(_msg_data) + FRAGMENT_COST per continuation frame
+        self._msg_size = 0  # len(_msg_data), each continuation counted as at least FRAGMENT_COST
         self._msg_wire = 0  # the same on the wire (differs when compressed)
         self._msg_zlib: zlib._Decompress | None = None  # set: the message is compressed
         # UTF-8 check of the text arriving: the current text message (or one-frame text
@@ -265,7 +267,7 @@ class FrameReader:
             if rsv1:
                 raise ProtocolError(1002, "RSV1 on a continuation frame")
             # compressed data can only grow when inflated; the inflater checks the rest
-            if self._msg_wire + FRAGMENT_COST + length > self.max_message_bytes:
+            if self._msg_wire + max(length, FRAGMENT_COST) > self.max_message_bytes:
                 raise ProtocolError(1009, "message too big")
             return
         if opcode in _DATA_OPS:
@@ -317,9 +319,8 @@ class FrameReader:
                 self._msg_zlib = self.inflater.stream()
             elif opcode == OP_TEXT and self._utf8 is None:
                 self._utf8 = _Utf8Decoder()
-        else:
-            self._msg_size += FRAGMENT_COST
-        self._msg_wire += len(payload) + (FRAGMENT_COST if opcode == OP_CONT else 0)
+        floor = FRAGMENT_COST if opcode == OP_CONT else 0
+        self._msg_wire += max(len(payload), floor)
         chunk = payload
         if self._msg_zlib is not None:
             tail = _DEFLATE_TAIL if fin else b""
@@ -330,7 +331,9 @@ class FrameReader:
                 self._feed_utf8(chunk, fin)
         elif self._utf8 is not None:
             self._feed_utf8(payload[checked:], fin)
-        self._msg_size += len(chunk)
+        self._msg_size += max(len(chunk), floor)
+        if self._msg_size > self.max_message_bytes:  # an inflated fragment under its floor
+            raise ProtocolError(1009, "message too big")
         self._msg_data += chunk
         if not fin:
             return FRAGMENT
