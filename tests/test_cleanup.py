@@ -198,13 +198,12 @@ def test_a_room_name_the_server_cannot_encode_never_leaks_a_slot(start_server: C
     assert "Traceback" not in log and "code=1011" not in log
 
 
-def test_a_client_id_the_server_cannot_encode_still_gives_everything_back(inproc: InProcess) -> None:
-    """A token's client id is the issuer's word, not parsed by the chat rules: if it cannot be
-    encoded, the session fails (1011), and the cleanup still runs to the end."""
+def test_a_client_id_the_server_cannot_encode_is_refused_and_holds_nothing(inproc: InProcess) -> None:
+    """A token whose client id no frame could carry (a lone surrogate in `sub`) is refused
+    401 before the 101, every time, and reserves nothing: the id never reaches a session."""
+    token = make_token("\ud800")
     for _ in range(inproc.service.settings.max_connections_per_client + 1):
-        client = inproc.connect(client_id="\ud800")
-        assert client.close_code() == 1011
-        client.close()  # answer the close and hang up: the server need not wait for either
-        client.sock.close()
-        until(lambda: inproc.service.registry.held == 0, "the slot is back")
+        resp = inproc.handshake("/ws/chat", {"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 401 and resp.json["error"] == "invalid_token"
+        assert inproc.service.registry.held == 0
         assert inproc.service.registry.peers() == []
