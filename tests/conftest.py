@@ -1,12 +1,13 @@
-"""Fixtures: real gunicorn processes (gevent worker) on free ports."""
+"""Fixtures: real gunicorn processes (gevent worker) and redis-server, on free ports."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import Server
+from helpers import REDIS_SERVER, RedisProcess, Server, unavailable
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +31,14 @@ def start_server() -> Iterator[Callable[..., Server]]:
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisProcess]:
+    """A real redis-server on a free port for a test module; in CI it must exist."""
+    if not os.path.exists(REDIS_SERVER):
+        unavailable("redis-server is not installed")
+    srv = RedisProcess()
+    srv.start()
+    yield srv
+    srv.stop()

@@ -17,7 +17,6 @@ import pytest
 import websocket
 
 from helpers import (
-    REDIS_SERVER,
     ROOT,
     SECRET,
     RedisProcess,
@@ -27,7 +26,6 @@ from helpers import (
     read_close,
     recv_json,
     recv_until,
-    unavailable,
 )
 from helpers import ws_connect as connect
 
@@ -59,13 +57,8 @@ def start_orders() -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if not os.path.exists(REDIS_SERVER):
-        unavailable("redis-server is not installed")
-    srv = RedisProcess()
-    srv.start()
-    yield srv.url
-    srv.stop()
+def redis_url(redis_server: RedisProcess) -> str:
+    return redis_server.url
 
 
 def notify(srv: Server, client_id: str) -> websocket.WebSocket:

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from helpers import (
-    REDIS_SERVER,
     Reader,
     RedisProcess,
     Server,
@@ -29,7 +28,6 @@ from helpers import (
     read_close,
     recv_json,
     recv_until,
-    unavailable,
     ws_connect,
 )
 
@@ -385,16 +383,6 @@ def test_refresh_moves_the_expiry_and_refuses_another_client_id(node1: Server) -
 
 
 # ---- Redis: resume on any node ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    if not os.path.exists(REDIS_SERVER):
-        unavailable("redis-server is not installed")
-    srv = RedisProcess()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 import websocket
 
 from helpers import (
-    REDIS_SERVER,
     RedisProcess,
     Server,
     chat_client,
@@ -28,24 +27,12 @@ from helpers import (
     read_close,
     recv_json,
     recv_until,
-    unavailable,
     ws_connect,
 )
 from wsapp.emitter import Emitter
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 ADMIN = make_token("admin", admin=True)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    """A real redis-server on a free port for this module; in CI it must exist."""
-    if not os.path.exists(REDIS_SERVER):
-        unavailable("redis-server is not installed")
-    srv = RedisProcess()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
