@@ -75,6 +75,42 @@ class RateLimited:
 
 
 class WebSocket:
+    # slots: no per-connection __dict__ (an idle connection's memory is mostly this object
+    # and what it holds; see bench/idle_memory.py)
+    __slots__ = (
+        "_abort_timer",
+        "_can_try_send",
+        "_close_wait_s",
+        "_closing",
+        "_drop_started",
+        "_events",
+        "_failure",
+        "_handshake_done",
+        "_limiter",
+        "_msg_limited",
+        "_partial",
+        "_peer_closed",
+        "_queue",
+        "_queued_bytes",
+        "_queued_pong",
+        "_reader",
+        "_started",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "compression",
+        "conn_id",
+        "evict_grace_s",
+        "evicted",
+        "last_ping_at",
+        "max_queue",
+        "max_queue_bytes",
+        "on_evict",
+        "opened_at",
+        "ping_sent_at",
+        "sock",
+    )
+
     def __init__(
         self,
         sock: socket.socket,
@@ -111,7 +147,9 @@ class WebSocket:
         self.evicted = False
         self._reader = frames.FrameReader(max_message_bytes, frames.Inflater() if compression else None)
         self._limiter = ratelimit.RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
-        self._events: deque[frames.Event] = deque()
+        # the parsed events of the batch being handled; None between batches (an idle
+        # connection keeps no deque: each batch gets its own)
+        self._events: deque[frames.Event] | None = None
         self._failure: frames.ProtocolError | None = None  # raised after the events before it
         self._msg_limited = False  # a fragment of the message arriving was over budget
         # Frames for the writer. Senders append to `_queue`; only the writer moves them
@@ -355,9 +393,10 @@ class WebSocket:
                 elif isinstance(event, frames.Close):
                     self._peer_closed = True
                     self._handshake_done = True
-                    self._events.clear()
+                    self._events = None
                     self.close(event.code, event.reason)  # a no-op if we closed first
                     return None
+            self._events = None  # drained: an idle connection holds no deque
             if self._failure is not None:
                 self._stop_reading(self._failure.code, self._failure.reason)
                 return None
@@ -379,16 +418,16 @@ class WebSocket:
                     return None
                 Traffic.bytes_in += len(data)
             try:
-                self._events.extend(self._reader.feed(data))
+                self._events = deque(self._reader.feed(data))
             except frames.ProtocolError as exc:
-                self._events.extend(exc.events)
+                self._events = deque(exc.events)
                 self._failure = exc
 
     def _stop_reading(self, code: int, reason: str) -> None:
         """Close with `code` and read nothing more: what the peer sends is not worth it."""
         self.close(code, reason)
         self._peer_closed = True
-        self._events.clear()
+        self._events = None
 
     def _send_pong(self, payload: bytes) -> None:
         """Answer a ping; a pong still waiting in the queue is replaced by this one

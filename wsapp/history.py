@@ -96,16 +96,21 @@ def decide(pos: Position, current: Position, first: int | None) -> bool:
     return first is not None and first <= pos.offset + 1
 
 
-@dataclass(eq=False)
+_NO_ENTRIES: tuple[()] = ()
+
+
+@dataclass(eq=False, slots=True)
 class _Stream:
+    """One stream's position and retained messages. Slots, and no deque until its first
+    message: every client id seen gets a direct stream (for its offline messages), and
+    most of those never get one."""
+
     epoch: str
     offset: int = 0
     nbytes: int = STREAM_COST
     touched: float = 0.0
-    entries: deque[tuple[int, float, bytes]] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.entries = deque()
+    # (offset, time, frame), oldest first; the empty tuple until the first message
+    entries: deque[tuple[int, float, bytes]] | tuple[()] = _NO_ENTRIES
 
 
 class MemoryHistory:
@@ -142,7 +147,10 @@ class MemoryHistory:
         self._streams.move_to_end(stream)
         s.offset += 1
         frame = text_frame(positioned_body(prefix, s.offset, s.epoch))
-        s.entries.append((s.offset, now, frame))
+        entries = s.entries
+        if not isinstance(entries, deque):
+            entries = s.entries = deque()
+        entries.append((s.offset, now, frame))
         cost = len(frame) + ENTRY_COST
         s.nbytes += cost
         self.nbytes += cost
@@ -212,7 +220,9 @@ class MemoryHistory:
             self._pop_oldest(s)
 
     def _pop_oldest(self, s: _Stream) -> None:
-        _off, _t, frame = s.entries.popleft()
+        entries = s.entries
+        assert isinstance(entries, deque)  # only called with entries retained
+        _off, _t, frame = entries.popleft()
         cost = len(frame) + ENTRY_COST
         s.nbytes -= cost
         self.nbytes -= cost

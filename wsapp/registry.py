@@ -22,7 +22,7 @@ from .connection import WebSocket
 from .errors import HandshakeRejected
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: no __dict__ per connection
 class Peer:
     """One connection of one client, as the rest of the service sees it."""
 
