@@ -59,6 +59,10 @@ CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # how long we wait for the peer's close reply
 _IOV_BATCH = 64  # frames per sendmsg (Linux allows 1024)
 _PING = frames.encode_frame(frames.OP_PING, b"")
 _EMPTY_CLOSE = frames.encode_frame(frames.OP_CLOSE, b"")
+# `_queue` and `_started` of every connection with no writer: an idle connection keeps no
+# deques of its own (~760 bytes each). Never appended to: `_write` gives the connection
+# its own pair first (maxlen=0: a stray append would drop the frame, never share it).
+_NO_FRAMES: deque[Any] = deque(maxlen=0)
 
 
 def default_send_queue_bytes(max_message_bytes: int) -> int:
@@ -155,8 +159,9 @@ class WebSocket:
         # Frames for the writer. Senders append to `_queue`; only the writer moves them
         # to `_started` and sends them. No lock: under gevent nothing yields between a
         # check and a change here; the writer yields only inside sendmsg.
-        self._queue: deque[bytes] = deque()
-        self._started: deque[bytes | memoryview] = deque()
+        # Both are `_NO_FRAMES` until a frame has to wait, and again once the writer ends.
+        self._queue: deque[bytes] = _NO_FRAMES
+        self._started: deque[bytes | memoryview] = _NO_FRAMES
         self._queued_bytes = 0  # in _queue and _started
         self._partial = False  # _started[0] is partly written: it must be finished
         self._drop_started = False  # eviction: drop what the writer has not begun
@@ -221,6 +226,7 @@ class WebSocket:
             if sent == len(frame):
                 Traffic.messages_out += 1
                 return
+            self._own_queues()
             if sent:  # the writer finishes this frame before any other
                 self._started.append(memoryview(frame)[sent:])
                 self._partial = True
@@ -228,10 +234,16 @@ class WebSocket:
                 self._started.append(frame)
             self._queued_bytes += len(frame) - sent
         else:
+            self._own_queues()
             self._queue.append(frame)
             self._queued_bytes += len(frame)
         if self._writer is None:
             self._writer = gevent.spawn(self._write_loop)
+
+    def _own_queues(self) -> None:
+        """Give this connection its own `_queue` and `_started` before a frame waits."""
+        if self._queue is _NO_FRAMES:
+            self._queue, self._started = deque(), deque()
 
     def send_text(self, text: str) -> bool:
         return self.send_frame(frames.encode_frame(frames.OP_TEXT, text.encode("utf-8")))
@@ -330,6 +342,8 @@ class WebSocket:
             self.abort()
         finally:
             self._writer = None
+            if not self._queue and not self._started:  # idle again: drop the deques
+                self._queue = self._started = _NO_FRAMES
 
     def _sent(self, sent: int) -> None:
         """Account for `sent` bytes of `_started` written; keep the rest."""
