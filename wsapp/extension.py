@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -257,7 +258,11 @@ class WSApp:
             raise
         resume = req.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
         session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs, resume)
-        session.link(lambda _greenlet: self._release(slot))  # however the greenlet ends
+        session.link(functools.partial(self._release_after, slot))  # however the greenlet ends
+
+    def _release_after(self, slot: Slot, _session: gevent.Greenlet[Any, Any]) -> None:
+        """The session greenlet's link (a partial, not a closure: kept per connection)."""
+        self._release(slot)
 
     def _release(self, slot: Slot) -> None:
         if slot.release():

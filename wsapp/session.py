@@ -15,6 +15,7 @@ its release to the session's greenlet, so it comes back however the greenlet end
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import socket
@@ -211,7 +212,6 @@ def run_session(
         rate_limit=settings.rate_limit,  # every frame the client sends is charged
         rate_burst=settings.rate_burst,
         evict_grace_s=settings.ping_timeout_s,  # for a slow consumer to read its 1008
-        on_evict=lambda: hub.evict(peer),  # leaves the registry and its rooms at once
     )
     peer = Peer(
         ws,
@@ -222,6 +222,9 @@ def run_session(
         route.name,
         addressable=route.addressable,
     )
+    # an evicted slow consumer leaves the registry and its rooms at once (a partial, not a
+    # closure: smaller, and it is kept for the connection's whole life)
+    ws.on_evict = functools.partial(hub.evict, peer)
     # only chat answers a `resume` frame (an app's route would hold these streams forever)
     if resume and handler == ext._serve_chat and service.backplane.history_on:
         peer.gates = hold_streams(peer.client_id, settings.send_queue)
