@@ -559,3 +559,25 @@ def test_a_message_in_ordinary_chunks_costs_its_payload() -> None:
     chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
     data = b"".join(client_frame(2 if i == 0 else 0, c, fin=i == len(chunks) - 1) for i, c in enumerate(chunks))
     assert FrameReader(65_536).feed(data) == [FRAGMENT] * (len(chunks) - 1) + [Message(body)]
+
+
+def test_a_compressed_fragment_counts_fragment_cost_even_when_it_inflates_to_nothing() -> None:
+    # the first fragment inflates to all but FRAGMENT_COST (or one byte less) of the limit
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = c.compress(b"z" * (LIMIT - FRAGMENT_COST)) + c.flush(zlib.Z_SYNC_FLUSH)
+    data = client_frame(2, first, fin=False, rsv=RSV1) + client_frame(0, b"\x00")  # an empty stored block
+    assert feed(data, inflate=True) == [FRAGMENT, Message(b"z" * (LIMIT - FRAGMENT_COST))]
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = c.compress(b"z" * (LIMIT - FRAGMENT_COST + 1)) + c.flush(zlib.Z_SYNC_FLUSH)
+    data = client_frame(2, first, fin=False, rsv=RSV1) + client_frame(0, b"\x00")
+    assert outcome(data, inflate=True) == TOO_BIG
+
+
+def test_every_continuation_adds_to_what_the_header_check_counts() -> None:
+    # three frames: the third is refused from its header alone, before its payload
+    reader = FrameReader(LIMIT)
+    reader.feed(client_frame(2, b"a" * 500, fin=False) + client_frame(0, b"b" * 500, fin=False))
+    third = client_frame(0, b"c" * (LIMIT - 1000 + 1))
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(third[:8])
+    assert (info.value.code, info.value.reason) == TOO_BIG

@@ -323,17 +323,18 @@ class FrameReader:
         self._msg_wire += max(len(payload), floor)
         chunk = payload
         if self._msg_zlib is not None:
+            room = self.max_message_bytes - self._msg_size
+            if room < floor:  # even a fragment that inflates to nothing counts FRAGMENT_COST
+                raise ProtocolError(1009, "message too big")
             tail = _DEFLATE_TAIL if fin else b""
-            chunk = _inflate_chunk(self._msg_zlib, payload + tail, self.max_message_bytes - self._msg_size)
+            chunk = _inflate_chunk(self._msg_zlib, payload + tail, room)
             if self._msg_op == OP_TEXT:
                 if self._utf8 is None:
                     self._utf8 = _Utf8Decoder()
                 self._feed_utf8(chunk, fin)
         elif self._utf8 is not None:
             self._feed_utf8(payload[checked:], fin)
-        self._msg_size += max(len(chunk), floor)
-        if self._msg_size > self.max_message_bytes:  # an inflated fragment under its floor
-            raise ProtocolError(1009, "message too big")
+        self._msg_size += max(len(chunk), floor)  # within the limit: checked above or from the header
         self._msg_data += chunk
         if not fin:
             return FRAGMENT
