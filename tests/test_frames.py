@@ -245,8 +245,8 @@ def test_one_event_per_frame_and_the_message_is_reset() -> None:
     reader = FrameReader(LIMIT)
     assert reader.feed(client_frame(2, b"a", fin=False)) == [FRAGMENT]
     assert reader.feed(client_frame(0, b"b")) == [Message(b"ab")]
-    # a fresh message afterwards, and the fragment budget starts again from zero
-    body = b"c" * (LIMIT - FRAGMENT_COST)
+    # a fresh message afterwards, and the size budget starts again from zero: all of it
+    body = b"c" * LIMIT
     assert reader.feed(client_frame(2, b"", fin=False) + client_frame(0, body)) == [FRAGMENT, Message(body)]
     with pytest.raises(ProtocolError) as info:  # the message is over: nothing to continue
         reader.feed(client_frame(0, b"x"))
