@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SECRET, Server, http, raw_handshake, recv_json, ws_connect
+from helpers import ROOT, SECRET, Server, http, raw_handshake, recv_json, unavailable, ws_connect
 from wsapp import demo_secret
 from wsapp.settings import SettingsError
 
@@ -156,7 +156,7 @@ def test_a_demo_secret_file_others_may_write_or_a_link_is_refused() -> None:
 
 def test_a_demo_secret_owned_by_another_user_is_refused() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to give a file to another user (the unit test below covers it)")
+        unavailable("needs root to give a file to another user (the unit test below covers it)")
     instance = tempfile.mkdtemp(prefix="wsapp-demo-")
     path = os.path.join(instance, "demo-jwt-secret")
     with open(path, "w") as f:

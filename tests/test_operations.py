@@ -7,9 +7,7 @@ import signal
 import socket
 import time
 
-import pytest
-
-from helpers import Reader, Server, chat_client, http, make_token, raw_handshake, read_close, ws_connect
+from helpers import Reader, Server, chat_client, http, make_token, raw_handshake, read_close, unavailable, ws_connect
 
 
 def test_sigterm_closes_clients_1001_refuses_new_handshakes_and_exits_in_time(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -218,7 +216,7 @@ def test_descriptor_soft_limit_is_raised_to_the_hard_limit_and_logged_once() -> 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = 64
     if hard != resource.RLIM_INFINITY and hard <= low + 100:
-        pytest.skip(f"the hard descriptor limit ({hard}) leaves no room to test")
+        unavailable(f"the hard descriptor limit ({hard}) leaves no room to test")
     # gunicorn starts with the low soft limit, as from systemd (set in the child only: this
     # process's own descriptors, however many earlier tests left, do not count)
     srv = Server(env={"WSAPP_RATE_LIMIT": "0", "WSAPP_MAX_CONNECTIONS_PER_CLIENT": "200"}, nofile_soft=low)
