@@ -269,13 +269,14 @@ def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server
     srv, observer = node(WSAPP_WORKERS="2"), node()
     r = redis_server.client()
     eventually(lambda: r.zcard("wsapp:nodes") == 3, 10, "three workers registered")
-    chat_client(srv, "wghost")
+    ghost = chat_client(srv, "wghost")  # held open: a dropped reference would close it
 
     def holders() -> list[bytes]:  # presence reaches Redis shortly after the welcome
         return [n for n in r.zrange("wsapp:nodes", 0, -1) if r.hget(b"wsapp:n:" + n + b":c", "wghost")]
 
     eventually(lambda: len(holders()) == 1, 10, "the client's presence written by its worker")
     holder = holders()[0]
+    assert ghost.sock is not None
     worker_pid = int(holder.decode().rsplit("-", 2)[1])  # node ids are host-pid-random
     os.kill(worker_pid, signal.SIGKILL)
 
