@@ -188,16 +188,23 @@ class FastHandshakes:
         self._views = -1  # len(app.view_functions) the table was built for
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if str(environ.get("HTTP_UPGRADE", "")).lower() == "websocket":
-            target = self.target(str(environ.get("PATH_INFO", "")))
-            if target is not None and self.unobserved(target) and cooperative_socket(environ) is not None:
-                try:
-                    self.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ))
-                except (WsappError, Fallback):
-                    pass  # Flask's view runs the checks again and answers the refusal
-                else:
-                    return answer_upgraded(environ, start_response)
+        if self.upgraded(environ):
+            return answer_upgraded(environ, start_response)
         return self.wsgi_app(environ, start_response)
+
+    def upgraded(self, environ: dict[str, Any]) -> bool:
+        """Upgrade the request of `environ` here if it may skip Flask and is accepted;
+        False: nothing was reserved or written, the request is Flask's."""
+        if str(environ.get("HTTP_UPGRADE", "")).lower() != "websocket":
+            return False
+        target = self.target(str(environ.get("PATH_INFO", "")))
+        if target is None or not self.unobserved(target) or cooperative_socket(environ) is None:
+            return False
+        try:
+            self.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ))
+        except (WsappError, Fallback):
+            return False  # Flask's view runs the checks again and answers the refusal
+        return True
 
     def target(self, path: str) -> _Target | None:
         if len(self.app.view_functions) != self._views:

@@ -86,11 +86,32 @@ def server_name(environ: dict[str, Any]) -> str:
     return str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
 
 
+# bytes of a request still in the kernel's buffer because `wsapp.earlypath` only peeked
+# at them, per server socket: `take_over` consumes them before the 101. Set and cleared
+# around one `WSApp.upgrade` call by the greenlet that owns the socket.
+_unread: dict[socket.socket, int] = {}
+
+
+def leave_unread(server_sock: socket.socket, nbytes: int) -> None:
+    """Say that `nbytes` of the request on `server_sock` were peeked, not read (0: forget it)."""
+    if nbytes:
+        _unread[server_sock] = nbytes
+    else:
+        _unread.pop(server_sock, None)
+
+
 def take_over(server_sock: socket.socket, head: bytes) -> socket.socket:
-    """Detach the socket from the server, write the 101 (`head`) and hand it back."""
+    """Detach the socket from the server, consume the request's bytes that were only
+    peeked at (`leave_unread`), write the 101 (`head`) and hand the socket back."""
+    unread = _unread.pop(server_sock, 0)
     sock = type(server_sock)(fileno=server_sock.detach())
     try:
         sock.settimeout(None)
+        while unread > 0:  # already in the kernel's buffer: no wait
+            got = len(sock.recv(unread))
+            if not got:
+                raise ConnectionResetError("connection closed during the handshake")
+            unread -= got
         sock.sendall(head)
     except OSError:
         sock.close()
@@ -227,3 +248,6 @@ def post_worker_init(worker: Any) -> None:
     if raised is not None:
         worker.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
     install(worker)
+    from . import earlypath  # imports Flask: the worker is patched by now
+
+    earlypath.install(worker)  # accepted upgrades read before gunicorn's HTTP parser
