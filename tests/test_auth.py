@@ -339,3 +339,96 @@ def test_a_client_id_that_is_not_valid_unicode_is_refused(sub: str) -> None:
 
 def test_a_non_ascii_client_id_is_accepted() -> None:
     assert auth.verify_token(make_token("zoë-😀"), SETTINGS).client_id == "zoë-😀"
+
+
+# ---- the cache of verified tokens ---------------------------------------------------------
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens PyJWT actually decoded (a fresh, empty cache for the test)."""
+    auth.verified_tokens.clear()
+    seen: list[str] = []
+    original = auth._jwt.decode
+
+    def counting(token: str, *args: object, **kwargs: object) -> object:
+        seen.append(token)
+        return original(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth._jwt, "decode", counting)
+    yield seen
+    auth.verified_tokens.clear()
+
+
+def test_a_token_verified_once_comes_from_the_cache(decodes: list[str]) -> None:
+    tok = make_token("cached")
+    first = auth.verify_token(tok, SETTINGS)
+    assert auth.verify_token(tok, SETTINGS) is first and decodes == [tok]
+
+
+def test_a_refusal_is_never_cached(decodes: list[str]) -> None:
+    tok = make_token("forged", secret="another-secret-0123456789-abcdefghijklmnop")
+    assert rejected(tok) == (401, "invalid_token")
+    assert rejected(tok) == (401, "invalid_token")
+    assert decodes == [tok, tok] and len(auth.verified_tokens) == 0
+
+
+def test_a_cached_token_is_not_accepted_by_settings_that_would_refuse_it(decodes: list[str]) -> None:
+    tok = make_token("keyed", iss="https://issuer")
+    auth.verify_token(tok, SETTINGS)
+    other_key = Settings(jwt_secret="another-secret-0123456789-abcdefghijklmnop")
+    assert rejected(tok, other_key) == (401, "invalid_token")
+    assert rejected(tok, Settings(jwt_secret=SECRET, jwt_issuer="https://elsewhere"))[1] == "invalid_token"
+    assert rejected(tok, Settings(jwt_secret=SECRET, jwt_algorithms=("HS512",)))[1] == "invalid_token"
+    assert rejected(tok, Settings(jwt_secret=SECRET, jwt_client_id_claim="uid"))[1] == "invalid_token"
+    assert auth.verify_token(tok, SETTINGS).client_id == "keyed"  # its own entry is still there
+    for_us = make_token("keyed", aud="wsapp")
+    auth.verify_token(for_us, Settings(jwt_secret=SECRET, jwt_audience="wsapp"))
+    assert rejected(for_us, Settings(jwt_secret=SECRET, jwt_audience="other"))[1] == "invalid_token"
+
+
+def test_an_expired_token_is_never_accepted_from_the_cache(decodes: list[str]) -> None:
+    strict = Settings(jwt_secret=SECRET, jwt_leeway_s=0)
+    exp = int(time.time()) + 2
+    tok = jwt.encode({"sub": "brief", "exp": exp}, SECRET, algorithm="HS256")
+    identity = auth.verify_token(tok, strict)
+    assert auth.verified_tokens.get(tok, strict, exp - 0.5) is identity
+    assert auth.verified_tokens.get(tok, Settings(jwt_secret=SECRET, jwt_leeway_s=10), exp + 5) is identity
+    assert auth.verified_tokens.get(tok, strict, exp) is None  # PyJWT's rule: exp <= now - leeway
+    assert len(auth.verified_tokens) == 0  # and the entry is gone
+    auth.verify_token(tok, strict)  # stored again while still valid
+    deadline = time.monotonic() + 10
+    while time.time() < exp:  # the real clock, not a sleep for synchronisation
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rejected(tok, strict) == (401, "token_expired")
+
+
+def test_the_cache_is_bounded(decodes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth.VerifiedTokens, "MAX_ENTRIES", 3)
+    tokens = [make_token(f"c{i}") for i in range(4)]
+    for tok in tokens:
+        auth.verify_token(tok, SETTINGS)
+    assert len(auth.verified_tokens) == 3
+    auth.verify_token(tokens[0], SETTINGS)  # the oldest was dropped: decoded again
+    auth.verify_token(tokens[3], SETTINGS)  # the newest was kept
+    assert decodes == [*tokens, tokens[0]]
+    long = make_token("long", pad="x" * auth.VerifiedTokens.MAX_CACHED_CHARS)
+    auth.verify_token(long, SETTINGS)
+    auth.verify_token(long, SETTINGS)
+    assert decodes.count(long) == 2  # too long to keep
+
+
+def test_the_number_of_configurations_is_bounded(decodes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth.VerifiedTokens, "MAX_CONFIGS", 1)
+    tok = make_token("configs")
+    auth.verify_token(tok, SETTINGS)
+    other = Settings(jwt_secret=SECRET, jwt_issuer="")  # the same configuration
+    auth.verify_token(tok, other)
+    leeway = Settings(jwt_secret=SECRET, jwt_audience="")  # still the same
+    auth.verify_token(tok, leeway)
+    second = Settings(jwt_secret=SECRET + "-2")
+    tok2 = make_token("configs", secret=SECRET + "-2")
+    auth.verify_token(tok2, second)
+    auth.verify_token(tok2, second)
+    assert decodes == [tok, tok2, tok2]

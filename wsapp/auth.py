@@ -141,8 +141,89 @@ def _decoder() -> jwt.PyJWT:
 _jwt = _decoder()
 
 
+class VerifiedTokens:
+    """Identities of tokens that passed `verify_token` recently, until their `exp`.
+
+    A reconnect storm brings back the tokens a worker verified minutes ago; PyJWT's
+    decode (base64, JSON, HMAC or RSA, claims) was a tenth of a handshake (issue 14).
+    Verification is a function of the token's exact text and the settings that verify
+    it (key, algorithms, issuer, audience, client-id claim: part of the cache's key), so
+    for a token seen before only what depends on the clock can change, and it is checked
+    again on every hit: `exp` exactly as PyJWT checks it (`int(exp) <= now - leeway`:
+    expired, the entry dropped). `nbf` and `iat` only ever become true with time, and a
+    token is stored only once they were. Refusals are never stored. wsapp has no token
+    revocation list; one added later must be checked before this cache.
+
+    Bounds: `MAX_ENTRIES` per verifying configuration (the oldest stored is dropped
+    first), tokens up to `MAX_CACHED_CHARS` only, `MAX_CONFIGS` configurations (one per
+    app in practice). An entry holds the token's text and its `Identity`, which the
+    connection holds anyway: about 0.5 KiB for a typical 250-character token. The
+    worker's greenlets share it; no lock (no yield inside `get`/`put`)."""
+
+    MAX_ENTRIES = 10_000
+    MAX_CACHED_CHARS = 2048
+    MAX_CONFIGS = 8
+
+    def __init__(self) -> None:
+        self._by_config: dict[tuple[Any, ...], dict[str, Identity]] = {}
+
+    @staticmethod
+    def config(settings: Settings) -> tuple[Any, ...]:
+        return (
+            _verification_key(settings),
+            settings.jwt_algorithms,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            settings.jwt_client_id_claim,
+        )
+
+    def get(self, token: str, settings: Settings, now: float) -> Identity | None:
+        entries = self._by_config.get(self.config(settings))
+        identity = entries.get(token) if entries is not None else None
+        if identity is None:
+            return None
+        if int(identity.expires_at) <= now - settings.jwt_leeway_s:  # PyJWT's own exp rule
+            del entries[token]  # type: ignore[union-attr]
+            return None
+        return identity
+
+    def put(self, token: str, settings: Settings, identity: Identity) -> None:
+        if len(token) > self.MAX_CACHED_CHARS:
+            return
+        key = self.config(settings)
+        entries = self._by_config.get(key)
+        if entries is None:
+            if len(self._by_config) >= self.MAX_CONFIGS:
+                return
+            entries = self._by_config[key] = {}
+        if len(entries) >= self.MAX_ENTRIES and token not in entries:
+            del entries[next(iter(entries))]  # the oldest stored
+        entries[token] = identity
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._by_config.values())
+
+    def clear(self) -> None:
+        self._by_config.clear()
+
+
+verified_tokens = VerifiedTokens()
+
+
 def verify_token(token: str, settings: Settings, now: float | None = None) -> Identity:
-    """Check signature, algorithm, exp (required), nbf, iss and aud; return the identity."""
+    """Check signature, algorithm, exp (required), nbf, iss and aud; return the identity.
+
+    A token verified before under the same settings comes from `verified_tokens`, its
+    `exp` checked again at `now` (default: the clock)."""
+    cached = verified_tokens.get(token, settings, time.time() if now is None else now)
+    if cached is not None:
+        return cached
+    identity = _verify(token, settings)
+    verified_tokens.put(token, settings, identity)
+    return identity
+
+
+def _verify(token: str, settings: Settings) -> Identity:
     if len(token) > MAX_TOKEN_CHARS:
         raise HandshakeRejected("invalid_token", "the token is too long")
     options: dict[str, Any] = {"require": ["exp"], "verify_aud": bool(settings.jwt_audience)}
