@@ -20,8 +20,10 @@ Room workload, for each node count N (fresh Redis and nodes each time):
     `INFO cpu` used_cpu_sys+used_cpu_user (summed over the masters of a cluster), read
     before and after; messages/s = messages / wall time from the first send to the last
     delivery. Before each reading, every idle client sends one message to its own room
-    and waits for it: a node reads its bus in order, so its copy of the last `hot`
-    message has been handled by then (the barrier costs N-2 messages, counted in).
+    and waits for it: with history on (the default) that message comes back over the
+    node's bus, which it reads in order, so its copy of the last `hot` message has been
+    handled by then (the barrier costs N-2 messages, counted in; with history off it
+    waits for nothing, and the last few messages' cost may fall after the reading).
 
 Fan-out workload (unless `--fanout-messages 0`): `--subscribers` chat connections spread
 evenly over the same N nodes, one more client on node 1 sends `broadcast` frames one at a
@@ -819,7 +821,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     p.add_argument("--warmup", type=int, default=200, help="room messages sent before measuring (default 200)")
     p.add_argument("--repeat", type=int, default=1, help="runs per node count; the table shows medians")
     p.add_argument("--subscribers", type=int, default=1000, help="fan-out subscribers (default 1000)")
-    p.add_argument("--fanout-messages", type=int, default=30, help="fan-out broadcasts timed; 0 skips the fan-out")
+    p.add_argument("--fanout-messages", type=int, default=50, help="fan-out broadcasts timed; 0 skips the fan-out")
     p.add_argument("--timeout", type=float, default=120, help="seconds any one phase may take (default 120)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--redis-url", default="", help="use this Redis (redis+cluster://host:port for a cluster)")
@@ -879,7 +881,7 @@ def run(args: argparse.Namespace, opts: Options, tmp: Path, report: dict[str, An
                 row = row_of(result)
                 print(f"{n} nodes, run {rep + 1}: {row.messages_per_s:,.0f} room messages/s, "
                       f"node 2 {ms(row.delivering_ms)}, other {ms(row.other_ms)}, Redis {ms(row.redis_ms)} "
-                      f"per 1,000; client {ms(row.client_ms)}", flush=True)  # fmt: skip
+                      f"per 1,000; client {ms(row.client_ms)}; load {result.load_before:.1f}", flush=True)  # fmt: skip
                 if opts.fanout_messages and rep == 0:
                     fanouts.append(fanout_workload(nodes, "redis", opts.subscribers, opts.fanout_messages,
                                                    opts.timeout_s))  # fmt: skip
@@ -909,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="scale-sim-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report: dict[str, Any] = {"date": started, "command": " ".join(["bench/scale_sim.py", *sys.argv[1:]]),
-                              "cpus": os.cpu_count(), "options": asdict(opts)}  # fmt: skip
+                              "cpus": os.cpu_count(), "options": asdict(opts), "clk_tck": CLK_TCK}  # fmt: skip
     try:
         if args.redis_only:
             red = make_redis(args, tmp)
@@ -948,6 +950,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(fanout_table([FanoutRun(**r) for r in report["fanout_runs"]]))
     print(f"\nclient CPU per 1,000 room messages: {', '.join(f'{r.nodes}: {ms(r.client_ms)}' for r in rows)}")
+    # a node's CPU is read in /proc ticks: the smallest step of its figure, which an idle node's may be near
+    print(f"a node's CPU resolution: one tick ({1000 / CLK_TCK:g} ms) = {ms(per_1000_ms(1 / CLK_TCK, opts.messages))} "
+          "per 1,000 messages (raise --messages for a finer one)")  # fmt: skip
     print(f"written: {out}")
     return 0
 
