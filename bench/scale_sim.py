@@ -373,8 +373,8 @@ class Redis:
             masters = cluster_masters(seed.execute_command("CLUSTER NODES"))
             seed.close()
             return cls(url, masters, [])
-        r = cls(url, [], [])
-        r._clients = [redis.Redis.from_url(url, socket_timeout=5)]
+        r = cls(url, [(parts.hostname or parts.path, parts.port or 0)], [])
+        r._clients = [redis.Redis.from_url(url, socket_timeout=5)]  # rediss:// and unix:// too
         return r
 
     def cpu_s(self) -> float:
