@@ -11,12 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gevent.socket
 import pytest
 from flask import Flask
 from inprocess import InProcess, in_process, until
 
 from helpers import ROOT, Server, make_token, raw_handshake
 from wsapp import httphead
+from wsapp import server as wsapp_server
 from wsapp.earlypath import EarlyHandshakes
 from wsapp.fastpath import FastHandshakes
 
@@ -317,3 +319,32 @@ def test_a_pre_request_hook_keeps_upgrades_on_gunicorns_path(tmp_path: Path) -> 
         assert "upgrades are read before gunicorn's HTTP parser" not in srv.log()
     finally:
         srv.stop()
+
+
+class Dribbling(gevent.socket.socket):
+    """A socket whose reads and writes move at most 7 bytes per call (the kernel may do that)."""
+
+    def recv(self, n: int, *args: Any) -> bytes:
+        return super().recv(min(n, 7), *args)
+
+    def send(self, data: Any, *args: Any, **kwargs: Any) -> int:
+        return super().send(bytes(data[:7]), *args, **kwargs)
+
+
+def test_take_over_consumes_every_peeked_byte_and_writes_the_whole_101_in_pieces() -> None:
+    a, client_end = gevent.socket.socketpair()
+    server_end = Dribbling(fileno=a.detach())
+    request = b"GET /ws/echo HTTP/1.1\r\nHost: x\r\n\r\n"
+    client_end.sendall(request + b"frames")
+    wsapp_server.leave_unread(server_end, len(request))
+    sock = wsapp_server.take_over(server_end, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    try:
+        client_end.settimeout(5)
+        got = b""
+        while not got.endswith(b"\r\n\r\n"):
+            got += client_end.recv(4096)
+        assert got == b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        assert sock.recv(100) == b"frames"[:7] and not wsapp_server._unread  # the request consumed, frames kept
+    finally:
+        sock.close()
+        client_end.close()

@@ -97,6 +97,7 @@ class WebSocket:
         "_queue",
         "_queued_bytes",
         "_queued_pong",
+        "_read_before",
         "_reader",
         "_started",
         "_writer",
@@ -150,6 +151,9 @@ class WebSocket:
         self.close_reason = ""
         self.evicted = False
         self._reader = frames.FrameReader(max_message_bytes, frames.Inflater() if compression else None)
+        # False until the first read: the session greenlet has just come from the hub, so
+        # the yield before a read (one batch at a time) is not needed for that one
+        self._read_before = False
         self._limiter = ratelimit.RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
         # the parsed events of the batch being handled; None between batches (an idle
         # connection keeps no deque: each batch gets its own)
@@ -416,7 +420,9 @@ class WebSocket:
                 return None
             if self._peer_closed:
                 return None
-            gevent.sleep(0)  # one batch at a time: let every other greenlet run first
+            if self._read_before:
+                gevent.sleep(0)  # one batch at a time: let every other greenlet run first
+            self._read_before = True
             if self._reader.backlog:  # frames already read and not parsed yet: no recv
                 data = b""
             else:

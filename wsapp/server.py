@@ -112,7 +112,9 @@ def take_over(server_sock: socket.socket, head: bytes) -> socket.socket:
             if not got:
                 raise ConnectionResetError("connection closed during the handshake")
             unread -= got
-        sock.sendall(head)
+        sent = sock.send(head)  # a fresh socket's buffer takes the whole 101 at once
+        if sent < len(head):
+            sock.sendall(head[sent:])
     except OSError:
         sock.close()
         raise
