@@ -89,14 +89,21 @@ def test_anything_unusual_is_left_to_gunicorn(raw: bytes) -> None:
     assert httphead.parse(raw, LIMITS) is None
 
 
-def test_limits_of_zero_are_gunicorns_no_limit() -> None:
+def test_gunicorns_limits_apply_as_its_parser_counts_them() -> None:
     raw = head("X-Long: " + "a" * 5000, "X-Two: 2", line="GET /" + "a" * 2000 + " HTTP/1.1")
-    assert httphead.parse(raw, httphead.Limits(2000, 3, 5008)) is None  # the request line is 2,014
-    assert httphead.parse(raw, httphead.Limits(2014, 2, 5008)) is None  # 3 fields
-    assert httphead.parse(raw, httphead.Limits(2014, 3, 5007)) is None  # the field line is 5,008
-    assert httphead.parse(raw, httphead.Limits(2014, 3, 5008)) is not None
-    assert httphead.parse(raw, httphead.Limits(0, 0, 0)) is not None
+    assert httphead.parse(raw, httphead.Limits(2013, 3, 5010)) is None  # the request line is 2,014
+    assert httphead.parse(raw, httphead.Limits(2014, 2, 5010)) is None  # 3 fields
+    assert httphead.parse(raw, httphead.Limits(2014, 3, 5009)) is None  # the field line is 5,008 + CRLF
+    assert httphead.parse(raw, httphead.Limits(2014, 3, 5010)) is not None
+    assert httphead.parse(raw, httphead.Limits(0, 3, 5010)) is not None  # request line: 0 is no bound
     assert httphead.parse(head(*(f"X-F{i}: 1" for i in range(99))), LIMITS) is not None  # 100 fields
+
+
+def test_gunicorns_settings_are_normalised_as_its_parser_does() -> None:
+    assert httphead.Limits.from_gunicorn(4094, 100, 8190) == httphead.Limits(4094, 100, 8190)
+    assert httphead.Limits.from_gunicorn(0, 0, 0) == httphead.Limits(0, 32768, 8190)
+    assert httphead.Limits.from_gunicorn(-1, -1, -1) == httphead.Limits(8190, 32768, 8190)
+    assert httphead.Limits.from_gunicorn(99999, 99999, 99999) == httphead.Limits(8190, 32768, 99999)
 
 
 # ---- EarlyHandshakes in front of a real app, on real sockets ---------------------------
@@ -110,7 +117,15 @@ class Early:
         self.inproc = inproc
         self.given_to_gunicorn: list[bytes] = []
         cfg = SimpleNamespace(
-            limit_request_line=4094, limit_request_fields=100, limit_request_field_size=8190, keepalive=keepalive
+            limit_request_line=4094,
+            limit_request_fields=100,
+            limit_request_field_size=8190,
+            keepalive=keepalive,
+            secure_scheme_headers={
+                "X-FORWARDED-PROTOCOL": "ssl",
+                "X-FORWARDED-PROTO": "https",
+                "X-FORWARDED-SSL": "on",
+            },
         )
         self.worker = SimpleNamespace(cfg=cfg, nr=0, max_requests=1000, alive=True, log=logging.getLogger("test"))
         assert isinstance(inproc.app.wsgi_app, FastHandshakes)
@@ -275,6 +290,18 @@ def test_a_repeated_header_means_what_gunicorn_makes_of_it(server: Server) -> No
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+def test_contradictory_scheme_headers_are_refused_by_gunicorn_as_before(server: Server) -> None:
+    # from a peer in forwarded_allow_ips (127.0.0.1 by default) gunicorn answers 400
+    token = make_token("scheme")
+    one = {"Authorization": f"Bearer {token}", "X-Forwarded-Proto": "https"}
+    status, _, _, sock = raw_handshake(server.port, "/ws/echo", one)
+    sock.close()
+    assert status == 101
+    status, _, _, sock = raw_handshake(server.port, "/ws/echo", {**one, "X-Forwarded-Ssl": "off"})
+    sock.close()
+    assert status == 400
 
 
 def test_a_header_name_with_an_underscore_is_dropped_as_gunicorn_drops_it(server: Server) -> None:

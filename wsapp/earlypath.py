@@ -56,7 +56,12 @@ class EarlyHandshakes:
         self.worker = worker
         self.fast = fast
         self.original = original
-        self.limits = httphead.Limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size)
+        self.limits = httphead.Limits.from_gunicorn(
+            cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+        )
+        # gunicorn refuses (400) a request whose scheme headers contradict each other
+        # (from a peer in `forwarded_allow_ips`): more than one of them goes to gunicorn
+        self.scheme_keys = tuple(httphead.environ_key(name) for name in (cfg.secure_scheme_headers or {}))
         # gunicorn gives a connection `keepalive` seconds to send a request, then closes it
         self.wait_s: float | None = cfg.keepalive or None
 
@@ -82,6 +87,8 @@ class EarlyHandshakes:
             return False
         head = httphead.parse(data[:end], self.limits)
         if head is None or head.headers.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return False
+        if sum(key in head.headers for key in self.scheme_keys) > 1:
             return False
         target = self.fast.target(head.path)
         if target is None or not self.fast.unobserved(target):

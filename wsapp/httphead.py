@@ -21,7 +21,8 @@ would refuse or read differently, hence the rules below, each stricter than guni
 - no body and no framing to misread: `Content-Length`, `Transfer-Encoding` and
   `Expect` send the request to gunicorn;
 - gunicorn's own bounds (`limit_request_line`, `limit_request_fields`,
-  `limit_request_field_size`) apply, and the caller reads at most `MAX_HEAD` bytes.
+  `limit_request_field_size`, normalised as its parser does) apply, and the caller
+  reads at most `MAX_HEAD` bytes.
 """
 
 from __future__ import annotations
@@ -45,11 +46,25 @@ _KEYS_MAX = 256
 
 @dataclass(frozen=True)
 class Limits:
-    """gunicorn's request bounds (0: gunicorn's "no limit"; `MAX_HEAD` still applies)."""
+    """gunicorn's request bounds as its parser applies them (`from_gunicorn`): a request
+    line longer than `request_line` (0: no bound), more than `fields` fields, or a field
+    line longer than `field_size` counting its CRLF is refused there, so left to it."""
 
     request_line: int = 4094
     fields: int = 100
     field_size: int = 8190
+
+    @classmethod
+    def from_gunicorn(cls, request_line: int, fields: int, field_size: int) -> Limits:
+        """gunicorn's settings normalised as `gunicorn.http.message` does (27.0)."""
+        return cls(
+            request_line=_MAX_REQUEST_LINE if request_line < 0 else min(request_line, _MAX_REQUEST_LINE),
+            fields=fields if 0 < fields <= _MAX_HEADERS else _MAX_HEADERS,
+            field_size=field_size if field_size > 0 else _MAX_FIELD_SIZE,
+        )
+
+
+_MAX_REQUEST_LINE, _MAX_HEADERS, _MAX_FIELD_SIZE = 8190, 32768, 8190  # gunicorn's caps
 
 
 @dataclass(frozen=True)
@@ -79,11 +94,11 @@ def parse(head: bytes, limits: Limits) -> Head | None:
     path, _, query = target.partition("?")
     if "%" in path:
         return None
-    if limits.fields and len(lines) - 1 > limits.fields:
+    if len(lines) - 1 > limits.fields:
         return None
     headers: dict[str, str] = {}
     for line in lines[1:]:
-        if limits.field_size and len(line) > limits.field_size:
+        if len(line) + 2 > limits.field_size:  # gunicorn counts the CRLF
             return None
         name, colon, value = line.partition(b":")
         # a leading space or tab (obs-fold), or one before the colon, is not a token byte
