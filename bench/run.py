@@ -693,6 +693,8 @@ def main() -> int:
     ap.add_argument("--no-cross-node", action="store_true", help="skip bench/cross_node_fanout.py")
     args = ap.parse_args()
     reps = args.reps or (1 if args.quick else 2)
+    # `kill <pid>` of a run stops the server under test too (the `finally` blocks run)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
 
     build_loadgen()
     raise_nofile()
