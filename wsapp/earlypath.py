@@ -28,7 +28,6 @@ gunicorn writes no access-log line for a 101 either way (its WSGI call ends with
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Callable
@@ -39,8 +38,6 @@ from flask import Flask
 from . import httphead, server
 from .errors import WsappError
 from .fastpath import EnvironRequest, Fallback, FastHandshakes
-
-log = logging.getLogger("wsapp")
 
 Handle = Callable[[Any, socket.socket, Any], None]
 
