@@ -243,7 +243,9 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn hook, in each worker once the app is loaded: SIGTERM or SIGINT drains."""
+    """gunicorn hook, in each worker once the app is loaded: SIGTERM or SIGINT drains;
+    accepted upgrades are served before gunicorn's HTTP parser where nothing could
+    tell (`wsapp.earlypath`)."""
     from . import startup
 
     raised = startup.raise_descriptor_limit()  # inherited from the master: normally a no-op
