@@ -373,3 +373,93 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+class RedisClusterProcess:
+    """A Redis Cluster of three primaries on free loopback ports (`redis-cli --cluster create`),
+    with `RedisProcess`'s interface: `stop` then `start` brings the same cluster back empty
+    (each node keeps its slots in its own nodes.conf)."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.ports = [free_port() for _ in range(primaries)]
+        self.dir = Path(tempfile.mkdtemp(prefix="wsapp-cluster-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.created = False
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """Running while every node is; None before the first start."""
+        if not self.procs:
+            return None
+        return next((p for p in self.procs if p.poll() is not None), self.procs[0])
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(self.dir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            for port in self.ports
+        ]
+        for port in self.ports:
+            _wait(lambda port=port: redis.Redis(port=port, socket_timeout=1).ping(), "a cluster node answers")
+        if not self.created:
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            self.created = True
+        for port in self.ports:
+            _wait(lambda port=port: _cluster_state(port) == "ok", "cluster_state:ok")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+
+    def client(self) -> Any:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.ports[0], socket_timeout=2)
+
+
+def _cluster_state(port: int) -> str:
+    info = redis.Redis(port=port, socket_timeout=1, decode_responses=True).cluster("INFO")
+    return str(info.get("cluster_state", "")) if isinstance(info, dict) else ""
+
+
+def _wait(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"redis: not within {timeout}s: {what}")

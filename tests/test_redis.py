@@ -1,7 +1,9 @@
 """The Redis backplane: several gunicorn processes ("hosts") and workers act as one service.
 
-A real redis-server runs on a free port for the module; each test flushes it and starts
-its own gunicorn instances with a short heartbeat and presence TTL.
+The whole module runs twice: on one real redis-server, and on a real Redis Cluster of
+three primaries (started here: `redis-server --cluster-enabled yes`, then `redis-cli
+--cluster create`). Each test flushes it and starts its own gunicorn instances with a
+short heartbeat and presence TTL.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import pytest
 import websocket
 
 from helpers import (
+    REDIS_SERVER,
+    RedisClusterProcess,
     RedisProcess,
     Server,
     chat_client,
@@ -27,16 +31,37 @@ from helpers import (
     read_close,
     recv_json,
     recv_until,
+    unavailable,
     ws_connect,
 )
 from wsapp.emitter import Emitter
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
+AnyRedis = RedisProcess | RedisClusterProcess
+NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis_bus)
+
+
+def node_key(node: bytes, suffix: str) -> str:
+    """A node's own presence index: `c` (client id -> connections), `r` (room -> connections)."""
+    return "wsapp:{n:" + node.decode() + "}:" + suffix
+
+
 ADMIN = make_token("admin", admin=True)
 
 
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def redis_server(request: pytest.FixtureRequest) -> Iterator[AnyRedis]:
+    """One redis-server, or a three-primary Redis Cluster, for the module; in CI they must exist."""
+    if not os.path.exists(REDIS_SERVER):
+        unavailable("redis-server is not installed")
+    srv = RedisProcess() if request.param == "redis" else RedisClusterProcess()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
-def node(redis_server: RedisProcess, start_server: Callable[..., Server]) -> Callable[..., Server]:
+def node(redis_server: AnyRedis, start_server: Callable[..., Server]) -> Callable[..., Server]:
     """Start a gunicorn instance on the shared Redis: `node()`, `node(WSAPP_WORKERS="2")`."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()  # a previous test stopped it
@@ -187,14 +212,14 @@ def test_one_senders_messages_arrive_in_order_across_nodes(two_hosts: tuple[Serv
     assert [recv_json(rx)["data"] for _ in range(count)] == list(range(count))
 
 
-def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_server: RedisProcess) -> None:
+def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_server: AnyRedis) -> None:
     srv = node(WSAPP_WORKERS="2")
     r = redis_server.client()
-    eventually(lambda: r.zcard("wsapp:nodes") == 2, 10, "both workers registered")
+    eventually(lambda: r.zcard(NODES) == 2, 10, "both workers registered")
     conns: dict[str, websocket.WebSocket] = {}
 
     def spread() -> int:  # how many workers hold a connection
-        return sum(1 for n in r.zrange("wsapp:nodes", 0, -1) if r.hlen(b"wsapp:n:" + n + b":c"))
+        return sum(1 for n in r.zrange(NODES, 0, -1) if r.hlen(node_key(n, "c")))
 
     while len(conns) < 4 or (spread() < 2 and len(conns) < 40):  # until both workers hold someone
         conns[f"w{len(conns)}"] = chat_client(srv, f"w{len(conns)}")
@@ -214,7 +239,7 @@ def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_s
 
 
 def test_external_emitter_sends_and_broadcasts_without_gunicorn(
-    two_hosts: tuple[Server, Server], redis_server: RedisProcess
+    two_hosts: tuple[Server, Server], redis_server: AnyRedis
 ) -> None:
     a, b = two_hosts
     em_a, em_b, other = chat_client(a, "em"), chat_client(b, "em"), chat_client(b, "other")
@@ -265,14 +290,14 @@ def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Ser
     assert left == {"type": "presence", "room": "lobby", "event": "leave", "client_id": "ghost"}
 
 
-def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server], redis_server: RedisProcess) -> None:
+def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server], redis_server: AnyRedis) -> None:
     srv, observer = node(WSAPP_WORKERS="2"), node()
     r = redis_server.client()
-    eventually(lambda: r.zcard("wsapp:nodes") == 3, 10, "three workers registered")
+    eventually(lambda: r.zcard(NODES) == 3, 10, "three workers registered")
     ghost = chat_client(srv, "wghost")  # held open: a dropped reference would close it
 
     def holders() -> list[bytes]:  # presence reaches Redis shortly after the welcome
-        return [n for n in r.zrange("wsapp:nodes", 0, -1) if r.hget(b"wsapp:n:" + n + b":c", "wghost")]
+        return [n for n in r.zrange(NODES, 0, -1) if r.hget(node_key(n, "c"), "wghost")]
 
     eventually(lambda: len(holders()) == 1, 10, "the client's presence written by its worker")
     holder = holders()[0]
@@ -289,7 +314,7 @@ def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server
 
 
 def test_redis_outage_keeps_local_delivery_and_recovers(
-    two_hosts: tuple[Server, Server], redis_server: RedisProcess
+    two_hosts: tuple[Server, Server], redis_server: AnyRedis
 ) -> None:
     a, b = two_hosts
     a1, a2, b1, sink = chat_client(a, "o-a1"), chat_client(a, "o-a2"), chat_client(b, "o-b1"), chat_client(a, "sink")
@@ -393,7 +418,7 @@ class CountingRooms(set[str]):
 
 
 @pytest.fixture
-def backplane(redis_server: RedisProcess) -> Iterator[Any]:
+def backplane(redis_server: AnyRedis) -> Iterator[Any]:
     """A RedisBackplane in this process on the real redis-server (no gunicorn): its presence
     writes, step by step."""
     from wsapp.redis_backplane import RedisBackplane
@@ -427,7 +452,7 @@ def _peer(client_id: str, conn_id: str) -> Any:
 
 
 def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
-    backplane: Any, redis_server: RedisProcess
+    backplane: Any, redis_server: AnyRedis
 ) -> None:
     """Each join/leave writes one room's presence: it never walks the client's other rooms
     (it did: 0.75 ms per join at 0 rooms, 3.5 ms at 12,000)."""
@@ -449,15 +474,15 @@ def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
     assert held.rooms.walks == 0 and other.rooms.walks == 0
 
     r = redis_server.client()
-    key = f"wsapp:n:{backplane.node_id}:"
-    assert r.hget(key + "r:one-more", "many") == b"1" and not r.exists(key + "r:r1")
-    assert r.hget(key + "r:r0", "many") == b"1"  # other left it, held is still there
-    assert r.hget(key + "c", "many") == b"2" and r.hget(key + "t", "r:r0") == b"1"
+    me = backplane.node_id
+    assert r.hget("wsapp:{r:one-more}:m", "many") == f"{me}=1".encode()
+    assert not r.exists("wsapp:{r:r1}:n") and not r.exists("wsapp:{r:r1}:m")
+    assert r.hget("wsapp:{r:r0}:m", "many") == f"{me}=1".encode()  # other left it, held is still there
+    assert r.hget(node_key(me.encode(), "c"), "many") == b"2" and r.hget("wsapp:{r:r0}:n", me) == b"1"
+    assert r.hget(node_key(me.encode(), "r"), "r0") == b"1"
 
 
-def test_presence_written_step_by_step_equals_presence_written_whole(
-    backplane: Any, redis_server: RedisProcess
-) -> None:
+def test_presence_written_step_by_step_equals_presence_written_whole(backplane: Any, redis_server: AnyRedis) -> None:
     """The O(1) writes and a full rewrite from the registry leave Redis in the same state."""
     from wsapp.hub import Hub
     from wsapp.redis_backplane import _Mirror
@@ -470,10 +495,10 @@ def test_presence_written_step_by_step_equals_presence_written_whole(
            (1, "leave", "a"), (0, "join", "c"), (2, "leave", "a"), (3, "join", "c"), (0, "leave", "b"),
            (1, "join", "c")]  # fmt: skip
     r = redis_server.client()
-    prefix = f"wsapp:n:{backplane.node_id}:"
+    me = backplane.node_id
 
     def redis_state() -> dict[str, dict[bytes, bytes]]:
-        return {k.decode(): r.hgetall(k) for k in r.scan_iter(prefix + "*")}
+        return {k.decode(): r.hgetall(k) for k in r.scan_iter("wsapp:{[rn]:*") if r.type(k) == b"hash"}
 
     def whole() -> _Mirror:
         mirror, writes = _Mirror(), dict[tuple[str, str], int]()
@@ -492,6 +517,13 @@ def test_presence_written_step_by_step_equals_presence_written_whole(
         expected = whole()
         assert vars(backplane._mirror) == vars(expected), (op, index, room)
         state = redis_state()
+        index = state.get(node_key(me.encode(), "r"), {})
         for room_name, total in expected.room_totals.items():
-            assert state[prefix + "t"][f"r:{room_name}".encode()] == str(total).encode()
-        assert {k for k in state if ":r:" in k} == {prefix + "r:" + name for name in expected.room_totals}
+            assert index[room_name.encode()] == str(total).encode()
+            assert state["wsapp:{r:" + room_name + "}:n"][me.encode()] == str(total).encode()
+        assert {k for k in state if k.startswith("wsapp:{r:") and k.endswith(":n")} == {
+            "wsapp:{r:" + name + "}:n" for name in expected.room_totals
+        }
+        for cid, rooms in expected.rooms.items():  # each member's entry names this node and its count
+            for room_name, n in rooms.items():
+                assert state["wsapp:{r:" + room_name + "}:m"][cid.encode()] == f"{me}={n}".encode()

@@ -38,7 +38,12 @@ BYTES_OUT = Counter("wsapp_sent_bytes", "Bytes written to clients on WebSockets.
 SLOW_CONSUMERS = Counter(
     "wsapp_slow_consumer_evictions", "Connections closed 1008 because their send queue was full.", registry=None
 )
-_PROCESS_COLLECTORS = (MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT, SLOW_CONSUMERS)
+BACKPLANE_IN = Counter(
+    "wsapp_backplane_received",
+    "Messages this worker read from Redis pub/sub (it subscribes only to targets it holds connections for).",
+    registry=None,
+)
+_PROCESS_COLLECTORS = (MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT, SLOW_CONSUMERS, BACKPLANE_IN)
 
 # Close codes that get a label value of their own: the ones the service sends or names
 # (wsapp.errors.CloseCode). A client picks its close code, so any other code would be a

@@ -2,22 +2,25 @@
 
 Who owns what:
 
-* Messages. `publish` delivers to this worker's peers at once (no round trip, and it
-  keeps working while Redis is away), then one Lua script counts the target's
-  connections on the *other* live nodes and, if there are any, PUBLISHes the frame on
-  the one channel `wsapp:bus:<db>`, tagged with this node's id. One channel means Redis
-  hands every subscriber the messages of one publisher in the order it sent them, so a
-  sender's messages to a receiver arrive in send order whichever nodes they sit on.
-  `delivered` is the local count plus the other nodes' registered connections.
-* Presence. Each node writes its own hashes (`wsapp:n:<node>:c` client -> connections,
-  `:r:<room>` client -> connections in the room, `:t` totals) and its liveness in the
-  sorted set `wsapp:nodes` (score: a deadline in Redis server time). Readers ignore
-  nodes past their deadline, so a node killed with -9 stops counting at most
-  `WSAPP_REDIS_PRESENCE_TTL` after its last heartbeat; the next live heartbeat deletes
-  its keys and announces `presence leave` for the room members that went with it.
-* One greenlet per worker (the supervisor) owns the pub/sub connection: it reads the
-  bus, beats the heart, and reconnects with backoff after an error, re-registering
-  this node's whole presence from the registry (a restarted Redis has lost it).
+* Messages. Every target (the broadcast, a client id, a room) has its own channel, and a
+  node subscribes to a target's channel only while it holds a connection the target
+  reaches (`wsapp.redis_subscriber`): a node never receives, let alone decodes, a
+  message it has nobody to deliver to. `publish` delivers to this worker's peers at
+  once (no round trip, and it keeps working while Redis is away), then one Lua script
+  on the target's keys reads which other nodes hold receivers and publishes the frame
+  on the target's channel if there are any. Redis keeps a channel's messages in publish
+  order, so a sender's messages to one target arrive in send order on every node.
+  `delivered` is the local count plus the live other nodes' registered connections.
+* Presence. Each node writes its own part of each target's keys (node -> count) and its
+  own index (`{n:<node>}:c`, `:r`); its liveness is a deadline in the sorted set
+  `wsapp:{nodes}`, in Redis server time. Readers ignore nodes past their deadline, so a
+  node killed with -9 stops counting at most `WSAPP_REDIS_PRESENCE_TTL` after its last
+  heartbeat; the next live heartbeat that sees it dead removes its entries (one claim:
+  one reaper) and announces `presence leave` for the room members that went with it.
+* One greenlet per worker (the supervisor) beats the heart and reconnects with backoff
+  after an error, re-subscribing and re-registering this node's whole presence from the
+  registry (a restarted Redis has lost it). One reader greenlet per Redis server reads
+  that server's pub/sub connection.
 
 Presence writes are absolute values computed from the registry, serialised by
 `self._lock`, and a mirror of what Redis holds makes each write a small diff. A
@@ -36,7 +39,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -45,7 +48,17 @@ from . import protocol
 from .backplane import Backplane, close_local, close_payload
 from .frames import OP_TEXT, encode_frame
 from .history import EMPTY, Position, Replay, body_prefix
-from .redis_bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, connect, decode_envelope, decode_kept
+from .redis_bus import (
+    COMMAND_TIMEOUT_S,
+    REDIS_ERRORS,
+    Bus,
+    connect,
+    decode_envelope,
+    decode_kept,
+    node_id,
+    target_tag,
+)
+from .redis_subscriber import Subscriber, SubscribeTimeout
 from .registry import Peer, Registry, Target, deliver
 from .settings import Settings
 
@@ -53,6 +66,7 @@ log = logging.getLogger("wsapp.redis")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # reconnect delay, doubled after each failed attempt
 POLL_S = 0.5  # the supervisor looks at `healthy` and the clock at least this often
+ERRORS = (*REDIS_ERRORS, SubscribeTimeout)
 
 
 class _Mirror:
@@ -108,8 +122,8 @@ class RedisBackplane(Backplane):
         super().__init__(registry)
         self.heartbeat_s = settings.redis_heartbeat_s
         self.presence_ttl_s = settings.redis_presence_ttl_s
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.bus = Bus(connect(settings.redis_url, name=f"wsapp-{self.node_id}"), self.node_id)
+        self.node_id = node_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
+        self.bus = Bus(connect(settings.redis_url, name=f"wsapp-{self.node_id}"), self.node_id, self.heartbeat_s)
         self.history_on = self.in_flight = settings.history_on
         self.history_size, self.history_ttl_s = settings.history_size, settings.history_ttl_s
         # Held across Redis round trips on purpose: this node's presence writes must reach
@@ -118,30 +132,34 @@ class RedisBackplane(Backplane):
         self._mirror = _Mirror()
         self._healthy = False  # True only while subscribed and presence is registered
         self._stopping = False
-        self._pubsub: Any = None  # the supervisor's alone
+        self.subscriber = Subscriber(self.bus, self._on_message, self._lost)
+        self.subscriber.wanted.add(self._channel(Target("all")))  # broadcasts: every node
         self._supervisor: gevent.Greenlet | None = None
+
+    def _channel(self, target: Target) -> str:
+        return self.bus.channel(target_tag(target))
 
     # ---- life ---------------------------------------------------------------------------
 
     def start(self) -> None:
         try:
             self._connect()  # serve ready from the start when Redis is there
-        except REDIS_ERRORS as exc:
+        except ERRORS as exc:
             self._lost(exc)
-        # the supervisor: reads the bus, beats the heart, reconnects; one per worker
+        # the supervisor: beats the heart, reconnects; one per worker
         self._supervisor = gevent.spawn(self._supervise)
 
     def stop(self) -> None:
         self._stopping = True
-        if self._supervisor is not None:  # first, so nobody reads the pub/sub socket while it closes
+        if self._supervisor is not None:
             self._supervisor.kill(block=True, timeout=COMMAND_TIMEOUT_S)
+        self.subscriber.close()
         if self._healthy:
             self._healthy = False
             try:
-                self.bus.register(None, 0)
+                self.bus.unregister()
             except REDIS_ERRORS:
                 pass  # the TTL will do it
-        self._close_pubsub()
         self.bus.client.close()
 
     @property
@@ -160,12 +178,13 @@ class RedisBackplane(Backplane):
             self._lost(exc)
             return local
 
-    # ---- history: one script per message keeps it and publishes it to every node ------
+    # ---- history: one script per message keeps it and publishes it to every receiver ----
 
     def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
-        """This node's peers get the message from the bus too, so every node delivers a
-        stream's messages in offset order (the one channel is ordered). While Redis is
-        away the message goes to this node's peers only, without a position, unkept."""
+        """This node's peers get the message from the stream's channel too, so every node
+        delivers a stream's messages in offset order (one channel per stream, ordered).
+        While Redis is away the message goes to this node's peers only, without a
+        position, unkept."""
         here = len(self.registry.targets(target))
         if self._healthy:
             try:
@@ -231,28 +250,47 @@ class RedisBackplane(Backplane):
                 self._lost(exc)
         return counts
 
-    # ---- presence -----------------------------------------------------------------------
+    # ---- interest and presence ----------------------------------------------------------
+    # Subscribe before presence counts a connection; unsubscribe after it stops counting.
 
     def connected(self, peer: Peer) -> None:
+        self._interest(Target("close", peer.client_id))
         if peer.addressable:
             self._write(peer.client_id, ())
 
     def disconnected(self, peer: Peer, rooms: list[str]) -> None:
         if peer.addressable:
             self._write(peer.client_id, rooms)
+        self._interest(Target("close", peer.client_id))
+        for room in rooms:
+            self._interest(Target("room", room))
 
     def joined(self, peer: Peer, room: str) -> bool:
+        self._interest(Target("room", room))
         elsewhere = self._write(peer.client_id, (room,), ask=room)
         return not elsewhere
 
     def left(self, peer: Peer, room: str) -> bool:
         elsewhere = self._write(peer.client_id, (room,), ask=room)
+        self._interest(Target("room", room))
         return not elsewhere
+
+    def _wanted(self, target: Target) -> Callable[[], bool]:
+        if target.kind == "room":
+            return lambda: self.registry.has_room(target.key)
+        return lambda: self.registry.holds(target.key)
+
+    def _interest(self, target: Target) -> None:
+        """Subscribe to `target`'s channel while the registry holds a connection it reaches."""
+        try:
+            self.subscriber.sync(self._channel(target), self._wanted(target))
+        except ERRORS as exc:
+            self._lost(exc)
 
     def _write(self, cid: str, rooms: Iterable[str], ask: str | None = None) -> bool:
         """Write `cid`'s connection count and its counts in `rooms` on this node, nothing else
-        (O(len(rooms))); with `ask`, also answer (atomically with the write) whether `cid`
-        is in room `ask` on another node. False while unhealthy."""
+        (O(len(rooms))); with `ask`, also answer (atomically with the room's write) whether
+        `cid` is in room `ask` on another live node. False while unhealthy."""
         with self._lock:
             if not self._healthy:
                 return False
@@ -281,30 +319,25 @@ class RedisBackplane(Backplane):
             self._execute(writes, "", None)
 
     def _execute(self, writes: dict[tuple[str, str], int], cid: str, ask: str | None) -> bool:
-        """Send `writes` (and the `ask` question about `cid`) in one transaction; under `_lock`."""
+        """Send `writes` (and the `ask` question about `cid`); under `_lock`."""
         if not writes and ask is None:
             return False
         try:
-            pipe = self.bus.client.pipeline(transaction=True)
-            self.bus.write_presence(pipe, writes)
-            if ask is not None:
-                self.bus.in_room(pipe, ask, cid)
-            result = pipe.execute()
+            return self.bus.write_presence(writes, (ask, cid) if ask is not None else None)
         except REDIS_ERRORS as exc:
             self._lost(exc)
             return False
-        return ask is not None and bool(result[-1])
 
     def _rewrite(self) -> None:
         """Register this node and its whole presence from the registry, replacing what Redis held."""
         with self._lock:
+            self.bus.unregister()  # what a previous connection left (this node's id lives as long as the process)
+            self.bus.register(self.presence_ttl_s)
             mirror, writes = _Mirror(), dict[tuple[str, str], int]()
             for cid in {p.client_id for p in self.registry.peers() if p.addressable}:
                 mirror.set(cid, *self._local_state(cid), writes)
-            pipe = self.bus.client.pipeline(transaction=True)
-            self.bus.register(pipe, self.presence_ttl_s)
-            self.bus.write_presence(pipe, writes)
-            pipe.execute()
+            if writes:
+                self.bus.write_presence(writes)
             self._mirror = mirror
             self._healthy = True  # inside the lock: presence events waiting on it now write
 
@@ -317,23 +350,35 @@ class RedisBackplane(Backplane):
 
     # ---- the supervisor -----------------------------------------------------------------
 
+    def _wanted_now(self) -> None:
+        """Record every channel the registry needs (before a reconnect subscribes them)."""
+        for peer in self.registry.peers():
+            self.subscriber.wanted.add(self._channel(Target("close", peer.client_id)))
+            for room in list(peer.rooms):
+                self.subscriber.wanted.add(self._channel(Target("room", room)))
+
     def _connect(self) -> None:
-        pubsub = self.bus.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self._pubsub = pubsub
-        pubsub.subscribe(self.bus.channel)  # before presence: whoever counts us, we hear
+        self.bus.detect()
+        self._wanted_now()
+        self.subscriber.open()  # before presence: whoever counts us, we hear
         self._rewrite()
         log.info("redis backplane up: node=%s, %d clients registered", self.node_id, len(self._mirror.clients))
 
     def _supervise(self) -> None:
         backoff = BACKOFF_MIN_S
+        next_beat = time.monotonic() + self.heartbeat_s
         while not self._stopping:
             try:
                 if not self._healthy:
-                    self._close_pubsub()
+                    self.subscriber.close()
                     self._connect()
                     backoff = BACKOFF_MIN_S
-                self._pump()
-            except REDIS_ERRORS as exc:
+                    next_beat = time.monotonic() + self.heartbeat_s
+                gevent.sleep(max(0.0, min(POLL_S, next_beat - time.monotonic())))
+                if self._healthy and time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.heartbeat_s
+                    self._beat()
+            except ERRORS as exc:
                 self._lost(exc)
             except Exception:  # a bug must not end the supervisor: the node would never recover
                 if not self._stopping:
@@ -343,33 +388,27 @@ class RedisBackplane(Backplane):
                 gevent.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
 
-    def _pump(self) -> None:
-        """Read the bus and beat the heart until the connection fails or someone saw an error."""
-        next_beat = time.monotonic() + self.heartbeat_s
-        while self._healthy and not self._stopping:
-            msg = self._pubsub.get_message(timeout=max(0.0, min(POLL_S, next_beat - time.monotonic())))
-            if msg is not None and msg.get("type") == "message":
-                self._on_message(msg["data"])
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.heartbeat_s
-                self._beat()
-
     def _beat(self) -> None:
-        known, departed = self.bus.heartbeat(self.presence_ttl_s)
+        known, dead = self.bus.heartbeat(self.presence_ttl_s)
         if not known:
             log.warning("redis backplane: this node's presence was gone (Redis restarted or the node "
                         "stalled past WSAPP_REDIS_PRESENCE_TTL); registering it again")  # fmt: skip
             self._rewrite()
         else:
             self._reconcile()
-        for room, cid in departed:  # members of a dead node: nobody else will say they left
-            self.publish(Target("room", room, exclude_client=cid),
-                         protocol.text_frame(protocol.presence(room, "leave", cid)))  # fmt: skip
+        for node in dead:
+            departed = self.bus.reap(node)
+            if departed is None:
+                continue  # another node is reaping it
+            log.info("redis backplane: removed dead node %s (%d room memberships left)", node, len(departed))
+            for room, cid in departed:  # members of a dead node: nobody else will say they left
+                self.publish(Target("room", room, exclude_client=cid),
+                             protocol.text_frame(protocol.presence(room, "leave", cid)))  # fmt: skip
 
     def _on_message(self, payload: bytes) -> None:
         try:
             kept = decode_kept(payload)
-            if kept is not None:  # every node's, this one's too: delivered here in offset order
+            if kept is not None:  # every receiving node's, this one's too: delivered here in offset order
                 target, stream, offset, body = kept
                 deliver(self.registry.targets(target), encode_frame(OP_TEXT, body), stream, offset)
                 return
@@ -392,11 +431,3 @@ class RedisBackplane(Backplane):
             log.warning("redis backplane down (%s: %s); serving this node's connections only, /readyz is 503 "
                         "until it is back", type(exc).__name__, exc)  # fmt: skip
         self._healthy = False
-
-    def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except REDIS_ERRORS:
-                pass

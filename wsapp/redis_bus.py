@@ -1,44 +1,110 @@
 """The Redis side of the backplane: key layout, wire format and Lua scripts, no greenlets.
 
 `Bus` is shared by the web workers (`wsapp.redis_backplane`) and by publishers outside
-them (`wsapp.emitter`), so both speak one format. A message on the bus is one line of
-JSON (wire version, origin node, target) and then the encoded WebSocket frame bytes, on
-the one channel `wsapp:bus:<db>`. Presence is per node: `wsapp:n:<node>:c` (client ->
-connections), `:r:<room>` (client -> connections in the room), `:t` (totals), and the
-node's deadline in the sorted set `wsapp:nodes`, in Redis server time.
+them (`wsapp.emitter`), so both speak one format.
+
+**Layout: everything about one target lives in one hash slot.** A target is the
+broadcast (`{all}`), a client id (`{c:<id>}`) or a room (`{r:<name>}`); its keys and its
+channel start with `wsapp:<tag>`, so on Redis Cluster they share a slot and each script
+touches one slot and declares its keys:
+
+* `<tag>:n` hash: node -> connections that node holds for the target;
+* `<tag>:m` hash (rooms): client id -> `"node=count node=count"`, where its connections in
+  the room are (member lists, "new in the room everywhere", the exclusion of presence);
+* `<tag>:h` Redis Stream and `<tag>:hm` hash (epoch, last offset): the target's history;
+* `<tag>:bus:<db>`: the channel. A node subscribes to it while it holds a connection the
+  target reaches, so **a node hears only what it delivers**. Sharded pub/sub
+  (`SSUBSCRIBE`/`SPUBLISH`) where the server has it (Redis 7), classic otherwise.
+
+Per node (slot `{n:<node>}`): `:c` (client id -> connections, for `/api/clients`) and `:r`
+(room -> connections, to clean up after the node dies). Liveness: the sorted set
+`wsapp:{nodes}`, node -> deadline in Redis server time. Readers drop the counts of nodes
+past their deadline (`Liveness`); the first live node whose heartbeat sees a dead one
+removes its entries target by target (`Bus.reap`).
+
+A message on a channel is one line of JSON (wire version, origin node, target) and then
+the encoded WebSocket frame (`w1`), or, for a kept message, its offset in the header and
+the JSON text after it (`w2`).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from .history import EMPTY, Position, Replay, decide, text_frame
 from .registry import Target
 
-PREFIX = "wsapp:"  # every key and the channel; use another database (redis://host/1) to separate deployments
+PREFIX = "wsapp:"  # every key and channel; use another database (redis://host/1) to separate deployments
 WIRE_VERSION = "w1"
 KEPT_VERSION = "w2"  # a message with a position in its stream's history (see `_PUBLISH_KEPT`)
 REDIS_ERRORS = (redis.RedisError, OSError)
 COMMAND_TIMEOUT_S = 1.0  # a hung Redis stalls one caller this long, then the node serves local-only
-POOL_SIZE = 64  # connections per worker; callers wait (up to the command timeout) beyond it
+POOL_SIZE = 64  # connections per worker (per cluster node); callers wait (up to the command timeout) beyond it
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+NODES_KEY = PREFIX + "{nodes}"
+REAP_CLAIM_MS = 10_000  # one live node cleans up a dead one; another takes over after this
 
 
-def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp") -> redis.Redis:
-    """A client that fails fast: short timeouts and no retries (the callers decide)."""
+def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp") -> Any:
+    """A client that fails fast: short timeouts and no retries (the callers decide).
+
+    `redis+cluster://host:port` (or `rediss+cluster://`) is a Redis Cluster reached
+    through any of its nodes; anything else is one Redis."""
+    parts = urlsplit(url)
+    common = {
+        "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0),
+        "client_name": name,
+    }  # fmt: skip
+    if parts.scheme in CLUSTER_SCHEMES:
+        plain = urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme]))
+        return RedisCluster.from_url(plain, max_connections=POOL_SIZE, **common)
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), protocol=2, client_name=name,
-    )  # fmt: skip
+        url, max_connections=POOL_SIZE, timeout=timeout_s, protocol=2, **common
+    )
     return redis.Redis(connection_pool=pool)
 
 
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+# ---- names ---------------------------------------------------------------------------------
+
+
+def target_tag(target: Target) -> str:
+    """The hash tag of everything about `target` (a `close` goes to the client's channel)."""
+    if target.kind == "all":
+        return "{all}"
+    if target.kind in ("client", "close"):
+        return "{c:" + target.key + "}"
+    return "{r:" + target.key + "}"
+
+
+def stream_tag(stream: str) -> str:
+    """The tag of a history stream (`broadcast`, `direct:<id>`, `room:<name>`): its target's."""
+    kind, _, key = stream.partition(":")
+    return {"broadcast": "{all}", "direct": "{c:" + key + "}", "room": "{r:" + key + "}"}[kind]
+
+
+def node_tag(node: str) -> str:
+    return "{n:" + node + "}"
+
+
+# ---- wire format -----------------------------------------------------------------------------
+
+
 def encode_envelope(origin: str, target: Target, frame: bytes) -> bytes:
-    """What goes on the bus: a JSON header line (no raw newline in it), then the frame bytes."""
+    """What goes on a channel: a JSON header line (no raw newline in it), then the frame bytes."""
     header = json.dumps([WIRE_VERSION, origin, target.kind, target.key, target.exclude_client])
     return header.encode("ascii") + b"\n" + frame
 
@@ -70,110 +136,102 @@ def decode_kept(payload: bytes) -> tuple[Target, str, int, bytes] | None:
     return Target(kind, key, exclude), str(stream), int(offset), body
 
 
-# Every script gets ARGV[1] = key prefix, ARGV[2] = the caller's node id. Keys are built
-# inside the scripts, so this needs one Redis primary (no Redis Cluster).
-_LUA_PRELUDE = """
-local P, me = ARGV[1], ARGV[2]
+# ---- scripts: each touches the keys of one tag, all declared in KEYS ------------------------
+
+# A room member's value in `<tag>:m`: "node=count node=count" (node ids have no space or '=').
+_MEMBERS = """
+local function parse(v)
+  local t = {}
+  if v then for node, c in string.gmatch(v, '(%S+)=(%d+)') do t[node] = tonumber(c) end end
+  return t
+end
+local function render(t)
+  local parts = {}
+  for node, c in pairs(t) do if c > 0 then parts[#parts + 1] = node .. '=' .. c end end
+  table.sort(parts)
+  return table.concat(parts, ' ')
+end
+local function put(key, field, t)
+  local v = render(t)
+  if v == '' then redis.call('HDEL', key, field) else redis.call('HSET', key, field, v) end
+  return v
+end
+-- the other nodes' connections for the target: {node, count, ...}, minus `excl`'s own
+local function receivers(nkey, mkey, me, excl)
+  local ex = {}
+  if excl ~= '' then ex = parse(redis.call('HGET', mkey, excl)) end
+  local out = {}
+  local counts = redis.call('HGETALL', nkey)
+  for i = 1, #counts, 2 do
+    local c = tonumber(counts[i + 1]) - (ex[counts[i]] or 0)
+    if counts[i] ~= me and c > 0 then out[#out + 1] = counts[i]; out[#out + 1] = c end
+  end
+  return out
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function key(node, suffix) return P .. 'n:' .. node .. ':' .. suffix end
-local function num(v) return tonumber(v) or 0 end
-local function live() return redis.call('ZRANGEBYSCORE', P .. 'nodes', now_ms(), '+inf') end
-local function others()
-  local out = {}
-  for _, node in ipairs(live()) do if node ~= me then out[#out + 1] = node end end
-  return out
-end
 """
-# ARGV[3..7] = kind, key, exclude, envelope, channel: count the other nodes' connections, publish if any
-# (kind 'close': a `disconnect`; its frame is the close code and reason, see backplane.close_payload)
+# KEYS: n, m. ARGV: me, exclude, publish command, channel, envelope, always (1/0).
+# Returns the other nodes' receivers; publishes when there are any (or always: a close).
 _PUBLISH = """
-local kind, k, excl, n = ARGV[3], ARGV[4], ARGV[5], 0
-for _, node in ipairs(others()) do
-  if kind == 'all' then n = n + num(redis.call('HGET', key(node, 't'), '*'))
-  elseif kind == 'client' or kind == 'close' then n = n + num(redis.call('HGET', key(node, 'c'), k))
-  else
-    n = n + num(redis.call('HGET', key(node, 't'), 'r:' .. k))
-    if excl ~= '' then n = n - num(redis.call('HGET', key(node, 'r:' .. k), excl)) end
-  end
-end
--- a close goes out even if presence counts none there: presence counts addressable routes only
-if n > 0 or kind == 'close' then redis.call('PUBLISH', ARGV[7], ARGV[6]) end
-return n
+local out = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if #out > 0 or ARGV[6] == '1' then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
+return out
 """
-# History. Per stream two keys: `h:<stream>` (a Redis Stream of the messages, entry id
-# `<offset>-0`, fields d = JSON text, t = ms) and `hm:<stream>` (hash: e = epoch, o = last
-# offset). Both expire `ttl` after the stream's last write or touch. A stream created
-# (first message, or a flushed/restarted Redis, or expired) gets a new epoch from Redis
-# server time in microseconds, so a lost history can never hand out an old epoch again.
+# History: `<tag>:h` (a Redis Stream, entry id `<offset>-0`, fields d = JSON text, t = ms)
+# and `<tag>:hm` (e = epoch, o = last offset). Both expire `ttl` after the stream's last
+# write or touch. A stream created (first message, or a flushed/restarted Redis, or
+# expired) gets a new epoch from Redis server time in microseconds, so a lost history
+# can never hand out an old epoch again.
 _HISTORY = """
-local function hk(s) return P .. 'h:' .. s end
-local function mk(s) return P .. 'hm:' .. s end
-local function ensure(s, ttl)
-  local m = mk(s)
+local function ensure(h, m, ttl)
   if redis.call('EXISTS', m) == 0 then
     local t = redis.call('TIME')
-    redis.call('DEL', hk(s))
+    redis.call('DEL', h)
     redis.call('HSET', m, 'e', string.format('%x.%x', tonumber(t[1]), tonumber(t[2])), 'o', 0)
   end
   redis.call('PEXPIRE', m, ttl)
-  return m
 end
 """
-# ARGV[3..12] = kind, key, exclude, channel, stream, JSON text without its closing brace,
-# size, ttl ms, create (1/0), w2 header start, local connections. Counts the other
-# nodes' connections like _PUBLISH; unless nobody receives a direct message to a stream
-# that does not exist (create 0), assigns the next offset, keeps the message and
-# publishes it to every node, this one included (one channel: offset order everywhere).
-# Returns {connections on other nodes, kept 1/0, offset}.
+# KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, JSON text without its
+# closing brace, size, ttl ms, create (1/0), w2 header start, the caller's own receivers.
+# Unless nobody receives a direct message to a stream that does not exist (create 0),
+# assigns the next offset, keeps the message and publishes it to every node that
+# receives it, the caller's included (one channel per stream: offset order everywhere).
+# Returns {kept 1/0, offset, {the other nodes' receivers}}.
 _PUBLISH_KEPT = """
-local kind, k, excl, chan, s, prefix = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local size, ttl, create, head, here = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
-local n = 0
-for _, node in ipairs(others()) do
-  if kind == 'all' then n = n + num(redis.call('HGET', key(node, 't'), '*'))
-  elseif kind == 'client' then n = n + num(redis.call('HGET', key(node, 'c'), k))
-  else
-    n = n + num(redis.call('HGET', key(node, 't'), 'r:' .. k))
-    if excl ~= '' then n = n - num(redis.call('HGET', key(node, 'r:' .. k), excl)) end
-  end
-end
-if create ~= '1' and n + here == 0 and redis.call('EXISTS', mk(s)) == 0 then return {n, 0, 0} end
-local m = ensure(s, ttl)
-local off = redis.call('HINCRBY', m, 'o', 1)
-local body = prefix .. ',"offset":' .. off .. ',"epoch":"' .. redis.call('HGET', m, 'e') .. '"}'
-redis.call('XADD', hk(s), 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
-redis.call('PEXPIRE', hk(s), ttl)
-redis.call('PUBLISH', chan, head .. off .. ']\\n' .. body)
-return {n, 1, off}
+local out = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local size, ttl, here = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
+if ARGV[8] ~= '1' and #out == 0 and here == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, out} end
+ensure(KEYS[3], KEYS[4], ttl)
+local off = redis.call('HINCRBY', KEYS[4], 'o', 1)
+local body = ARGV[5] .. ',"offset":' .. off .. ',"epoch":"' .. redis.call('HGET', KEYS[4], 'e') .. '"}'
+redis.call('XADD', KEYS[3], 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
+redis.call('PEXPIRE', KEYS[3], ttl)
+if #out > 0 or here > 0 then redis.call(ARGV[3], ARGV[4], ARGV[9] .. off .. ']\\n' .. body) end
+return {1, off, out}
 """
-# ARGV[3] = stream to touch ('' for none), ARGV[4] = ttl ms, ARGV[5..] = streams.
-# Returns {epoch, offset, ...} per stream ('' and 0: no history).
-_POSITIONS = """
-if ARGV[3] ~= '' then
-  ensure(ARGV[3], tonumber(ARGV[4]))
-  if redis.call('EXISTS', hk(ARGV[3])) == 1 then redis.call('PEXPIRE', hk(ARGV[3]), tonumber(ARGV[4])) end
+# KEYS: h, hm. ARGV: touch (1/0), ttl ms. Returns {epoch, offset} ('' and 0: no history).
+_POSITION = """
+if ARGV[1] == '1' then
+  ensure(KEYS[1], KEYS[2], tonumber(ARGV[2]))
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
 end
-local out = {}
-for i = 5, #ARGV do
-  local m = redis.call('HMGET', mk(ARGV[i]), 'e', 'o')
-  out[#out + 1] = m[1] or ''
-  out[#out + 1] = tonumber(m[2]) or 0
-end
-return out
+local m = redis.call('HMGET', KEYS[2], 'e', 'o')
+return {m[1] or '', tonumber(m[2]) or 0}
 """
-# ARGV[3] = stream, ARGV[4] = the client's offset, ARGV[5] = its epoch, ARGV[6] = ttl ms.
-# Returns {epoch, last offset, first offset returned (0: none), offset, text, ...}: the
-# entries after the client's offset younger than ttl, when the epoch is the client's.
+# KEYS: h, hm. ARGV: the client's offset, its epoch, ttl ms. Returns {epoch, last offset,
+# first offset returned (0: none), offset, text, ...}: the entries after the client's
+# offset younger than ttl, when the epoch is the client's.
 _SINCE = """
-local m = redis.call('HMGET', mk(ARGV[3]), 'e', 'o')
+local m = redis.call('HMGET', KEYS[2], 'e', 'o')
 if not m[1] then return {'', 0, 0} end
-local after, cutoff = tonumber(ARGV[4]), now_ms() - tonumber(ARGV[6])
+local after, cutoff = tonumber(ARGV[1]), now_ms() - tonumber(ARGV[3])
 local out = {m[1], tonumber(m[2]), 0}
-if ARGV[5] ~= m[1] and not (after == 0 and ARGV[5] == '') then return out end
-for _, e in ipairs(redis.call('XRANGE', hk(ARGV[3]), '(' .. after .. '-0', '+')) do
+if ARGV[2] ~= m[1] and not (after == 0 and ARGV[2] == '') then return out end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+')) do
   if tonumber(e[2][4]) >= cutoff then
     local off = tonumber(string.match(e[1], '^(%d+)'))
     if out[3] == 0 then out[3] = off end
@@ -183,132 +241,234 @@ for _, e in ipairs(redis.call('XRANGE', hk(ARGV[3]), '(' .. after .. '-0', '+'))
 end
 return out
 """
-_CLIENTS = """
+# KEYS: n, m of a room. ARGV: me, this node's connections in the room ('' unchanged),
+# a client id to ask about ('' none), then client id, its connections here, ...
+# Writes this node's part; returns the other nodes that hold the asked client id in the
+# room, after the write (atomic: two nodes cannot both miss each other).
+_ROOM_SET = """
+local me = ARGV[1]
+if ARGV[2] ~= '' then
+  if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[1], me, ARGV[2]) else redis.call('HDEL', KEYS[1], me) end
+end
+for i = 4, #ARGV, 2 do
+  local t = parse(redis.call('HGET', KEYS[2], ARGV[i]))
+  t[me] = tonumber(ARGV[i + 1])
+  put(KEYS[2], ARGV[i], t)
+end
 local out = {}
-for _, node in ipairs(others()) do
-  for _, v in ipairs(redis.call('HGETALL', key(node, 'c'))) do out[#out + 1] = v end
-end
-return out
-"""
-_CLIENT_COUNT = """
-local n = 0
-for _, node in ipairs(others()) do n = n + num(redis.call('HGET', key(node, 'c'), ARGV[3])) end
-return n
-"""
-_MEMBERS = """
-local out = {}
-for _, node in ipairs(others()) do
-  for _, v in ipairs(redis.call('HKEYS', key(node, 'r:' .. ARGV[3]))) do out[#out + 1] = v end
-end
-return out
-"""
-_IN_ROOM = """
-for _, node in ipairs(others()) do
-  if redis.call('HEXISTS', key(node, 'r:' .. ARGV[3]), ARGV[4]) == 1 then return 1 end
-end
-return 0
-"""
-# drop(node) deletes a node's presence and returns {room, client, ...} it held
-_DROP = """
-local function drop(node)
-  local held = {}
-  for _, f in ipairs(redis.call('HKEYS', key(node, 't'))) do
-    if string.sub(f, 1, 2) == 'r:' then
-      local room = string.sub(f, 3)
-      for _, cid in ipairs(redis.call('HKEYS', key(node, f))) do held[#held + 1] = {room, cid} end
-      redis.call('DEL', key(node, f))
-    end
+if ARGV[3] ~= '' then
+  for node, c in pairs(parse(redis.call('HGET', KEYS[2], ARGV[3]))) do
+    if node ~= me and c > 0 then out[#out + 1] = node end
   end
-  redis.call('DEL', key(node, 't'), key(node, 'c'))
-  redis.call('ZREM', P .. 'nodes', node)
-  return held
 end
+return out
 """
-# ARGV[3] = ttl ms (0: unregister): forget this node's presence, then (re)join the live set
-_REGISTER = """
-drop(me)
-if tonumber(ARGV[3]) > 0 then redis.call('ZADD', P .. 'nodes', now_ms() + tonumber(ARGV[3]), me) end
-return 1
+# KEYS: n, m of a room. ARGV: a dead node. Removes it; returns {client id, the nodes it
+# is still on ("node=count ..."), ...} for each member it held.
+_ROOM_DROP = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local out = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local t = parse(all[i + 1])
+  if t[ARGV[1]] then
+    t[ARGV[1]] = nil
+    out[#out + 1] = all[i]
+    out[#out + 1] = put(KEYS[2], all[i], t)
+  end
+end
+return out
 """
-# ARGV[3] = ttl ms. Returns {1 if this node was still registered, room, client, ...} where the
-# pairs are room members that left the cluster with the dead nodes this call cleaned up.
-_HEARTBEAT = """
+# KEYS: the nodes sorted set. ARGV: me, ttl ms, what ('beat': renew if still there,
+# 'register', 'leave', 'read'). Returns {1 if me was there before, now ms, node, deadline, ...}.
+_NODES = """
 local now = now_ms()
-local known = redis.call('ZSCORE', P .. 'nodes', me)
-if known then redis.call('ZADD', P .. 'nodes', now + tonumber(ARGV[3]), me) end
-local gone, seen = {}, {}
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. now)) do
-  for _, rc in ipairs(drop(node)) do gone[#gone + 1] = rc end
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
+if ARGV[3] == 'register' or (ARGV[3] == 'beat' and known == 1) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+elseif ARGV[3] == 'leave' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
 end
-local out = {known and 1 or 0}
-local alive = live()
-for _, rc in ipairs(gone) do
-  local id = rc[1] .. '\\0' .. rc[2]
-  local present = seen[id]
-  for _, node in ipairs(alive) do
-    if present then break end
-    present = redis.call('HEXISTS', key(node, 'r:' .. rc[1]), rc[2]) == 1
-  end
-  if not present then out[#out + 1] = rc[1]; out[#out + 1] = rc[2] end
-  seen[id] = true
-end
+local out = {known, now}
+for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do out[#out + 1] = v end
 return out
 """
+
+
+class Liveness:
+    """Which nodes count: a copy of the nodes' deadlines, in Redis server time.
+
+    Refreshed by every heartbeat (and, for readers that beat no heart, when older than
+    `max_age_s`). A node missing from a fresh copy is dead: a node registers before it
+    writes any presence, and its entries outlive it only until it is reaped."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self.deadlines: dict[str, int] = {}
+        self._skew_ms = 0.0  # Redis server time minus this process's monotonic clock
+        self._fetched = -1e18  # monotonic seconds of the last copy
+        self.absent: set[str] = set()  # nodes seen in presence but not in the copy
+
+    def update(self, now_ms: int, flat: list[Any]) -> None:
+        self._fetched = time.monotonic()
+        self.absent = set()
+        self._skew_ms = now_ms - self._fetched * 1000
+        self.deadlines = {n.decode(): int(float(d)) for n, d in zip(flat[::2], flat[1::2], strict=True)}
+
+    def stale(self, nodes: Iterable[str] = ()) -> bool:
+        """Read the table again? When it is older than `max_age_s`, or a node is unknown:
+        registered after the copy, or dead and reaped (then read again at most every 0.2 s)."""
+        age = time.monotonic() - self._fetched
+        if age > self.max_age_s:
+            return True
+        unknown = [n for n in nodes if n not in self.deadlines]
+        return bool(unknown) and (age > 0.2 or not self.absent.issuperset(unknown))
+
+    def missing(self, nodes: Iterable[str]) -> None:
+        """`nodes` are not in a copy just read: dead (until a later copy says otherwise)."""
+        self.absent.update(n for n in nodes if n not in self.deadlines)
+
+    def alive(self, node: str) -> bool:
+        deadline = self.deadlines.get(node)
+        return deadline is not None and deadline > time.monotonic() * 1000 + self._skew_ms
+
+    def dead(self) -> list[str]:
+        return [n for n in self.deadlines if not self.alive(n)]
+
+
+_NODE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def node_id(host: str, pid: int, suffix: str) -> str:
+    """A node id for `<tag>:m` values and key names: no space, no '=', no braces."""
+    return f"{_NODE_ID_UNSAFE.sub('_', host)}-{pid}-{suffix}"
 
 
 class Bus:
-    """The Redis side of the backplane, shared with the external emitter: scripts and keys."""
+    """The Redis side of the backplane, shared with the external emitter: scripts and keys.
 
-    def __init__(self, client: redis.Redis, node_id: str) -> None:
+    Presence writes come in as the diffs `wsapp.redis_backplane._Mirror` computes:
+    (`"c"`, client id) -> connections, (`"t"`, `"*"`) -> total, (`"r:<room>"`, client id) ->
+    connections in the room, (`"t"`, `"r:<room>"`) -> the room's total here; 0 deletes."""
+
+    def __init__(self, client: Any, node: str, liveness_max_age_s: float = 1.0) -> None:
         self.client = client
-        self.node_id = node_id
+        self.node_id = node
+        self.cluster = is_cluster(client)
         # pub/sub ignores the database number: put it in the channel, so deployments that
         # share a Redis on different databases do not hear each other
-        self.channel = f"{PREFIX}bus:{client.connection_pool.connection_kwargs.get('db', 0)}"
-        self._publish = self._script(_PUBLISH)
-        self._clients = self._script(_CLIENTS)
-        self._members = self._script(_MEMBERS)
-        self._client_count = self._script(_CLIENT_COUNT)
-        self._in_room = self._script(_IN_ROOM)
-        self._register = self._script(_DROP + _REGISTER)
-        self._heartbeat = self._script(_DROP + _HEARTBEAT)
-        self._publish_kept = self._script(_HISTORY + _PUBLISH_KEPT)
-        self._positions = self._script(_HISTORY + _POSITIONS)
-        self._since = self._script(_HISTORY + _SINCE)
+        self.db = 0 if self.cluster else int(client.connection_pool.connection_kwargs.get("db", 0))
+        self.sharded = True  # SPUBLISH/SSUBSCRIBE; `detect` turns it off on a Redis before 7
+        self.liveness = Liveness(liveness_max_age_s)
+        self._publish = self._script(_MEMBERS + _PUBLISH)
+        self._publish_kept = self._script(_MEMBERS + _HISTORY + _PUBLISH_KEPT)
+        self._position = self._script(_MEMBERS + _HISTORY + _POSITION)
+        self._since = self._script(_MEMBERS + _SINCE)
+        self._room_set = self._script(_MEMBERS + _ROOM_SET)
+        self._room_drop = self._script(_MEMBERS + _ROOM_DROP)
+        self._nodes = self._script(_MEMBERS + _NODES)
+        self._detected = False
 
     def _script(self, body: str) -> Any:
-        return self.client.register_script(_LUA_PRELUDE + body)
+        return self.client.register_script(body)
 
-    def _args(self, *rest: Any) -> list[Any]:
-        return [PREFIX, self.node_id, *rest]
+    def detect(self) -> None:
+        """Sharded pub/sub needs Redis 7; a cluster always has it."""
+        if self._detected or self.cluster:
+            return
+        version = str(self.client.info("server").get("redis_version", "7"))
+        self.sharded = int(version.split(".")[0]) >= 7
+        self._detected = True
+
+    @property
+    def publish_command(self) -> str:
+        return "SPUBLISH" if self.sharded else "PUBLISH"
+
+    def channel(self, tag: str) -> str:
+        return f"{PREFIX}{tag}:bus:{self.db}"
+
+    @staticmethod
+    def key(tag: str, suffix: str) -> str:
+        return f"{PREFIX}{tag}:{suffix}"
+
+    # ---- liveness ----------------------------------------------------------------------------
+
+    def _live_sum(self, flat: list[Any]) -> int:
+        """Sum a script's {node, count, ...} over the live nodes."""
+        nodes = [n.decode() for n in flat[::2]]
+        if self.liveness.stale(nodes):
+            self.read_nodes()
+            self.liveness.missing(nodes)
+        return sum(int(c) for n, c in zip(nodes, flat[1::2], strict=True) if self.liveness.alive(n))
+
+    def _live(self, nodes: list[str]) -> list[str]:
+        if self.liveness.stale(nodes):
+            self.read_nodes()
+            self.liveness.missing(nodes)
+        return [n for n in nodes if n != self.node_id and self.liveness.alive(n)]
+
+    def _nodes_call(self, what: str, ttl_s: float = 0) -> bool:
+        out = self._nodes(keys=[NODES_KEY], args=[self.node_id, int(ttl_s * 1000), what])
+        self.liveness.update(int(out[1]), out[2:])
+        return bool(out[0])
+
+    def read_nodes(self) -> None:
+        self._nodes_call("read")
+
+    def register(self, ttl_s: float) -> None:
+        """Join the live set (before any presence is written: see `Liveness`)."""
+        self._nodes_call("register", ttl_s)
+
+    def heartbeat(self, ttl_s: float) -> tuple[bool, list[str]]:
+        """Renew this node. Returns (still registered, the dead nodes seen)."""
+        known = self._nodes_call("beat", ttl_s)
+        return known, [n for n in self.liveness.dead() if n != self.node_id]
+
+    # ---- messages ----------------------------------------------------------------------------
 
     def publish(self, target: Target, frame: bytes) -> int:
-        """Hand `frame` to the other nodes; return how many connections they hold for `target`."""
-        envelope = encode_envelope(self.node_id, target, frame)
-        args = self._args(target.kind, target.key, target.exclude_client, envelope, self.channel)
-        return int(self._publish(args=args))
-
-    # ---- history --------------------------------------------------------------------------
+        """Hand `frame` to the other nodes that hold connections for `target`; return how many
+        connections they hold (live nodes only)."""
+        tag = target_tag(target)
+        keys = [self.key(tag, "n"), self.key(tag, "m")]
+        always = int(target.kind == "close")  # a close reaches every route: presence counts chat only
+        args = [self.node_id, target.exclude_client, self.publish_command, self.channel(tag),
+                encode_envelope(self.node_id, target, frame), always]  # fmt: skip
+        return self._live_sum(self._publish(keys=keys, args=args))
 
     def publish_kept(
         self, target: Target, stream: str, prefix: str, here: int, create: bool, size: int, ttl_s: float
     ) -> tuple[int, bool]:
         """Keep and publish one message (`_PUBLISH_KEPT`); `here` is the connections this
-        caller holds for `target`. Returns (connections on the other nodes, kept)."""
-        args = self._args(
-            target.kind, target.key, target.exclude_client, self.channel, stream, prefix, size,
+        caller holds for `target`. Returns (connections on the other live nodes, kept)."""
+        tag = target_tag(target)
+        keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
+        args = [
+            self.node_id, target.exclude_client, self.publish_command, self.channel(tag), prefix, size,
             int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here,
-        )  # fmt: skip
-        n, kept, _offset = self._publish_kept(args=args)
-        return int(n), bool(kept)
+        ]  # fmt: skip
+        kept, _offset, others = self._publish_kept(keys=keys, args=args)
+        return self._live_sum(others), bool(kept)
+
+    # ---- history -----------------------------------------------------------------------------
+
+    def _history_keys(self, stream: str) -> list[str]:
+        tag = stream_tag(stream)
+        return [self.key(tag, "h"), self.key(tag, "hm")]
 
     def positions(self, streams: list[str], touch: str, ttl_s: float) -> list[Position]:
-        flat = self._positions(args=self._args(touch, int(ttl_s * 1000), *streams))
-        return [Position(int(o), e.decode()) for e, o in zip(flat[::2], flat[1::2], strict=True)]
+        ttl = int(ttl_s * 1000)
+        if touch and touch not in streams:
+            self._position(keys=self._history_keys(touch), args=[1, ttl])
+        out = []
+        for stream in streams:  # one slot each: one call each
+            epoch, offset = self._position(keys=self._history_keys(stream), args=[int(stream == touch), ttl])
+            out.append(Position(int(offset), epoch.decode()) if epoch else EMPTY)
+        return out
 
     def since(self, stream: str, pos: Position, ttl_s: float) -> Replay:
         """What `stream` kept after `pos`, as JSON texts encoded to frames here."""
-        out = self._since(args=self._args(stream, pos.offset, pos.epoch, int(ttl_s * 1000)))
+        out = self._since(keys=self._history_keys(stream), args=[pos.offset, pos.epoch, int(ttl_s * 1000)])
         current = Position(int(out[1]), out[0].decode())
         if not current.epoch:
             current = EMPTY
@@ -318,40 +478,120 @@ class Bus:
         pairs = zip(out[3::2], out[4::2], strict=True)
         return Replay(True, [(int(off), text_frame(body.decode("utf-8"))) for off, body in pairs], current)
 
+    # ---- reading presence --------------------------------------------------------------------
+
     def clients(self) -> dict[str, int]:
-        """Client ids and connection counts on the other live nodes."""
-        flat = self._clients(args=self._args())
+        """Client ids and connection counts on the other live nodes (one read per node: an
+        admin call, not a publish path)."""
+        self.read_nodes()  # fresh: a node registered a moment ago is listed
+        nodes = self._live(list(self.liveness.deadlines))
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(self.key(node_tag(node), "c"))
         out: dict[str, int] = {}
-        for cid, n in zip(flat[::2], flat[1::2], strict=True):
-            out[cid.decode()] = out.get(cid.decode(), 0) + int(n)
+        for held in pipe.execute() if nodes else []:
+            for cid, n in held.items():
+                out[cid.decode()] = out.get(cid.decode(), 0) + int(n)
         return out
 
     def client_count(self, client_id: str) -> int:
         """Chat connections `client_id` holds on the other live nodes."""
-        return int(self._client_count(args=self._args(client_id)))
+        counts = self.client.hgetall(self.key(target_tag(Target("client", client_id)), "n"))
+        live = set(self._live([n.decode() for n in counts]))
+        return sum(int(c) for n, c in counts.items() if n.decode() in live)
 
     def room_members(self, room: str) -> set[str]:
-        return {cid.decode() for cid in self._members(args=self._args(room))}
+        members = self.client.hgetall(self.key(target_tag(Target("room", room)), "m"))
+        spread = {cid.decode(): _nodes_of(v) for cid, v in members.items()}
+        live = set(self._live(sorted({n for nodes in spread.values() for n in nodes})))
+        return {cid for cid, nodes in spread.items() if live.intersection(nodes)}
 
-    def in_room(self, pipe: redis.client.Pipeline, room: str, client_id: str) -> None:
-        """Queue on `pipe`: is `client_id` in `room` on another live node (1/0)?"""
-        self._in_room(args=self._args(room, client_id), client=pipe)
+    # ---- writing presence --------------------------------------------------------------------
 
-    def write_presence(self, pipe: redis.client.Pipeline, writes: dict[tuple[str, str], int]) -> None:
-        """Queue this node's presence changes: (hash suffix, field) -> count, 0 deletes."""
+    def write_presence(self, writes: dict[tuple[str, str], int], ask: tuple[str, str] | None = None) -> bool:
+        """Write this node's presence changes; with `ask` = (room, client id), answer (atomically
+        with the room's write) whether the client is in the room on another live node."""
+        me = self.node_id
+        plain: list[tuple[str, str, int]] = []  # (key, field, value): HSET, or HDEL at 0
+        rooms: dict[str, tuple[str, list[Any]]] = {}  # room -> (its total here or '', [cid, n, ...])
         for (suffix, field), value in writes.items():
-            key = f"{PREFIX}n:{self.node_id}:{suffix}"
-            if value:
-                pipe.hset(key, field, value)
+            if suffix == "c":
+                plain.append((self.key(target_tag(Target("client", field)), "n"), me, value))
+                plain.append((self.key(node_tag(me), "c"), field, value))
+            elif suffix == "t" and field == "*":
+                plain.append((self.key("{all}", "n"), me, value))
+            elif suffix == "t":
+                room = field[2:]
+                plain.append((self.key(node_tag(me), "r"), room, value))
+                rooms[room] = (str(value), rooms.get(room, ("", []))[1])
             else:
-                pipe.hdel(key, field)
+                room = suffix[2:]
+                total, pairs = rooms.get(room, ("", []))
+                rooms[room] = (total, [*pairs, field, value])
+        if ask is not None:
+            rooms.setdefault(ask[0], ("", []))
+        calls = [(room, [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")],
+                  [me, total, ask[1] if ask is not None and ask[0] == room else "", *pairs])
+                 for room, (total, pairs) in rooms.items()]  # fmt: skip
+        answers: dict[str, list[Any]] = {}
+        if self.cluster:  # a script per slot, then the plain writes (grouped by node by the client)
+            for room, keys, args in calls:
+                answers[room] = self._room_set(keys=keys, args=args)
+            pipe = self.client.pipeline(transaction=False)
+            _queue_plain(pipe, plain)
+            if plain:
+                pipe.execute()
+        else:  # one round trip
+            pipe = self.client.pipeline(transaction=False)
+            for _room, keys, args in calls:
+                self._room_set(keys=keys, args=args, client=pipe)
+            _queue_plain(pipe, plain)
+            results = pipe.execute()
+            answers = {room: results[i] for i, (room, _k, _a) in enumerate(calls)}
+        if ask is None:
+            return False
+        return bool(self._live([n.decode() for n in answers[ask[0]]]))
 
-    def register(self, pipe: redis.client.Pipeline | None, ttl_s: float) -> None:
-        """Drop this node's presence and join the live set (ttl 0: only drop)."""
-        self._register(args=self._args(int(ttl_s * 1000)), client=pipe)
+    def reap(self, node: str) -> list[tuple[str, str]] | None:
+        """Remove a dead node's presence, target by target. Returns the (room, client id)
+        pairs that left the cluster with it, or None if another node is reaping it."""
+        tag = node_tag(node)
+        if not self.client.set(self.key(tag, "reap"), self.node_id, nx=True, px=REAP_CLAIM_MS):
+            return None
+        held = self.client.hgetall(self.key(tag, "c"))
+        rooms = [r.decode() for r in self.client.hkeys(self.key(tag, "r"))]
+        pipe = self.client.pipeline(transaction=False)
+        for cid in held:
+            pipe.hdel(self.key(target_tag(Target("client", cid.decode())), "n"), node)
+        pipe.hdel(self.key("{all}", "n"), node)
+        pipe.execute()
+        departed: list[tuple[str, str]] = []
+        for room in rooms:
+            keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
+            flat = self._room_drop(keys=keys, args=[node])
+            for cid, rest in zip(flat[::2], flat[1::2], strict=True):
+                if not self._live(_nodes_of(rest)):
+                    departed.append((room, cid.decode()))
+        self.client.delete(self.key(tag, "c"), self.key(tag, "r"), self.key(tag, "reap"))
+        if node == self.node_id:
+            self._nodes_call("leave")
+        else:
+            self.client.zrem(NODES_KEY, node)
+        return departed
 
-    def heartbeat(self, ttl_s: float) -> tuple[bool, list[tuple[str, str]]]:
-        """Renew this node; clean up dead ones. Returns (still registered, (room, client) that left)."""
-        out = self._heartbeat(args=self._args(int(ttl_s * 1000)))
-        pairs = [(r.decode(), c.decode()) for r, c in zip(out[1::2], out[2::2], strict=True)]
-        return bool(out[0]), pairs
+    def unregister(self) -> None:
+        """Forget this node's presence (a clean stop, or before writing it all again)."""
+        self.reap(self.node_id)
+
+
+def _nodes_of(value: bytes | str) -> list[str]:
+    text = value.decode() if isinstance(value, bytes) else value
+    return [part.partition("=")[0] for part in text.split()]
+
+
+def _queue_plain(pipe: Any, plain: list[tuple[str, str, int]]) -> None:
+    for key, field, value in plain:
+        if value:
+            pipe.hset(key, field, value)
+        else:
+            pipe.hdel(key, field)

@@ -125,6 +125,7 @@ class Registry:
         self._per_client: dict[str, int] = {}  # client id -> connections held or reserved
         self._peers: set[Peer] = set()
         self._by_client: dict[str, set[Peer]] = {}  # addressable peers only
+        self._any_route: dict[str, int] = {}  # client id -> its peers on any route
         self._rooms: dict[str, dict[str, set[Peer]]] = {}  # room -> client id -> its peers there
 
     # ---- admission ----------------------------------------------------------------------
@@ -169,6 +170,7 @@ class Registry:
     def add(self, peer: Peer) -> None:
         with self._lock:
             self._peers.add(peer)
+            self._any_route[peer.client_id] = self._any_route.get(peer.client_id, 0) + 1
             if peer.addressable:
                 self._by_client.setdefault(peer.client_id, set()).add(peer)
 
@@ -178,6 +180,10 @@ class Registry:
             if peer not in self._peers:
                 return None
             self._peers.discard(peer)
+            if self._any_route[peer.client_id] > 1:
+                self._any_route[peer.client_id] -= 1
+            else:
+                del self._any_route[peer.client_id]
             peers = self._by_client.get(peer.client_id)
             if peers is not None:
                 peers.discard(peer)
@@ -246,6 +252,16 @@ class Registry:
         """Connections of `client_id` in `room` on this worker. O(1)."""
         with self._lock:
             return len(self._rooms.get(room, {}).get(client_id, ()))
+
+    def holds(self, client_id: str) -> bool:
+        """Does this worker hold a connection of `client_id`, on any route? O(1)."""
+        with self._lock:
+            return client_id in self._any_route
+
+    def has_room(self, room: str) -> bool:
+        """Does this worker hold a connection in `room`? O(1)."""
+        with self._lock:
+            return room in self._rooms
 
     def room_members(self, room: str) -> list[str]:
         with self._lock:

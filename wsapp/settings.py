@@ -287,7 +287,8 @@ OPTIONS: tuple[Option, ...] = (
         "redis_url",
         "",
         _str,
-        "Redis backplane, e.g. `redis://127.0.0.1:6379/0`. Empty: in-process registry.",
+        "Redis backplane, e.g. `redis://127.0.0.1:6379/0`, or a Redis Cluster through any of its nodes: "
+        "`redis+cluster://10.0.0.5:7000` (`rediss+cluster://` with TLS). Empty: in-process registry.",
     ),
     Option(
         "WSAPP_REDIS_HEARTBEAT",
@@ -534,8 +535,12 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
         problems.append("WSAPP_PING_INTERVAL: must be above 0")
     if values["jwt_secret"] and len(values["jwt_secret"].encode()) < 32:
         problems.append("WSAPP_JWT_SECRET: must be at least 32 bytes (RFC 7518: an HS256 key has 256 bits or more)")
-    if values["redis_url"] and not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"WSAPP_REDIS_URL={values['redis_url']!r}: must start with redis://, rediss:// or unix://")
+    schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+    if values["redis_url"] and not values["redis_url"].startswith(schemes):
+        problems.append(
+            f"WSAPP_REDIS_URL={values['redis_url']!r}: must start with redis://, rediss://, unix://, "
+            "redis+cluster:// or rediss+cluster://"
+        )
     _check_keys(values, problems)
 
 
