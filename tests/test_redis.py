@@ -192,6 +192,47 @@ def test_room_counts_follow_every_connection_of_a_client(two_hosts: tuple[Server
     eventually(lambda: delivered() == 0, 3, "nobody left in the room")
 
 
+def backplane_received(srv: Server) -> float:
+    """How many messages the node's worker has read from Redis pub/sub (its metric)."""
+    text = http(srv.url, "GET", "/metrics").body
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("wsapp_backplane_received_total")))
+
+
+def test_a_node_hears_only_the_targets_it_holds_connections_for(
+    node: Callable[..., Server], redis_server: AnyRedis
+) -> None:
+    """Routing by interest: a node with no receiver never reads a message (it used to read
+    and decode every cross-node message), and stops hearing a room once nobody there is in it."""
+    a, b, idle = node(), node(), node()
+    sender, member, bystander = chat_client(a, "i-send"), chat_client(b, "i-member"), chat_client(idle, "i-by")
+    for ws, room in ((sender, "hot"), (member, "hot"), (bystander, "own")):
+        send(ws, type="join", room=room, id="j")
+        ack(ws, "j")
+    recv_until(sender, lambda m: m["type"] == "presence")  # the member's join reached node A
+    idle_before = backplane_received(idle)
+    for i in range(20):
+        send(sender, type="room", room="hot", data=i, id=i)
+        assert ack(sender, i)["delivered"] == 2
+        send(sender, type="direct", to="i-member", data=i)
+    got = [recv_until(member, lambda m: m["type"] in ("room", "direct")) for _ in range(40)]
+    assert sorted((m["type"], m["data"]) for m in got) == sorted((t, i) for i in range(20) for t in ("room", "direct"))
+    assert backplane_received(idle) == idle_before  # not one of the 40
+
+    def subscribed_nodes(room: str) -> int:  # nodes subscribed to the room's channel, as Redis counts them
+        channel = "wsapp:{r:" + room + "}:bus:0"
+        if isinstance(redis_server, RedisClusterProcess):
+            r = redis_server.client()
+            return int(dict(r.pubsub_shardnumsub(channel, target_nodes=r.get_node_from_key(channel)))[channel.encode()])
+        return int(dict(redis_server.client().pubsub_shardnumsub(channel))[channel.encode()])
+
+    assert subscribed_nodes("hot") == 2 and subscribed_nodes("own") == 1
+    send(member, type="leave", room="hot", id="l")
+    ack(member, "l")
+    eventually(lambda: subscribed_nodes("hot") == 1, 5, "node B left the room's channel with its last member")
+    send(sender, type="room", room="hot", data="after", id="x")
+    assert ack(sender, "x")["delivered"] == 1
+
+
 def test_api_clients_lists_every_node(two_hosts: tuple[Server, Server]) -> None:
     a, b = two_hosts
     conns = [chat_client(a, "x1"), chat_client(b, "x1"), chat_client(b, "x2")]
