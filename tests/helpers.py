@@ -381,7 +381,7 @@ class RedisClusterProcess:
     (each node keeps its slots in its own nodes.conf)."""
 
     def __init__(self, primaries: int = 3) -> None:
-        self.ports = [free_port() for _ in range(primaries)]
+        self.ports = [_free_cluster_port() for _ in range(primaries)]
         self.dir = Path(tempfile.mkdtemp(prefix="wsapp-cluster-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.created = False
@@ -446,6 +446,20 @@ class RedisClusterProcess:
         from redis.cluster import RedisCluster
 
         return RedisCluster(host="127.0.0.1", port=self.ports[0], socket_timeout=2)
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000, below 65536) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _cluster_state(port: int) -> str:

@@ -195,7 +195,9 @@ def test_room_counts_follow_every_connection_of_a_client(two_hosts: tuple[Server
 def backplane_received(srv: Server) -> float:
     """How many messages the node's worker has read from Redis pub/sub (its metric)."""
     text = http(srv.url, "GET", "/metrics").body
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("wsapp_backplane_received_total")))
+    return float(
+        next(line.split()[-1] for line in text.splitlines() if line.startswith("wsapp_backplane_received_total"))
+    )
 
 
 def test_a_node_hears_only_the_targets_it_holds_connections_for(

@@ -156,29 +156,43 @@ local function put(key, field, t)
   if v == '' then redis.call('HDEL', key, field) else redis.call('HSET', key, field, v) end
   return v
 end
--- the other nodes' connections for the target: {node, count, ...}, minus `excl`'s own
-local function receivers(nkey, mkey, me, excl)
-  local ex = {}
-  if excl ~= '' then ex = parse(redis.call('HGET', mkey, excl)) end
-  local out = {}
-  local counts = redis.call('HGETALL', nkey)
-  for i = 1, #counts, 2 do
-    local c = tonumber(counts[i + 1]) - (ex[counts[i]] or 0)
-    if counts[i] ~= me and c > 0 then out[#out + 1] = counts[i]; out[#out + 1] = c end
+-- `<tag>:n` keeps the sum of its node fields in the field '*' (maintained by every write)
+local function set_count(nkey, node, value)
+  local old = tonumber(redis.call('HGET', nkey, node) or '0')
+  if value > 0 then redis.call('HSET', nkey, node, value) else redis.call('HDEL', nkey, node) end
+  if value ~= old then
+    if redis.call('HINCRBY', nkey, '*', value - old) <= 0 then redis.call('HDEL', nkey, '*') end
   end
-  return out
+end
+-- the other live nodes' connections for the target: the total, minus the caller's own,
+-- minus the dead nodes not yet reaped (ARGV[dead..]), minus the excluded client's own.
+-- O(1) in the number of nodes (plus the few dead ones).
+local function receivers(nkey, mkey, me, excl, dead)
+  local n = tonumber(redis.call('HGET', nkey, '*') or '0') - tonumber(redis.call('HGET', nkey, me) or '0')
+  local gone = {}
+  for i = dead, #ARGV do
+    gone[ARGV[i]] = true
+    n = n - tonumber(redis.call('HGET', nkey, ARGV[i]) or '0')
+  end
+  if excl ~= '' then
+    for node, c in pairs(parse(redis.call('HGET', mkey, excl))) do
+      if node ~= me and not gone[node] then n = n - c end
+    end
+  end
+  return n
 end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
-# KEYS: n, m. ARGV: me, exclude, publish command, channel, envelope, always (1/0).
-# Returns the other nodes' receivers; publishes when there are any (or always: a close).
+# KEYS: n, m. ARGV: me, exclude, publish command, channel, envelope, always (1/0), dead
+# nodes... Returns the other live nodes' receivers; publishes when there are any (or
+# always: a close).
 _PUBLISH = """
-local out = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-if #out > 0 or ARGV[6] == '1' then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
-return out
+local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 7)
+if n > 0 or ARGV[6] == '1' then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
+return n
 """
 # History: `<tag>:h` (a Redis Stream, entry id `<offset>-0`, fields d = JSON text, t = ms)
 # and `<tag>:hm` (e = epoch, o = last offset). Both expire `ttl` after the stream's last
@@ -196,22 +210,23 @@ local function ensure(h, m, ttl)
 end
 """
 # KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, JSON text without its
-# closing brace, size, ttl ms, create (1/0), w2 header start, the caller's own receivers.
+# closing brace, size, ttl ms, create (1/0), w2 header start, the caller's own receivers,
+# dead nodes...
 # Unless nobody receives a direct message to a stream that does not exist (create 0),
 # assigns the next offset, keeps the message and publishes it to every node that
 # receives it, the caller's included (one channel per stream: offset order everywhere).
-# Returns {kept 1/0, offset, {the other nodes' receivers}}.
+# Returns {kept 1/0, offset, the other live nodes' receivers}.
 _PUBLISH_KEPT = """
-local out = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 11)
 local size, ttl, here = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
-if ARGV[8] ~= '1' and #out == 0 and here == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, out} end
+if ARGV[8] ~= '1' and n <= 0 and here == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, n} end
 ensure(KEYS[3], KEYS[4], ttl)
 local off = redis.call('HINCRBY', KEYS[4], 'o', 1)
 local body = ARGV[5] .. ',"offset":' .. off .. ',"epoch":"' .. redis.call('HGET', KEYS[4], 'e') .. '"}'
 redis.call('XADD', KEYS[3], 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
 redis.call('PEXPIRE', KEYS[3], ttl)
-if #out > 0 or here > 0 then redis.call(ARGV[3], ARGV[4], ARGV[9] .. off .. ']\\n' .. body) end
-return {1, off, out}
+if n > 0 or here > 0 then redis.call(ARGV[3], ARGV[4], ARGV[9] .. off .. ']\\n' .. body) end
+return {1, off, n}
 """
 # KEYS: h, hm. ARGV: touch (1/0), ttl ms. Returns {epoch, offset} ('' and 0: no history).
 _POSITION = """
@@ -247,9 +262,7 @@ return out
 # room, after the write (atomic: two nodes cannot both miss each other).
 _ROOM_SET = """
 local me = ARGV[1]
-if ARGV[2] ~= '' then
-  if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[1], me, ARGV[2]) else redis.call('HDEL', KEYS[1], me) end
-end
+if ARGV[2] ~= '' then set_count(KEYS[1], me, tonumber(ARGV[2])) end
 for i = 4, #ARGV, 2 do
   local t = parse(redis.call('HGET', KEYS[2], ARGV[i]))
   t[me] = tonumber(ARGV[i + 1])
@@ -266,7 +279,7 @@ return out
 # KEYS: n, m of a room. ARGV: a dead node. Removes it; returns {client id, the nodes it
 # is still on ("node=count ..."), ...} for each member it held.
 _ROOM_DROP = """
-redis.call('HDEL', KEYS[1], ARGV[1])
+set_count(KEYS[1], ARGV[1], 0)
 local out = {}
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
@@ -278,6 +291,11 @@ for i = 1, #all, 2 do
   end
 end
 return out
+"""
+# KEYS: a target's n. ARGV: node, its connections for the target (0 deletes).
+_COUNT_SET = """
+set_count(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+return 1
 """
 # KEYS: the nodes sorted set. ARGV: me, ttl ms, what ('beat': renew if still there,
 # 'register', 'leave', 'read'). Returns {1 if me was there before, now ms, node, deadline, ...}.
@@ -293,6 +311,11 @@ local out = {known, now}
 for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do out[#out + 1] = v end
 return out
 """
+
+
+# One step of `Bus._run`: (script, keys, args), or ("index", key, [field, value]) for a
+# node's own index (HSET, or HDEL at 0).
+Op = tuple[Any, Any, list[Any]]
 
 
 class Liveness:
@@ -366,6 +389,7 @@ class Bus:
         self._since = self._script(_MEMBERS + _SINCE)
         self._room_set = self._script(_MEMBERS + _ROOM_SET)
         self._room_drop = self._script(_MEMBERS + _ROOM_DROP)
+        self._count_set = self._script(_MEMBERS + _COUNT_SET)
         self._nodes = self._script(_MEMBERS + _NODES)
         self._detected = False
 
@@ -393,13 +417,12 @@ class Bus:
 
     # ---- liveness ----------------------------------------------------------------------------
 
-    def _live_sum(self, flat: list[Any]) -> int:
-        """Sum a script's {node, count, ...} over the live nodes."""
-        nodes = [n.decode() for n in flat[::2]]
-        if self.liveness.stale(nodes):
+    def _dead(self) -> list[str]:
+        """The nodes past their deadline that are not reaped yet: a publish subtracts their
+        counts from the maintained totals (usually none)."""
+        if self.liveness.stale():
             self.read_nodes()
-            self.liveness.missing(nodes)
-        return sum(int(c) for n, c in zip(nodes, flat[1::2], strict=True) if self.liveness.alive(n))
+        return [n for n in self.liveness.dead() if n != self.node_id]
 
     def _live(self, nodes: list[str]) -> list[str]:
         if self.liveness.stale(nodes):
@@ -433,8 +456,8 @@ class Bus:
         keys = [self.key(tag, "n"), self.key(tag, "m")]
         always = int(target.kind == "close")  # a close reaches every route: presence counts chat only
         args = [self.node_id, target.exclude_client, self.publish_command, self.channel(tag),
-                encode_envelope(self.node_id, target, frame), always]  # fmt: skip
-        return self._live_sum(self._publish(keys=keys, args=args))
+                encode_envelope(self.node_id, target, frame), always, *self._dead()]  # fmt: skip
+        return max(0, int(self._publish(keys=keys, args=args)))
 
     def publish_kept(
         self, target: Target, stream: str, prefix: str, here: int, create: bool, size: int, ttl_s: float
@@ -445,10 +468,10 @@ class Bus:
         keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
         args = [
             self.node_id, target.exclude_client, self.publish_command, self.channel(tag), prefix, size,
-            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here,
+            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here, *self._dead(),
         ]  # fmt: skip
         kept, _offset, others = self._publish_kept(keys=keys, args=args)
-        return self._live_sum(others), bool(kept)
+        return max(0, int(others)), bool(kept)
 
     # ---- history -----------------------------------------------------------------------------
 
@@ -458,13 +481,9 @@ class Bus:
 
     def positions(self, streams: list[str], touch: str, ttl_s: float) -> list[Position]:
         ttl = int(ttl_s * 1000)
-        if touch and touch not in streams:
-            self._position(keys=self._history_keys(touch), args=[1, ttl])
-        out = []
-        for stream in streams:  # one slot each: one call each
-            epoch, offset = self._position(keys=self._history_keys(stream), args=[int(stream == touch), ttl])
-            out.append(Position(int(offset), epoch.decode()) if epoch else EMPTY)
-        return out
+        asked = streams if not touch or touch in streams else [*streams, touch]
+        results = self._run([(self._position, self._history_keys(s), [int(s == touch), ttl]) for s in asked])
+        return [Position(int(offset), epoch.decode()) if epoch else EMPTY for epoch, offset in results[: len(streams)]]
 
     def since(self, stream: str, pos: Position, ttl_s: float) -> Replay:
         """What `stream` kept after `pos`, as JSON texts encoded to frames here."""
@@ -497,6 +516,7 @@ class Bus:
     def client_count(self, client_id: str) -> int:
         """Chat connections `client_id` holds on the other live nodes."""
         counts = self.client.hgetall(self.key(target_tag(Target("client", client_id)), "n"))
+        counts.pop(b"*", None)
         live = set(self._live([n.decode() for n in counts]))
         return sum(int(c) for n, c in counts.items() if n.decode() in live)
 
@@ -512,17 +532,17 @@ class Bus:
         """Write this node's presence changes; with `ask` = (room, client id), answer (atomically
         with the room's write) whether the client is in the room on another live node."""
         me = self.node_id
-        plain: list[tuple[str, str, int]] = []  # (key, field, value): HSET, or HDEL at 0
+        ops: list[Op] = []
         rooms: dict[str, tuple[str, list[Any]]] = {}  # room -> (its total here or '', [cid, n, ...])
         for (suffix, field), value in writes.items():
             if suffix == "c":
-                plain.append((self.key(target_tag(Target("client", field)), "n"), me, value))
-                plain.append((self.key(node_tag(me), "c"), field, value))
+                ops.append((self._count_set, [self.key(target_tag(Target("client", field)), "n")], [me, value]))
+                ops.append(("index", self.key(node_tag(me), "c"), [field, value]))
             elif suffix == "t" and field == "*":
-                plain.append((self.key("{all}", "n"), me, value))
+                ops.append((self._count_set, [self.key("{all}", "n")], [me, value]))
             elif suffix == "t":
                 room = field[2:]
-                plain.append((self.key(node_tag(me), "r"), room, value))
+                ops.append(("index", self.key(node_tag(me), "r"), [room, value]))
                 rooms[room] = (str(value), rooms.get(room, ("", []))[1])
             else:
                 room = suffix[2:]
@@ -530,27 +550,46 @@ class Bus:
                 rooms[room] = (total, [*pairs, field, value])
         if ask is not None:
             rooms.setdefault(ask[0], ("", []))
-        calls = [(room, [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")],
-                  [me, total, ask[1] if ask is not None and ask[0] == room else "", *pairs])
-                 for room, (total, pairs) in rooms.items()]  # fmt: skip
-        answers: dict[str, list[Any]] = {}
-        if self.cluster:  # a script per slot, then the plain writes (grouped by node by the client)
-            for room, keys, args in calls:
-                answers[room] = self._room_set(keys=keys, args=args)
-            pipe = self.client.pipeline(transaction=False)
-            _queue_plain(pipe, plain)
-            if plain:
-                pipe.execute()
-        else:  # one round trip
-            pipe = self.client.pipeline(transaction=False)
-            for _room, keys, args in calls:
-                self._room_set(keys=keys, args=args, client=pipe)
-            _queue_plain(pipe, plain)
-            results = pipe.execute()
-            answers = {room: results[i] for i, (room, _k, _a) in enumerate(calls)}
+        asked = len(ops)
+        for room, (total, pairs) in rooms.items():
+            if ask is not None and room == ask[0]:
+                asked = len(ops)
+            keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
+            ops.append(
+                (self._room_set, keys, [me, total, ask[1] if ask is not None and room == ask[0] else "", *pairs])
+            )
+        results = self._run(ops)
         if ask is None:
             return False
-        return bool(self._live([n.decode() for n in answers[ask[0]]]))
+        return bool(self._live([n.decode() for n in results[asked]]))
+
+    def _run(self, ops: list[Op]) -> list[Any]:
+        """Run scripts and index writes in as few round trips as the server allows: one
+        pipeline on one Redis; on a cluster one pipeline per primary (a cluster pipeline
+        refuses scripts), each script going to the primary of its keys' slot."""
+        if not ops:
+            return []
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, op in enumerate(ops):
+            key = op[1][0] if op[0] != "index" else op[1]
+            if self.cluster:
+                node = self.client.get_node_from_key(key)
+                server = self.client.get_redis_connection(node)
+                name = node.name
+            else:
+                server, name = self.client, ""
+            groups.setdefault(name, (server.pipeline(transaction=False), []))[1].append(i)
+            pipe = groups[name][0]
+            if op[0] == "index":
+                field, value = op[2]
+                pipe.hset(op[1], field, value) if value else pipe.hdel(op[1], field)
+            else:
+                op[0](keys=op[1], args=op[2], client=pipe)
+        out: list[Any] = [None] * len(ops)
+        for pipe, indexes in groups.values():
+            for i, result in zip(indexes, pipe.execute(), strict=True):
+                out[i] = result
+        return out
 
     def reap(self, node: str) -> list[tuple[str, str]] | None:
         """Remove a dead node's presence, target by target. Returns the (room, client id)
@@ -560,15 +599,14 @@ class Bus:
             return None
         held = self.client.hgetall(self.key(tag, "c"))
         rooms = [r.decode() for r in self.client.hkeys(self.key(tag, "r"))]
-        pipe = self.client.pipeline(transaction=False)
-        for cid in held:
-            pipe.hdel(self.key(target_tag(Target("client", cid.decode())), "n"), node)
-        pipe.hdel(self.key("{all}", "n"), node)
-        pipe.execute()
+        ops: list[Op] = [(self._count_set, [self.key(target_tag(Target("client", c.decode())), "n")], [node, 0])
+                         for c in held]  # fmt: skip
+        ops.append((self._count_set, [self.key("{all}", "n")], [node, 0]))
+        ops += [(self._room_drop, [self.key(target_tag(Target("room", r)), s) for s in ("n", "m")], [node])
+                for r in rooms]  # fmt: skip
+        results = self._run(ops)[len(held) + 1 :]
         departed: list[tuple[str, str]] = []
-        for room in rooms:
-            keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
-            flat = self._room_drop(keys=keys, args=[node])
+        for room, flat in zip(rooms, results, strict=True):
             for cid, rest in zip(flat[::2], flat[1::2], strict=True):
                 if not self._live(_nodes_of(rest)):
                     departed.append((room, cid.decode()))
@@ -587,11 +625,3 @@ class Bus:
 def _nodes_of(value: bytes | str) -> list[str]:
     text = value.decode() if isinstance(value, bytes) else value
     return [part.partition("=")[0] for part in text.split()]
-
-
-def _queue_plain(pipe: Any, plain: list[tuple[str, str, int]]) -> None:
-    for key, field, value in plain:
-        if value:
-            pipe.hset(key, field, value)
-        else:
-            pipe.hdel(key, field)
