@@ -309,7 +309,7 @@ def test_external_emitter_sends_and_broadcasts_without_gunicorn(
         assert emitter.disconnect("ghost") == 0
 
 
-def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Server]) -> None:
+def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Server], redis_server: AnyRedis) -> None:
     a, b = two_hosts
     watcher, ghost = chat_client(a, "watcher"), chat_client(b, "ghost")
     for ws in (watcher, ghost):
@@ -331,6 +331,11 @@ def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Ser
     assert clients(a) == {"watcher": 1}
     left = recv_until(watcher, lambda m: m["type"] == "presence", timeout=TTL_S + HEARTBEAT_S + 3)
     assert left == {"type": "presence", "room": "lobby", "event": "leave", "client_id": "ghost"}
+    # reaped now (gone from the live set too): the maintained totals no longer hold its connections
+    eventually(lambda: redis_server.client().zcard(NODES) == 1, 5, "the dead node reaped")
+    assert http(a.url, "POST", "/api/send", {"to": "ghost", "data": 2}, token=ADMIN).status == 202
+    assert http(a.url, "POST", "/api/broadcast", {"data": 3}, token=ADMIN).body == {"delivered": 1}
+    assert http(a.url, "POST", "/api/broadcast", {"room": "lobby", "data": 4}, token=ADMIN).body == {"delivered": 1}
 
 
 def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server], redis_server: AnyRedis) -> None:
