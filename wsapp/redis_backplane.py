@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+from gevent.event import Event
 
 from . import protocol
 from .backplane import Backplane, close_local, close_payload
@@ -67,6 +68,18 @@ log = logging.getLogger("wsapp.redis")
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # reconnect delay, doubled after each failed attempt
 POLL_S = 0.5  # the supervisor looks at `healthy` and the clock at least this often
 ERRORS = (*REDIS_ERRORS, SubscribeTimeout)
+BATCH_MAX = 500  # presence requests written in one round trip
+
+
+class _Request:
+    """One `_write` waiting for the writer greenlet."""
+
+    __slots__ = ("answer", "ask", "cid", "done", "rooms")
+
+    def __init__(self, cid: str, rooms: tuple[str, ...], ask: str | None) -> None:
+        self.cid, self.rooms, self.ask = cid, rooms, ask
+        self.answer = False
+        self.done = Event()
 
 
 class _Mirror:
@@ -135,6 +148,8 @@ class RedisBackplane(Backplane):
         self.subscriber = Subscriber(self.bus, self._on_message, self._lost)
         self.subscriber.wanted.add(self._channel(Target("all")))  # broadcasts: every node
         self._supervisor: gevent.Greenlet | None = None
+        self._requests: list[_Request] = []  # presence writes waiting for the writer
+        self._writer: gevent.Greenlet | None = None
 
     def _channel(self, target: Target) -> str:
         return self.bus.channel(target_tag(target))
@@ -290,15 +305,55 @@ class RedisBackplane(Backplane):
     def _write(self, cid: str, rooms: Iterable[str], ask: str | None = None) -> bool:
         """Write `cid`'s connection count and its counts in `rooms` on this node, nothing else
         (O(len(rooms))); with `ask`, also answer (atomically with the room's write) whether
-        `cid` is in room `ask` on another live node. False while unhealthy."""
+        `cid` is in room `ask` on another live node. False while unhealthy.
+
+        The request joins the next batch of the writer greenlet: in a reconnect storm,
+        thousands of connects share a few round trips instead of queueing for one each."""
+        if not self._healthy:
+            return False
+        request = _Request(cid, tuple(rooms), ask)
+        self._requests.append(request)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_batches)
+        request.done.wait()
+        return request.answer
+
+    def _write_batches(self) -> None:
+        """The writer: takes every waiting request, computes one diff for all of them from the
+        registry (absolute values: the latest state wins), and writes it in one round trip
+        per Redis server. Every request's event is set, whatever happens."""
+        try:
+            while self._requests:
+                batch, self._requests = self._requests[:BATCH_MAX], self._requests[BATCH_MAX:]
+                try:
+                    self._write_batch(batch)
+                finally:
+                    for request in batch:
+                        request.done.set()
+        finally:
+            self._writer = None
+            for request in self._requests:  # only after a BaseException (a kill at stop)
+                request.done.set()
+            self._requests = []
+
+    def _write_batch(self, batch: list[_Request]) -> None:
         with self._lock:
             if not self._healthy:
-                return False
+                return
             writes: dict[tuple[str, str], int] = {}
-            self._mirror.set_client(cid, self.registry.client_count(cid), writes)
-            for room in rooms:
-                self._mirror.set_room(cid, room, self.registry.room_count(room, cid), writes)
-            return self._execute(writes, cid, ask)
+            asks: list[tuple[str, str]] = []
+            for request in batch:
+                cid = request.cid
+                self._mirror.set_client(cid, self.registry.client_count(cid), writes)
+                for room in request.rooms:
+                    self._mirror.set_room(cid, room, self.registry.room_count(room, cid), writes)
+                if request.ask is not None:
+                    asks.append((request.ask, cid))
+            answers = self._execute(writes, asks)
+        answered = iter(answers)
+        for request in batch:
+            if request.ask is not None:
+                request.answer = next(answered, False)
 
     def _local_state(self, cid: str) -> tuple[int, dict[str, int]]:
         peers = self.registry.targets(Target("client", cid))
@@ -316,17 +371,17 @@ class RedisBackplane(Backplane):
             writes: dict[tuple[str, str], int] = {}
             for cid in cids:
                 self._mirror.set(cid, *self._local_state(cid), writes)
-            self._execute(writes, "", None)
+            self._execute(writes, [])
 
-    def _execute(self, writes: dict[tuple[str, str], int], cid: str, ask: str | None) -> bool:
-        """Send `writes` (and the `ask` question about `cid`); under `_lock`."""
-        if not writes and ask is None:
-            return False
+    def _execute(self, writes: dict[tuple[str, str], int], asks: list[tuple[str, str]]) -> list[bool]:
+        """Send `writes` (and the `asks` about room members); under `_lock`."""
+        if not writes and not asks:
+            return []
         try:
-            return self.bus.write_presence(writes, (ask, cid) if ask is not None else None)
+            return self.bus.write_presence(writes, asks)
         except REDIS_ERRORS as exc:
             self._lost(exc)
-            return False
+            return [False for _ in asks]
 
     def _rewrite(self) -> None:
         """Register this node and its whole presence from the registry, replacing what Redis held."""

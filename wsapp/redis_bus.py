@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -256,23 +256,25 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+')) do
 end
 return out
 """
-# KEYS: n, m of a room. ARGV: me, this node's connections in the room ('' unchanged),
-# a client id to ask about ('' none), then client id, its connections here, ...
-# Writes this node's part; returns the other nodes that hold the asked client id in the
-# room, after the write (atomic: two nodes cannot both miss each other).
+# KEYS: n, m of a room. ARGV: me, this node's connections in the room ('' unchanged), the
+# number k of client ids asked about, those k client ids, then client id, its connections
+# here, ... Writes this node's part; returns, per client id asked, the other nodes that
+# hold it in the room after the write (atomic: two nodes cannot both miss each other).
 _ROOM_SET = """
-local me = ARGV[1]
+local me, k = ARGV[1], tonumber(ARGV[3])
 if ARGV[2] ~= '' then set_count(KEYS[1], me, tonumber(ARGV[2])) end
-for i = 4, #ARGV, 2 do
+for i = 4 + k, #ARGV, 2 do
   local t = parse(redis.call('HGET', KEYS[2], ARGV[i]))
   t[me] = tonumber(ARGV[i + 1])
   put(KEYS[2], ARGV[i], t)
 end
 local out = {}
-if ARGV[3] ~= '' then
-  for node, c in pairs(parse(redis.call('HGET', KEYS[2], ARGV[3]))) do
-    if node ~= me and c > 0 then out[#out + 1] = node end
+for i = 4, 3 + k do
+  local nodes = {}
+  for node, c in pairs(parse(redis.call('HGET', KEYS[2], ARGV[i]))) do
+    if node ~= me and c > 0 then nodes[#nodes + 1] = node end
   end
+  out[#out + 1] = nodes
 end
 return out
 """
@@ -528,9 +530,10 @@ class Bus:
 
     # ---- writing presence --------------------------------------------------------------------
 
-    def write_presence(self, writes: dict[tuple[str, str], int], ask: tuple[str, str] | None = None) -> bool:
-        """Write this node's presence changes; with `ask` = (room, client id), answer (atomically
-        with the room's write) whether the client is in the room on another live node."""
+    def write_presence(self, writes: dict[tuple[str, str], int], asks: Sequence[tuple[str, str]] = ()) -> list[bool]:
+        """Write this node's presence changes; for each (room, client id) in `asks`, answer
+        (atomically with the room's write) whether the client is in the room on another
+        live node."""
         me = self.node_id
         ops: list[Op] = []
         rooms: dict[str, tuple[str, list[Any]]] = {}  # room -> (its total here or '', [cid, n, ...])
@@ -548,20 +551,21 @@ class Bus:
                 room = suffix[2:]
                 total, pairs = rooms.get(room, ("", []))
                 rooms[room] = (total, [*pairs, field, value])
-        if ask is not None:
-            rooms.setdefault(ask[0], ("", []))
-        asked = len(ops)
+        asked: dict[str, list[str]] = {}
+        for room, cid in asks:
+            asked.setdefault(room, []).append(cid)
+            rooms.setdefault(room, ("", []))
+        first = len(ops)
         for room, (total, pairs) in rooms.items():
-            if ask is not None and room == ask[0]:
-                asked = len(ops)
             keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
-            ops.append(
-                (self._room_set, keys, [me, total, ask[1] if ask is not None and room == ask[0] else "", *pairs])
-            )
+            cids = asked.get(room, [])
+            ops.append((self._room_set, keys, [me, total, len(cids), *cids, *pairs]))
         results = self._run(ops)
-        if ask is None:
-            return False
-        return bool(self._live([n.decode() for n in results[asked]]))
+        answers: dict[tuple[str, str], bool] = {}
+        for room, result in zip(rooms, results[first:], strict=True):
+            for cid, nodes in zip(asked.get(room, []), result, strict=True):
+                answers[(room, cid)] = bool(self._live([n.decode() for n in nodes]))
+        return [answers[ask] for ask in asks]
 
     def _run(self, ops: list[Op]) -> list[Any]:
         """Run scripts and index writes in as few round trips as the server allows: one
