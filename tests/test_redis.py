@@ -35,6 +35,7 @@ from helpers import (
     ws_connect,
 )
 from wsapp.emitter import Emitter
+from wsapp.registry import Target
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 AnyRedis = RedisProcess | RedisClusterProcess
@@ -497,6 +498,31 @@ def _peer(client_id: str, conn_id: str) -> Any:
     peer = Peer(Ws(), client_id, False, 0.0, "", "chat")  # type: ignore[arg-type]
     peer.rooms = CountingRooms()
     return peer
+
+
+def test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it(redis_server: AnyRedis) -> None:
+    """The maintained totals still hold a dead node's connections until a live heartbeat
+    reaps it; every publish subtracts the nodes past their deadline meanwhile."""
+    from wsapp.redis_bus import Bus, connect
+
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    dying, alive = Bus(connect(redis_server.url), "dying"), Bus(connect(redis_server.url), "alive")
+    dying.register(0.3)  # a deadline 300 ms ahead, never renewed: it dies
+    alive.register(60)
+    dying.write_presence({("c", "zed"): 2, ("t", "*"): 2})
+    alive.read_nodes()
+    assert alive.publish(Target("client", "zed"), b"x") == 2  # alive until its deadline
+    eventually(lambda: bool(alive.read_nodes() or alive.liveness.dead()), 10, "Redis time past the deadline")
+    assert redis_server.client().hget("wsapp:{c:zed}:n", "*") == b"2"  # not reaped: still in the total
+    assert alive.publish(Target("client", "zed"), b"x") == 0
+    assert alive.publish(Target("all"), b"x") == 0
+    assert alive.client_count("zed") == 0 and alive.clients() == {}
+    assert alive.reap("dying") == []
+    assert redis_server.client().hget("wsapp:{c:zed}:n", "*") is None  # reaped: out of the total
+    for bus in (dying, alive):
+        bus.client.close()
 
 
 def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
