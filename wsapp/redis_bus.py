@@ -49,7 +49,11 @@ WIRE_VERSION = "w1"
 KEPT_VERSION = "w2"  # a message with a position in its stream's history (see `_PUBLISH_KEPT`)
 REDIS_ERRORS = (redis.RedisError, OSError)
 COMMAND_TIMEOUT_S = 1.0  # a hung Redis stalls one caller this long, then the node serves local-only
-POOL_SIZE = 64  # connections per worker (per cluster node); callers wait (up to the command timeout) beyond it
+POOL_SIZE = 64  # connections per worker (per cluster node); callers wait for one beyond it
+# How long a caller waits for a free pooled connection: longer than a command's timeout, so a
+# reconnect storm that keeps all 64 busy queues instead of looking like Redis being down
+# (a Redis that hangs still fails each command after COMMAND_TIMEOUT_S, freeing them).
+POOL_WAIT_S = 10.0
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 NODES_KEY = PREFIX + "{nodes}"
 REAP_CLAIM_MS = 10_000  # one live node cleans up a dead one; another takes over after this
@@ -67,9 +71,12 @@ def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp")
     }  # fmt: skip
     if parts.scheme in CLUSTER_SCHEMES:
         plain = urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme]))
-        return RedisCluster.from_url(plain, max_connections=POOL_SIZE, **common)
+        return RedisCluster.from_url(
+            plain, max_connections=POOL_SIZE, connection_pool_class=redis.BlockingConnectionPool,
+            timeout=max(timeout_s, POOL_WAIT_S), **common,
+        )  # fmt: skip
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout_s, protocol=2, **common
+        url, max_connections=POOL_SIZE, timeout=max(timeout_s, POOL_WAIT_S), protocol=2, **common
     )
     return redis.Redis(connection_pool=pool)
 
@@ -385,6 +392,7 @@ class Bus:
         self.db = 0 if self.cluster else int(client.connection_pool.connection_kwargs.get("db", 0))
         self.sharded = True  # SPUBLISH/SSUBSCRIBE; `detect` turns it off on a Redis before 7
         self.liveness = Liveness(liveness_max_age_s)
+        self._scripts: list[Any] = []
         self._publish = self._script(_MEMBERS + _PUBLISH)
         self._publish_kept = self._script(_MEMBERS + _HISTORY + _PUBLISH_KEPT)
         self._position = self._script(_MEMBERS + _HISTORY + _POSITION)
@@ -396,7 +404,9 @@ class Bus:
         self._detected = False
 
     def _script(self, body: str) -> Any:
-        return self.client.register_script(body)
+        script = self.client.register_script(body)
+        self._scripts.append(script)
+        return script
 
     def detect(self) -> None:
         """Sharded pub/sub needs Redis 7; a cluster always has it."""
@@ -570,7 +580,12 @@ class Bus:
     def _run(self, ops: list[Op]) -> list[Any]:
         """Run scripts and index writes in as few round trips as the server allows: one
         pipeline on one Redis; on a cluster one pipeline per primary (a cluster pipeline
-        refuses scripts), each script going to the primary of its keys' slot."""
+        refuses scripts), each script going to the primary of its keys' slot.
+
+        Scripts go as plain `EVALSHA` (redis-py's pipelined scripts would ask `SCRIPT
+        EXISTS` first: a round trip more each time); a server that lost them (restarted,
+        flushed) answers NOSCRIPT, gets them loaded, and the group runs again: every step
+        writes absolute values, so running one twice is harmless."""
         if not ops:
             return []
         groups: dict[str, tuple[Any, list[int]]] = {}
@@ -578,22 +593,32 @@ class Bus:
             key = op[1][0] if op[0] != "index" else op[1]
             if self.cluster:
                 node = self.client.get_node_from_key(key)
-                server = self.client.get_redis_connection(node)
-                name = node.name
+                server, name = self.client.get_redis_connection(node), node.name
             else:
                 server, name = self.client, ""
-            groups.setdefault(name, (server.pipeline(transaction=False), []))[1].append(i)
-            pipe = groups[name][0]
-            if op[0] == "index":
-                field, value = op[2]
-                pipe.hset(op[1], field, value) if value else pipe.hdel(op[1], field)
-            else:
-                op[0](keys=op[1], args=op[2], client=pipe)
+            groups.setdefault(name, (server, []))[1].append(i)
         out: list[Any] = [None] * len(ops)
-        for pipe, indexes in groups.values():
-            for i, result in zip(indexes, pipe.execute(), strict=True):
+        for server, indexes in groups.values():
+            try:
+                results = self._pipeline(server, [ops[i] for i in indexes])
+            except redis.exceptions.NoScriptError:
+                for script in self._scripts:
+                    server.script_load(script.script)
+                results = self._pipeline(server, [ops[i] for i in indexes])
+            for i, result in zip(indexes, results, strict=True):
                 out[i] = result
         return out
+
+    @staticmethod
+    def _pipeline(server: Any, ops: list[Op]) -> list[Any]:
+        pipe = server.pipeline(transaction=False)
+        for script, keys, args in ops:
+            if script == "index":
+                field, value = args
+                pipe.hset(keys, field, value) if value else pipe.hdel(keys, field)
+            else:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute())
 
     def reap(self, node: str) -> list[tuple[str, str]] | None:
         """Remove a dead node's presence, target by target. Returns the (room, client id)
