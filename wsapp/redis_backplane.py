@@ -53,6 +53,7 @@ from .redis_bus import (
     COMMAND_TIMEOUT_S,
     REDIS_ERRORS,
     Bus,
+    Op,
     connect,
     decode_envelope,
     decode_kept,
@@ -72,13 +73,14 @@ BATCH_MAX = 500  # presence requests written in one round trip
 
 
 class _Request:
-    """One `_write` waiting for the writer greenlet."""
+    """One presence write (`ops` None) or one read (its `ops`) waiting for the writer greenlet."""
 
-    __slots__ = ("answer", "ask", "cid", "done", "rooms")
+    __slots__ = ("answer", "ask", "cid", "done", "ops", "results", "rooms")
 
-    def __init__(self, cid: str, rooms: tuple[str, ...], ask: str | None) -> None:
-        self.cid, self.rooms, self.ask = cid, rooms, ask
+    def __init__(self, cid: str, rooms: tuple[str, ...], ask: str | None, ops: list[Op] | None = None) -> None:
+        self.cid, self.rooms, self.ask, self.ops = cid, rooms, ask, ops
         self.answer = False
+        self.results: list[Any] | None = None  # a read's results, None if it failed
         self.done = Event()
 
 
@@ -211,12 +213,17 @@ class RedisBackplane(Backplane):
         return deliver(self.registry.targets(target), protocol.text_frame(obj)), False
 
     def positions(self, streams: list[str], touch: str = "") -> list[Position]:
-        if self._healthy:
-            try:
-                return self.bus.positions(streams, touch, self.history_ttl_s)
-            except REDIS_ERRORS as exc:
-                self._lost(exc)
-        return [EMPTY for _ in streams]
+        """Read with the writer's next batch (one round trip for a storm of welcomes). Only
+        a touch (a disconnect renewing its direct stream) does not wait for its answer."""
+        if not self._healthy:
+            return [EMPTY for _ in streams]
+        ops, decode = self.bus.position_ops(streams, touch, self.history_ttl_s)
+        request = _Request("", (), None, ops)
+        self._enqueue(request)
+        if not streams:
+            return []
+        request.done.wait()
+        return decode(request.results) if request.results is not None else [EMPTY for _ in streams]
 
     def replay(self, stream: str, pos: Position) -> Replay:
         if self._healthy:
@@ -312,11 +319,14 @@ class RedisBackplane(Backplane):
         if not self._healthy:
             return False
         request = _Request(cid, tuple(rooms), ask)
+        self._enqueue(request)
+        request.done.wait()
+        return request.answer
+
+    def _enqueue(self, request: _Request) -> None:
         self._requests.append(request)
         if self._writer is None:
             self._writer = gevent.spawn(self._write_batches)
-        request.done.wait()
-        return request.answer
 
     def _write_batches(self) -> None:
         """The writer: takes every waiting request, computes one diff for all of them from the
@@ -337,22 +347,39 @@ class RedisBackplane(Backplane):
             self._requests = []
 
     def _write_batch(self, batch: list[_Request]) -> None:
+        """One round trip per server for the batch: the presence diff of its writes first,
+        then the reads riding along (positions)."""
         with self._lock:
             if not self._healthy:
                 return
             writes: dict[tuple[str, str], int] = {}
             asks: list[tuple[str, str]] = []
             for request in batch:
+                if request.ops is not None:
+                    continue
                 cid = request.cid
                 self._mirror.set_client(cid, self.registry.client_count(cid), writes)
                 for room in request.rooms:
                     self._mirror.set_room(cid, room, self.registry.room_count(room, cid), writes)
                 if request.ask is not None:
                     asks.append((request.ask, cid))
-            answers = self._execute(writes, asks)
-        answered = iter(answers)
+            ops, decode = self.bus.presence_ops(writes, asks)
+            first = len(ops)
+            for request in batch:
+                if request.ops is not None:
+                    ops += request.ops
+            try:
+                results = self.bus.run(ops)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+                return
+        answered = iter(decode(results[:first]))
+        at = first
         for request in batch:
-            if request.ask is not None:
+            if request.ops is not None:
+                request.results = results[at : at + len(request.ops)]
+                at += len(request.ops)
+            elif request.ask is not None:
                 request.answer = next(answered, False)
 
     def _local_state(self, cid: str) -> tuple[int, dict[str, int]]:

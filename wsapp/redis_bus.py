@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -492,10 +492,22 @@ class Bus:
         return [self.key(tag, "h"), self.key(tag, "hm")]
 
     def positions(self, streams: list[str], touch: str, ttl_s: float) -> list[Position]:
+        ops, decode = self.position_ops(streams, touch, ttl_s)
+        return decode(self._run(ops))
+
+    def position_ops(
+        self, streams: list[str], touch: str, ttl_s: float
+    ) -> tuple[list[Op], Callable[[list[Any]], list[Position]]]:
+        """The steps that read where `streams` stand (and renew `touch`), and how to read
+        their results: for a caller that batches them with others (`run`)."""
         ttl = int(ttl_s * 1000)
         asked = streams if not touch or touch in streams else [*streams, touch]
-        results = self._run([(self._position, self._history_keys(s), [int(s == touch), ttl]) for s in asked])
-        return [Position(int(offset), epoch.decode()) if epoch else EMPTY for epoch, offset in results[: len(streams)]]
+        ops: list[Op] = [(self._position, self._history_keys(s), [int(s == touch), ttl]) for s in asked]
+
+        def decode(results: list[Any]) -> list[Position]:
+            return [Position(int(o), e.decode()) if e else EMPTY for e, o in results[: len(streams)]]
+
+        return ops, decode
 
     def since(self, stream: str, pos: Position, ttl_s: float) -> Replay:
         """What `stream` kept after `pos`, as JSON texts encoded to frames here."""
@@ -544,6 +556,13 @@ class Bus:
         """Write this node's presence changes; for each (room, client id) in `asks`, answer
         (atomically with the room's write) whether the client is in the room on another
         live node."""
+        ops, decode = self.presence_ops(writes, asks)
+        return decode(self._run(ops))
+
+    def presence_ops(
+        self, writes: dict[tuple[str, str], int], asks: Sequence[tuple[str, str]] = ()
+    ) -> tuple[list[Op], Callable[[list[Any]], list[bool]]]:
+        """The steps of `write_presence`, and how to read their results (for `run`)."""
         me = self.node_id
         ops: list[Op] = []
         rooms: dict[str, tuple[str, list[Any]]] = {}  # room -> (its total here or '', [cid, n, ...])
@@ -570,12 +589,18 @@ class Bus:
             keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
             cids = asked.get(room, [])
             ops.append((self._room_set, keys, [me, total, len(cids), *cids, *pairs]))
-        results = self._run(ops)
-        answers: dict[tuple[str, str], bool] = {}
-        for room, result in zip(rooms, results[first:], strict=True):
-            for cid, nodes in zip(asked.get(room, []), result, strict=True):
-                answers[(room, cid)] = bool(self._live([n.decode() for n in nodes]))
-        return [answers[ask] for ask in asks]
+
+        def decode(results: list[Any]) -> list[bool]:
+            answers: dict[tuple[str, str], bool] = {}
+            for room, result in zip(rooms, results[first:], strict=True):
+                for cid, nodes in zip(asked.get(room, []), result, strict=True):
+                    answers[(room, cid)] = bool(self._live([n.decode() for n in nodes]))
+            return [answers[ask] for ask in asks]
+
+        return ops, decode
+
+    def run(self, ops: list[Op]) -> list[Any]:
+        return self._run(ops)
 
     def _run(self, ops: list[Op]) -> list[Any]:
         """Run scripts and index writes in as few round trips as the server allows: one
