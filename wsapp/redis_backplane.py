@@ -398,17 +398,16 @@ class RedisBackplane(Backplane):
             writes: dict[tuple[str, str], int] = {}
             for cid in cids:
                 self._mirror.set(cid, *self._local_state(cid), writes)
-            self._execute(writes, [])
+            self._execute(writes)
 
-    def _execute(self, writes: dict[tuple[str, str], int], asks: list[tuple[str, str]]) -> list[bool]:
-        """Send `writes` (and the `asks` about room members); under `_lock`."""
-        if not writes and not asks:
-            return []
+    def _execute(self, writes: dict[tuple[str, str], int]) -> None:
+        """Send `writes`; under `_lock`."""
+        if not writes:
+            return
         try:
-            return self.bus.write_presence(writes, asks)
+            self.bus.write_presence(writes)
         except REDIS_ERRORS as exc:
             self._lost(exc)
-            return [False for _ in asks]
 
     def _rewrite(self) -> None:
         """Register this node and its whole presence from the registry, replacing what Redis held."""

@@ -340,10 +340,13 @@ class Liveness:
         self._skew_ms = 0.0  # Redis server time minus this process's monotonic clock
         self._fetched = -1e18  # monotonic seconds of the last copy
         self.absent: set[str] = set()  # nodes seen in presence but not in the copy
+        self._dead: list[str] = []  # `dead()` as last computed, valid until `_recheck_ms`
+        self._recheck_ms = float("-inf")
 
     def update(self, now_ms: int, flat: list[Any]) -> None:
         self._fetched = time.monotonic()
         self.absent = set()
+        self._recheck_ms = float("-inf")
         self._skew_ms = now_ms - self._fetched * 1000
         self.deadlines = {n.decode(): int(float(d)) for n, d in zip(flat[::2], flat[1::2], strict=True)}
 
@@ -365,7 +368,13 @@ class Liveness:
         return deadline is not None and deadline > time.monotonic() * 1000 + self._skew_ms
 
     def dead(self) -> list[str]:
-        return [n for n in self.deadlines if not self.alive(n)]
+        """Nodes past their deadline. Asked on every publish: the list is computed again only
+        when the copy changed or the next deadline has passed, not once per message."""
+        now = time.monotonic() * 1000 + self._skew_ms
+        if now >= self._recheck_ms:
+            self._dead = [n for n, d in self.deadlines.items() if d <= now]
+            self._recheck_ms = min((d for d in self.deadlines.values() if d > now), default=float("inf"))
+        return self._dead
 
 
 _NODE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -491,10 +500,6 @@ class Bus:
         tag = stream_tag(stream)
         return [self.key(tag, "h"), self.key(tag, "hm")]
 
-    def positions(self, streams: list[str], touch: str, ttl_s: float) -> list[Position]:
-        ops, decode = self.position_ops(streams, touch, ttl_s)
-        return decode(self._run(ops))
-
     def position_ops(
         self, streams: list[str], touch: str, ttl_s: float
     ) -> tuple[list[Op], Callable[[list[Any]], list[Position]]]:
@@ -557,7 +562,7 @@ class Bus:
         (atomically with the room's write) whether the client is in the room on another
         live node."""
         ops, decode = self.presence_ops(writes, asks)
-        return decode(self._run(ops))
+        return decode(self.run(ops))
 
     def presence_ops(
         self, writes: dict[tuple[str, str], int], asks: Sequence[tuple[str, str]] = ()
@@ -600,9 +605,6 @@ class Bus:
         return ops, decode
 
     def run(self, ops: list[Op]) -> list[Any]:
-        return self._run(ops)
-
-    def _run(self, ops: list[Op]) -> list[Any]:
         """Run scripts and index writes in as few round trips as the server allows: one
         pipeline on one Redis; on a cluster one pipeline per primary (a cluster pipeline
         refuses scripts), each script going to the primary of its keys' slot.
@@ -658,7 +660,7 @@ class Bus:
         ops.append((self._count_set, [self.key("{all}", "n")], [node, 0]))
         ops += [(self._room_drop, [self.key(target_tag(Target("room", r)), s) for s in ("n", "m")], [node])
                 for r in rooms]  # fmt: skip
-        results = self._run(ops)[len(held) + 1 :]
+        results = self.run(ops)[len(held) + 1 :]
         departed: list[tuple[str, str]] = []
         for room, flat in zip(rooms, results, strict=True):
             for cid, rest in zip(flat[::2], flat[1::2], strict=True):
