@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .history import EMPTY, Position, Replay, decide, text_frame
@@ -47,7 +48,9 @@ from .registry import Target
 PREFIX = "wsapp:"  # every key and channel; use another database (redis://host/1) to separate deployments
 WIRE_VERSION = "w1"
 KEPT_VERSION = "w2"  # a message with a position in its stream's history (see `_PUBLISH_KEPT`)
-REDIS_ERRORS = (redis.RedisError, OSError)
+# a cluster client also raises RedisClusterException (no node reachable, a slot not
+# covered while the cluster comes back), which is not a RedisError
+REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
 COMMAND_TIMEOUT_S = 1.0  # a hung Redis stalls one caller this long, then the node serves local-only
 POOL_SIZE = 64  # connections per worker (per cluster node); callers wait for one beyond it
 # How long a caller waits for a free pooled connection: longer than a command's timeout, so a
