@@ -262,12 +262,22 @@ def test_two_workers_on_one_port_act_as_one(node: Callable[..., Server], redis_s
     eventually(lambda: r.zcard(NODES) == 2, 10, "both workers registered")
     conns: dict[str, websocket.WebSocket] = {}
 
-    def spread() -> int:  # how many workers hold a connection
-        return sum(1 for n in r.zrange(NODES, 0, -1) if r.hlen(node_key(n, "c")))
+    def holders() -> list[bytes]:  # the nodes (workers) that hold a connection
+        return [n for n in r.zrange(NODES, 0, -1) if r.hlen(node_key(n, "c"))]
 
-    while len(conns) < 4 or (spread() < 2 and len(conns) < 40):  # until both workers hold someone
-        conns[f"w{len(conns)}"] = chat_client(srv, f"w{len(conns)}")
-    assert spread() == 2, "the kernel gave every connection to one worker"
+    # Which worker accepts is the kernel's choice, and one worker may win every race. So the
+    # worker holding the first connection is stopped while the second connects: only the
+    # other worker can accept it. (The node id is "<host>-<pid>-<suffix>".)
+    conns["w0"] = chat_client(srv, "w0")
+    eventually(lambda: len(holders()) == 1, 5, "the first worker holds w0")
+    first = int(holders()[0].rsplit(b"-", 2)[1])
+    os.kill(first, signal.SIGSTOP)
+    try:
+        conns["w1"] = chat_client(srv, "w1")
+    finally:
+        os.kill(first, signal.SIGCONT)
+    conns.update({cid: chat_client(srv, cid) for cid in ("w2", "w3")})
+    eventually(lambda: len(holders()) == 2, 5, "both workers hold a connection")
     assert clients(srv) == dict.fromkeys(conns, 1)
     for cid, ws in conns.items():
         resp = http(srv.url, "POST", "/api/send", {"to": cid, "data": cid}, token=make_token("ops"))
