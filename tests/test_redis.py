@@ -367,7 +367,8 @@ def test_a_worker_killed_with_sigkill_leaves_no_ghost(node: Callable[..., Server
     def ghost_gone() -> bool:
         return http(observer.url, "POST", "/api/send", {"to": "wghost", "data": 1}, token=ADMIN).status == 202
 
-    assert eventually(ghost_gone, TTL_S + 3, "the dead worker's client is counted nowhere") <= TTL_S + 0.5
+    eventually(ghost_gone, TTL_S + 3, "the dead worker's client is counted nowhere")  # no timing asserted: see
+    # test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it
     assert "wghost" not in clients(observer)
     eventually(lambda: http(srv.url, "GET", "/readyz").status == 200, 10, "gunicorn replaced the worker")
 
