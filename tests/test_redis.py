@@ -337,8 +337,9 @@ def test_a_node_killed_with_sigkill_leaves_no_ghost(two_hosts: tuple[Server, Ser
         # gone from presence: nobody counted, the message kept for its resume (seen within the TTL)
         return http(a.url, "POST", "/api/send", {"to": "ghost", "data": 1}, token=ADMIN).status == 202
 
-    took = eventually(ghost_gone, TTL_S + 3, "the dead node's client is counted nowhere")
-    assert took <= TTL_S + 0.5  # reads ignore a node once its TTL has passed
+    # reads ignore a node once its TTL has passed: how soon is not asserted here (no timed assertion;
+    # test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it pins the rule)
+    eventually(ghost_gone, TTL_S + 3, "the dead node's client is counted nowhere")
     assert clients(a) == {"watcher": 1}
     left = recv_until(watcher, lambda m: m["type"] == "presence", timeout=TTL_S + HEARTBEAT_S + 3)
     assert left == {"type": "presence", "room": "lobby", "event": "leave", "client_id": "ghost"}
