@@ -339,7 +339,8 @@ def test_valid_token_refused_for_another_reason_is_retried_with_backoff(
     expect(second.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "token_ok")
     expect(second.get_by_test_id("chat-refusal")).to_contain_text("too many connections")
     expect(second.get_by_test_id("chat-state")).to_have_attribute("data-state", "retrying")
-    expect(second.get_by_test_id("chat-retry")).to_contain_text("attempt 1")
+    # attempt 1, or a later one: each retry before the first tab lets go is refused again
+    expect(second.get_by_test_id("chat-retry")).to_contain_text(re.compile(r"attempt \d+\)"))
     # once the first tab lets go, the retry gets in
     first.click("#chat-disconnect")
     expect(second.get_by_test_id("chat-state")).to_have_attribute("data-state", "open", timeout=15_000)
@@ -400,7 +401,8 @@ def test_server_going_away_is_shown_and_retried_with_backoff(
     # ... and the page keeps trying, with a growing delay, telling why it cannot get in
     expect(page.get_by_test_id("chat-refusal")).to_have_attribute("data-error", "unreachable")
     expect(page.get_by_test_id("chat-state")).to_have_attribute("data-state", "retrying")
-    expect(page.get_by_test_id("chat-retry")).to_contain_text("attempt 2")
+    # "attempt 2" or later: the page shows each attempt only until the next, so a slow check may see a later one
+    expect(page.get_by_test_id("chat-retry")).to_contain_text(re.compile(r"attempt ([2-9]|\d\d+)\)"))
 
 
 def test_token_expiring_while_connected_closes_4401_without_retry(

@@ -81,7 +81,7 @@ def clients(srv: Server) -> dict[str, int]:
 
 
 def test_silent_client_is_closed_after_ping_timeout_and_leaves_registry_and_rooms(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv: Server = start_server(WSAPP_PING_INTERVAL="0.3", WSAPP_PING_TIMEOUT="0.6")
+    srv: Server = start_server(WSAPP_PING_INTERVAL="0.3", WSAPP_PING_TIMEOUT="1.5")
     watcher = Reader(chat_client(srv, "watcher"))
     watcher.send(type="join", room="hb")
     watcher.next()
@@ -92,7 +92,7 @@ def test_silent_client_is_closed_after_ping_timeout_and_leaves_registry_and_room
     assert watcher.next(lambda m: m["type"] == "presence")["event"] == "join"
     frames = read_frames(silent, rest, timeout=5)
     assert (9, b"") in frames  # it was pinged
-    assert watcher.next(lambda m: m["type"] == "presence", timeout=5) == {
+    assert watcher.next(lambda m: m["type"] == "presence", timeout=15) == {
         "type": "presence",
         "room": "hb",
         "event": "leave",
@@ -100,8 +100,8 @@ def test_silent_client_is_closed_after_ping_timeout_and_leaves_registry_and_room
     }
     assert "silent" not in clients(srv)
     assert "disconnect client=silent" in srv.log()
-    # the watcher answers pings (its reader thread replies at once) and outlives many timeouts
-    time.sleep(2.0)
+    # the watcher answers pings (its reader thread replies at once) and outlives two more timeouts
+    time.sleep(3.5)  # time passing is the point here, not a synchronisation
     watcher.send(type="broadcast", data="alive", id=1)
     assert watcher.next(lambda m: m["type"] == "ack")["delivered"] == 1
     silent.close(), watcher.ws.close()
@@ -109,13 +109,13 @@ def test_silent_client_is_closed_after_ping_timeout_and_leaves_registry_and_room
 
 def test_expired_token_closes_4401(start_server) -> None:  # type: ignore[no-untyped-def]
     srv: Server = start_server(WSAPP_JWT_LEEWAY="0")
-    ws = ws_connect(srv, "/ws/chat", make_token("short-lived", ttl=2))
+    ws = ws_connect(srv, "/ws/chat", make_token("short-lived", ttl=5))
     assert recv_json(ws)["type"] == "welcome"
-    assert read_close(ws, timeout=6) == (4401, "token expired")
+    assert read_close(ws, timeout=15) == (4401, "token expired")
 
 
 def test_rate_limit_sends_errors_then_closes_1008(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv: Server = start_server(WSAPP_RATE_LIMIT="5", WSAPP_RATE_BURST="5")
+    srv: Server = start_server(WSAPP_RATE_LIMIT="0.01", WSAPP_RATE_BURST="5")  # no refill during the test
     ws = chat_client(srv, "spammer")
     other = chat_client(srv, "calm")
     for i in range(40):

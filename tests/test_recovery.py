@@ -109,11 +109,15 @@ class Log:
 
 class Publisher(threading.Thread):
     """alice sends `total` messages, room/direct/broadcast in turn, each acked before the
-    next, spread over about `seconds`; `sent` counts the acked ones."""
+    next, spread over about `seconds`; `sent` counts the acked ones. With `pause_at`, it stops
+    before that message until `go` is set (so a test knows it is not finished yet)."""
 
-    def __init__(self, server: Server, total: int = 1000, seconds: float = 3.0, to: str = "bob") -> None:
+    def __init__(
+        self, server: Server, total: int = 1000, seconds: float = 3.0, to: str = "bob", pause_at: int | None = None
+    ) -> None:
         super().__init__(daemon=True)
-        self.server, self.total, self.seconds, self.to = server, total, seconds, to
+        self.server, self.total, self.seconds, self.to, self.pause_at = server, total, seconds, to, pause_at
+        self.go = threading.Event()
         self.sent = 0
         self.error: BaseException | None = None
         self.ws = ws_connect(server, "/ws/chat", make_token("alice"))
@@ -125,6 +129,8 @@ class Publisher(threading.Thread):
         try:
             start = time.monotonic()
             for i in range(self.total):
+                if i == self.pause_at and not self.go.wait(60):
+                    raise TimeoutError("never told to go on")
                 kind = KINDS[i % 3]
                 frame: dict[str, Any] = {"type": kind, "id": i, "data": i}
                 if kind == "room":
@@ -177,7 +183,7 @@ def cut_and_resume(publish_on: Server, first: Server, second: Server, kill_first
         "broadcast": {"offset": 0, "epoch": ""},
         "direct": {"offset": 0, "epoch": bob.welcome["streams"]["direct"]["epoch"]},
     }
-    pub = Publisher(publish_on)
+    pub = Publisher(publish_on, pause_at=400)  # goes on once bob has asked to resume
     pub.start()
     while log.count() < 150:
         log.add(bob.next())
@@ -193,10 +199,11 @@ def cut_and_resume(publish_on: Server, first: Server, second: Server, kill_first
     for frame in bob.drain():
         log.add(frame)
     wait_for(lambda: time.monotonic() >= cut_at + 2.0, what="2 s after the cut")
-    assert pub.sent < pub.total, "the publisher finished before the resume: make it slower"
+    assert pub.sent < pub.total, "the publisher finished before the resume"
 
     bob2 = Listener(second, "bob", resume=True)
     bob2.send(**log.resume_frame())
+    pub.go.set()  # new messages race the replay
     while True:
         frame = bob2.next()
         if frame["type"] == "resumed":
@@ -356,10 +363,10 @@ def test_store_offline_keeps_direct_messages_for_any_client_id(start_server: Cal
 
 
 def test_refresh_moves_the_expiry_and_refuses_another_client_id(node1: Server) -> None:
-    ttl = 3  # the handshake allows WSAPP_JWT_LEEWAY, the 4401 deadline is the token's exp
+    ttl = 6  # the handshake allows WSAPP_JWT_LEEWAY, the 4401 deadline is the token's exp
     # three connections with a short token: the first swaps it, the others try and fail
+    expires = time.time() + ttl  # before the token: its exp, int(now + ttl), is at least expires - 1
     short = make_token("erin", ttl=ttl)
-    expires = time.time() + ttl
     conns = [ws_connect(node1, "/ws/chat", short) for _ in range(3)]
     for ws in conns:
         recv_json(ws)
