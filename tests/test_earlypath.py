@@ -33,16 +33,22 @@ def head(*fields: str, line: str = "GET /ws/chat HTTP/1.1") -> bytes:
 # ---- httphead: a strict subset of what gunicorn reads ---------------------------------
 
 
-def test_a_plain_upgrade_head_is_parsed_into_environ_keys() -> None:
-    parsed = httphead.parse(
-        head(
-            "Upgrade:  websocket \t",
-            "Sec-WebSocket-Key: " + KEY,
-            "content-type: x",
-            line="GET /ws/chat?a=%20b HTTP/1.1",
-        ),
-        LIMITS,
+@pytest.fixture
+def no_known_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty name -> environ key cache, whatever earlier tests parsed."""
+    monkeypatch.setattr(httphead, "_keys", {})
+
+
+def test_a_plain_upgrade_head_is_parsed_into_environ_keys(no_known_names: None) -> None:
+    raw = head(
+        "Upgrade:  websocket \t",
+        "Sec-WebSocket-Key: " + KEY,
+        "content-type: x",
+        "Origin: http://127.0.0.1:8000",  # a colon in the value: the name ends at the first
+        "X-Tag: X1X",
+        line="GET /ws/chat?a=%20b HTTP/1.1",
     )
+    parsed = httphead.parse(raw, LIMITS)
     assert parsed is not None
     assert (parsed.path, parsed.query) == ("/ws/chat", "a=%20b")  # the query string stays raw, as gunicorn's
     assert parsed.headers == {
@@ -50,7 +56,19 @@ def test_a_plain_upgrade_head_is_parsed_into_environ_keys() -> None:
         "HTTP_UPGRADE": "websocket",
         "HTTP_SEC_WEBSOCKET_KEY": KEY,
         "CONTENT_TYPE": "x",
+        "HTTP_ORIGIN": "http://127.0.0.1:8000",
+        "HTTP_X_TAG": "X1X",
     }
+    assert httphead.parse(raw, LIMITS) == parsed  # the second time, from the names already seen
+
+
+def test_the_cache_of_field_names_is_bounded(no_known_names: None) -> None:
+    """Field names come from the network: the name -> key cache stops growing at its bound,
+    and names past it are still read right."""
+    for i in range(httphead._KEYS_MAX + 50):
+        parsed = httphead.parse(head(f"X-N{i}: v"), LIMITS)
+        assert parsed is not None and parsed.headers[f"HTTP_X_N{i}"] == "v"
+    assert len(httphead._keys) == httphead._KEYS_MAX
 
 
 @pytest.mark.parametrize(
@@ -85,7 +103,7 @@ def test_a_plain_upgrade_head_is_parsed_into_environ_keys() -> None:
         head(*(f"X-F{i}: 1" for i in range(100))),  # 101 fields, over limit_request_fields
     ],
 )
-def test_anything_unusual_is_left_to_gunicorn(raw: bytes) -> None:
+def test_anything_unusual_is_left_to_gunicorn(raw: bytes, no_known_names: None) -> None:
     assert httphead.parse(raw, LIMITS) is None
 
 
@@ -101,6 +119,7 @@ def test_gunicorns_limits_apply_as_its_parser_counts_them() -> None:
 
 def test_gunicorns_settings_are_normalised_as_its_parser_does() -> None:
     assert httphead.Limits.from_gunicorn(4094, 100, 8190) == httphead.Limits(4094, 100, 8190)
+    assert httphead.Limits.from_gunicorn(1, 1, 1) == httphead.Limits(1, 1, 1)
     assert httphead.Limits.from_gunicorn(0, 0, 0) == httphead.Limits(0, 32768, 8190)
     assert httphead.Limits.from_gunicorn(-1, -1, -1) == httphead.Limits(8190, 32768, 8190)
     assert httphead.Limits.from_gunicorn(99999, 99999, 99999) == httphead.Limits(8190, 32768, 99999)
