@@ -417,6 +417,12 @@ def test_the_cache_is_bounded(decodes: list[str], monkeypatch: pytest.MonkeyPatc
     auth.verify_token(long, SETTINGS)
     auth.verify_token(long, SETTINGS)
     assert decodes.count(long) == 2  # too long to keep
+    at_bound, over = make_token("at-bound"), make_token("at-bound", pad="x")
+    monkeypatch.setattr(auth.VerifiedTokens, "MAX_CACHED_CHARS", len(at_bound))
+    assert len(over) > len(at_bound)
+    for tok in (at_bound, at_bound, over, over):
+        auth.verify_token(tok, SETTINGS)
+    assert (decodes.count(at_bound), decodes.count(over)) == (1, 2)  # up to the bound is kept
 
 
 def test_the_number_of_configurations_is_bounded(decodes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -378,3 +378,35 @@ def test_nothing_is_kept_for_clients_and_rooms_that_are_gone() -> None:
     assert reg.room_members("r") == ["b"] and reg.targets(Target("room", "r")) == [b]  # b is still in it
     reg.remove(b)
     assert reg._rooms == {} and reg._by_client == {"a": {a}}
+
+
+# ---- what this worker holds (interest routing on Redis subscribes by these) -------------
+
+
+def test_holds_counts_every_connection_of_a_client_on_any_route() -> None:
+    reg = Registry(10, 10)
+    assert not reg.holds("ann")
+    peers = [added(reg, "ann"), added(reg, "ann", route="echo"), added(reg, "ann")]
+    added(reg, "bob")
+    for p in peers[:-1]:
+        reg.remove(p)
+        assert reg.holds("ann")  # one connection is left
+    reg.remove(peers[-1])
+    reg.remove(peers[-1])  # a second removal changes nothing
+    assert not reg.holds("ann") and reg.holds("bob")
+    echo_only = added(reg, "eve", route="echo")  # not addressable, but held: its close target
+    assert reg.holds("eve")
+    reg.remove(echo_only)
+    assert not reg.holds("eve")
+
+
+def test_has_room_while_any_connection_is_in_it() -> None:
+    reg = Registry(10, 10)
+    a, b = added(reg, "ann"), added(reg, "bob")
+    assert not reg.has_room("lobby")
+    reg.join(a, "lobby", 10)
+    reg.join(b, "lobby", 10)
+    reg.leave(a, "lobby")
+    assert reg.has_room("lobby") and not reg.has_room("other")
+    reg.remove(b)  # leaving by disconnecting
+    assert not reg.has_room("lobby")
