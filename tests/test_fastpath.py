@@ -20,9 +20,9 @@ def seen(monkeypatch: Any) -> list[str]:
     calls: list[str] = []
     original = WSApp.upgrade
 
-    def spy(self: WSApp, handler: Any, route: Any, args: Any, kwargs: Any, req: Any) -> None:
+    def spy(self: WSApp, handler: Any, route: Any, args: Any, kwargs: Any, req: Any, via: str = "flask") -> None:
         calls.append("fast" if isinstance(req, EnvironRequest) else "flask")
-        original(self, handler, route, args, kwargs, req)
+        original(self, handler, route, args, kwargs, req, via)
 
     monkeypatch.setattr(WSApp, "upgrade", spy)
     return calls

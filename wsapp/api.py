@@ -2,6 +2,11 @@
 
 Tokens come only from `Authorization: Bearer` here: a cookie would let another site's
 form post to the API on a user's behalf (CSRF).
+
+Every request with a valid token is paced per client id, the token's (admin tokens too:
+`/api/broadcast` is the costliest call there is), with a token bucket per client id
+(`ratelimit.RateTable`, `WSAPP_API_RATE_LIMIT`/`WSAPP_API_RATE_BURST`, per worker): over
+it, 429 `rate_limited` with `Retry-After`, before the body is read.
 """
 
 from __future__ import annotations
@@ -13,14 +18,28 @@ from flask import Blueprint, Response, jsonify, request
 from . import auth, protocol
 from .errors import ApiError
 from .proxy import address_allowed, client_address
+from .ratelimit import RateTable, retry_after
 from .service import Service
 
+# a client id's length limit (`auth.verify_token` refuses longer ones): no token can ever
+# name a longer id, so a `to` over it could only be stored for nobody
+MAX_CLIENT_ID_CHARS = 256
 
-def _identity(service: Service, admin: bool) -> auth.Identity:
+
+def _identity(service: Service, pace: RateTable, admin: bool) -> auth.Identity:
+    """The request's token (the 401s), paced per client id (429), then the admin check (403)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError("missing_token", "send the token as Authorization: Bearer <jwt>")
     identity = auth.verify_token(token.strip(), service.settings)  # raises the 401s
+    wait = pace.wait(identity.client_id)
+    if wait > 0:
+        after = retry_after(wait)
+        message = (
+            f"client {identity.client_id!r} is over {pace.rate:g} API requests per second "
+            f"(WSAPP_API_RATE_LIMIT): retry in {after} s"
+        )
+        raise ApiError("rate_limited", message, headers={"Retry-After": str(after)})
     if admin and not identity.is_admin:
         raise ApiError("forbidden")
     return identity
@@ -60,16 +79,20 @@ def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None
         raise ApiError("bad_request", f"{name!r} must be a non-empty string")
     if name == "room" and len(value) > protocol.MAX_ROOM_CHARS:
         raise ApiError("bad_request", f"'room' is longer than {protocol.MAX_ROOM_CHARS} characters")
+    if name == "to" and len(value) > MAX_CLIENT_ID_CHARS:
+        raise ApiError("bad_request", f"'to' is longer than {MAX_CLIENT_ID_CHARS} characters, a client id's limit")
     return value
 
 
 def add_routes(bp: Blueprint, service: Service) -> None:
     """The API's routes, on the site blueprint (`wsapp.site`)."""
     hub = service.hub
+    settings = service.settings
+    pace = RateTable(settings.api_rate_limit, settings.api_rate_burst)  # this app's, in this worker
 
     @bp.post("/api/broadcast")
     def broadcast() -> Response:
-        sender = _identity(service, admin=True)
+        sender = _identity(service, pace, admin=True)
         body = _json_body(service)
         room = _string_field(body, "room", required=False)
         if room is None:
@@ -80,7 +103,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
 
     @bp.post("/api/send")
     def send() -> Response | tuple[Response, int]:
-        sender = _identity(service, admin=False)
+        sender = _identity(service, pace, admin=False)
         body = _json_body(service)
         to = _string_field(body, "to", required=True)
         assert to is not None
@@ -93,7 +116,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
 
     @bp.get("/api/clients")
     def clients() -> Response:
-        _identity(service, admin=True)
+        _identity(service, pace, admin=True)
         counts = hub.clients()
         listing = [{"client_id": cid, "connections": n} for cid, n in sorted(counts.items())]
         return jsonify(clients=listing, total=len(listing), connections=sum(counts.values()))

@@ -60,6 +60,12 @@ def _streams(conn: Connection) -> dict[str, Any] | None:
     return {"broadcast": b.wire(), "direct": d.wire()}
 
 
+def _left(room: str, code: str, message: str) -> dict[str, Any]:
+    """A room the server took this connection out of (not an answer to `leave`, which is
+    an `ack`): `code` is one of `FRAME_ERRORS`' codes, `message` says why."""
+    return {"type": "left", "room": room, "code": code, "message": message}
+
+
 def register_built_ins(ext: WSApp) -> None:
     """The contract's frame types, registered like an app's own (`@ws.on`), when the
     WSApp is made (its hub comes with `init_app`: each handler takes the connection's)."""
@@ -117,8 +123,10 @@ def register_built_ins(ext: WSApp) -> None:
 
     @ext.on("refresh")
     def refresh(conn: Connection, frame: dict[str, Any]) -> int:
-        """A new token for the same client id moves the connection's expiry (the
-        heartbeat's 4401 deadline reads `peer.expires_at`); anything else changes nothing."""
+        """A new token for the same client id becomes the connection's token: its expiry
+        (the heartbeat's 4401 deadline reads `peer.expires_at`) and its rights (admin, the
+        rooms claim, what `authorize_join` sees). Each room the new token may not join is
+        left, with a `left` frame `forbidden` before the ack. A refused token changes nothing."""
         token = frame.get("token")
         if not isinstance(token, str) or not token:
             raise FrameError("missing_field", "a 'refresh' frame needs 'token', a non-empty string")
@@ -128,5 +136,11 @@ def register_built_ins(ext: WSApp) -> None:
             raise FrameError(err.code, err.message) from None
         if identity.client_id != conn.client_id:
             raise FrameError("wrong_client", "the token is for another client id: reconnect with it instead")
-        conn._peer.expires_at = identity.expires_at
+        conn.replace_identity(identity)
+        hub = conn._service.hub
+        for room in sorted(conn._peer.rooms):  # a snapshot: leaving changes the set
+            if not ext.may_join(identity, room):
+                hub.leave(conn._peer, room)  # the others hear presence `leave`, as on a `leave`
+                message = f"the refreshed token may not be in {room!r}"
+                conn._ws.send_frame(protocol.text_frame(_left(room, "forbidden", message)))
         return 0

@@ -87,8 +87,8 @@ class EarlyHandshakes:
             return False
         if sum(key in head.headers for key in self.scheme_keys) > 1:
             return False
-        target = self.fast.target(head.path)
-        if target is None or not self.fast.unobserved(target):
+        target = self.fast.eligible(head.path)
+        if target is None:
             return False
         environ: dict[str, Any] = head.headers
         environ.update(
@@ -101,7 +101,7 @@ class EarlyHandshakes:
         environ["gunicorn.socket"] = client
         server.leave_unread(client, len(data))  # for take_over to consume before the 101
         try:
-            self.fast.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ))
+            self.fast.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ), via="early")
         except (WsappError, Fallback):
             return False  # gunicorn reads the request and Flask answers the refusal
         finally:
@@ -149,7 +149,7 @@ def install(worker: Any) -> bool:
     """Put `EarlyHandshakes` in front of the worker's `handle` (its `run` binds
     `self.handle` when it starts serving, after `post_worker_init`). True if installed."""
     fast = _served_app(worker)
-    if fast is None or not eligible(worker):
+    if fast is None or fast.ext.settings.fast_handshakes != "early" or not eligible(worker):
         return False
     worker.handle = EarlyHandshakes(worker, fast, worker.handle)
     worker.log.info("wsapp: WebSocket upgrades are read before gunicorn's HTTP parser (wsapp.earlypath)")

@@ -26,6 +26,7 @@ HTTP_ERRORS: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "method not allowed on this route"),
     "payload_too_large": (413, "the body is larger than the message size limit"),
     "too_many_connections": (429, "this client already holds the most connections allowed"),
+    "rate_limited": (429, "too many requests for this client id (WSAPP_API_RATE_LIMIT): retry after Retry-After"),
     "bad_request": (400, "the request body is not valid"),
     "server_busy": (503, "this worker holds the most connections allowed; try again later"),
     "shutting_down": (503, "this worker is shutting down; reconnect to another"),

@@ -217,10 +217,12 @@ class WSApp:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         req: HandshakeRequest,
+        via: str = "flask",
     ) -> None:
         """The handshake on `req` (Flask's request, or `wsapp.fastpath`'s view of the WSGI
-        environ): every check, the slot, the 101, the session; the caller then answers the
-        WSGI request as one whose socket was taken (`server.after_upgrade`). Raises
+        environ; `via` names the path, for the metric): every check, the slot, the 101,
+        the session; the caller then answers the WSGI request as one whose socket was
+        taken (`server.after_upgrade`). Raises
         `WsappError` (a refusal, for the caller to answer) or `server.UnsupportedServer`,
         both before anything is reserved or written; touches no Flask context."""
         service = self.service
@@ -256,6 +258,7 @@ class WSApp:
         except BaseException:
             self._release(slot)
             raise
+        service.metrics.upgrades[via].inc()
         resume = req.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
         session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs, resume)
         session.link(functools.partial(self._release_after, slot))  # however the greenlet ends

@@ -32,10 +32,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flask import Flask, signals
+from flask import Flask, Request, signals
+from flask.ctx import _AppCtxGlobals
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.datastructures import MultiDict
 from werkzeug.http import parse_cookie
 
+from . import transport
 from .errors import WsappError
 from .server import answer_upgraded, cooperative_socket
 
@@ -164,10 +167,11 @@ class EnvironRequest:
 
 
 class _Target:
-    __slots__ = ("args", "endpoint", "handler", "route", "scopes")
+    __slots__ = ("endpoint", "handler", "route", "scopes", "view")
 
-    def __init__(self, endpoint: str, handler: Callable[..., Any], route: Route) -> None:
+    def __init__(self, endpoint: str, view: Callable[..., Any], handler: Callable[..., Any], route: Route) -> None:
         self.endpoint = endpoint
+        self.view = view  # the very view function wsapp registered: checked by identity per handshake
         self.handler = handler
         self.route = route
         # the hook scopes Flask would run for this endpoint: the app's, then each blueprint's
@@ -175,17 +179,70 @@ class _Target:
         self.scopes: tuple[str | None, ...] = (None, *(".".join(parts[: i + 1]) for i in range(len(parts))))
 
 
+# What Flask runs for a request, from `__call__` to the view and back (`wsgi_app` is
+# checked apart: it is `FastHandshakes` itself). A subclass or an instance that overrides
+# any of them, or a monkeypatch of Flask's own, could refuse or observe a request: such
+# an app's handshakes all go through Flask.
+_REQUEST_PATH = (
+    "__call__",
+    "request_context",
+    "app_context",
+    "create_url_adapter",
+    "raise_routing_exception",
+    "full_dispatch_request",
+    "preprocess_request",
+    "dispatch_request",
+    "make_response",
+    "process_response",
+    "finalize_request",
+    "handle_user_exception",
+    "handle_http_exception",
+    "handle_exception",
+    "log_exception",
+    "should_ignore_error",
+    "do_teardown_request",
+    "do_teardown_appcontext",
+    "ensure_sync",
+    "make_default_options_response",
+)
+_FLASK_OWN = {name: getattr(Flask, name) for name in _REQUEST_PATH}
+_FLASK_WSGI_APP = Flask.wsgi_app
+_OWN_NAMES = frozenset(_REQUEST_PATH) | {"request_class", "app_ctx_globals_class"}
+
+
+def flask_as_shipped(app: Flask) -> bool:
+    """Would Flask build, route and dispatch a request of `app` exactly as Flask 3 does
+    out of the box? Only then can skipping it be unnoticeable. Cheap enough to ask per
+    handshake (a subclass, an instance attribute or a setting may appear at run time)."""
+    cls = type(app)
+    for name, own in _FLASK_OWN.items():
+        if getattr(cls, name) is not own:
+            return False
+    if cls.wsgi_app is not _FLASK_WSGI_APP or not _OWN_NAMES.isdisjoint(vars(app)):
+        return False
+    if app.request_class is not Request or Request.trusted_hosts is not None:
+        return False
+    if app.app_ctx_globals_class is not _AppCtxGlobals:
+        return False
+    if type(app.session_interface) is not SecureCookieSessionInterface:  # opened on every request
+        return False
+    # Flask refuses (400) a Host outside TRUSTED_HOSTS; with host or subdomain matching
+    # the Host takes part in routing
+    return app.config.get("TRUSTED_HOSTS") is None and not (app.url_map.host_matching or app.subdomain_matching)
+
+
 class FastHandshakes:
     """The app's `wsgi_app`, with accepted WebSocket handshakes on wsapp's static routes
     served without a Flask request (see the module doc). One per app; no state but the
-    route table, rebuilt when the app's view functions change."""
+    route table, rebuilt when the app's view functions or rules change in number; every
+    handshake checks again that the route's view is still the one wsapp registered."""
 
     def __init__(self, wsgi_app: WSGIApp, app: Flask, ext: WSApp) -> None:
         self.wsgi_app = wsgi_app
         self.app = app
         self.ext = ext
         self._targets: dict[str, _Target] = {}
-        self._views = -1  # len(app.view_functions) the table was built for
+        self._built_for: tuple[int, int] = (-1, -1)  # (view functions, rules) the table was built for
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.upgraded(environ):
@@ -197,41 +254,53 @@ class FastHandshakes:
         False: nothing was reserved or written, the request is Flask's."""
         if str(environ.get("HTTP_UPGRADE", "")).lower() != "websocket":
             return False
-        target = self.target(str(environ.get("PATH_INFO", "")))
-        if target is None or not self.unobserved(target) or cooperative_socket(environ) is None:
+        target = self.eligible(str(environ.get("PATH_INFO", "")))
+        if target is None or cooperative_socket(environ) is None:
             return False
         try:
-            self.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ))
+            self.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ), via="fast")
         except (WsappError, Fallback):
             return False  # Flask's view runs the checks again and answers the refusal
         return True
 
-    def target(self, path: str) -> _Target | None:
-        if len(self.app.view_functions) != self._views:
+    def eligible(self, path: str) -> _Target | None:
+        """The wsapp route at `path` if a handshake on it may skip Flask: the app is Flask
+        as shipped, the path is a static rule whose view is the very one wsapp
+        registered, and no hook or signal receiver would see the request. Else None."""
+        app = self.app
+        if not flask_as_shipped(app):
+            return None
+        shape = (len(app.view_functions), len(app.url_map._rules))
+        if shape != self._built_for:
             self._targets = self._build()
-            self._views = len(self.app.view_functions)
-        return self._targets.get(path)
+            self._built_for = shape
+        target = self._targets.get(path)
+        if target is None or app.view_functions.get(target.endpoint) is not target.view:
+            return None  # replaced or wrapped since: the app's own view must run
+        return target if self.unobserved(target) else None
 
     def _build(self) -> dict[str, _Target]:
+        """Static WebSocket rules whose view is wsapp's own, each confirmed by Werkzeug's
+        own matcher to route a WebSocket GET of exactly that path to it."""
         url_map = self.app.url_map
-        if url_map.host_matching or self.app.subdomain_matching:
-            return {}
+        adapter = url_map.bind("localhost", subdomain=url_map.default_subdomain or "", url_scheme="ws")
         targets: dict[str, _Target] = {}
         for rule in url_map.iter_rules():
             view = self.app.view_functions.get(rule.endpoint)
-            wsapp_target = getattr(view, "wsapp_target", None)
-            if (
-                not rule.websocket
-                or wsapp_target is None
-                or rule.arguments
-                or rule.defaults
-                or rule.host
-                or rule.subdomain
-                or rule.rule in targets
-            ):
+            registered = transport.registered_target(view)
+            if not rule.websocket or registered is None or rule.arguments or rule.defaults or rule.host:
                 continue
-            handler, route = wsapp_target
-            targets[rule.rule] = _Target(rule.endpoint, handler, route)
+            if rule.subdomain or rule.rule in targets:
+                continue
+            try:
+                matched = adapter.match(rule.rule, method="GET", websocket=True)
+            except Exception:  # noqa: BLE001 - a redirect, a 404/405: Flask's to answer
+                continue
+            if matched != (rule.endpoint, {}):
+                continue
+            assert view is not None
+            handler, route = registered
+            targets[rule.rule] = _Target(rule.endpoint, view, handler, route)
         return targets
 
     def unobserved(self, target: _Target) -> bool:
@@ -254,6 +323,8 @@ class FastHandshakes:
 def install(app: Flask, ext: WSApp) -> None:
     """Wrap the app's `wsgi_app`, unless it is not Flask's own any more (a middleware of
     the app's wrapped in before `WSApp` would be skipped by the shortcut)."""
+    if ext.settings.fast_handshakes == "off":
+        return
     if "wsgi_app" in vars(app) or type(app).wsgi_app is not Flask.wsgi_app:
         return
     app.wsgi_app = FastHandshakes(app.wsgi_app, app, ext)  # type: ignore[method-assign]

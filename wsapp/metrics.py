@@ -43,7 +43,19 @@ BACKPLANE_IN = Counter(
     "Messages this worker read from Redis pub/sub (it subscribes only to targets it holds connections for).",
     registry=None,
 )
-_PROCESS_COLLECTORS = (MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT, SLOW_CONSUMERS, BACKPLANE_IN)
+HISTORY_LOST = Counter(
+    "wsapp_history_write_failures",
+    "Messages Redis refused to keep (full: maxmemory): delivered, their stream's history forgotten.",
+    registry=None,
+)
+HISTORY_OVER_BUDGET = Counter(
+    "wsapp_history_over_budget",
+    "Messages delivered but not kept: their sender was past WSAPP_HISTORY_BYTES_PER_CLIENT.",
+    registry=None,
+)
+_PROCESS_COLLECTORS = (
+    MESSAGES_IN, BYTES_IN, MESSAGES_OUT, BYTES_OUT, SLOW_CONSUMERS, BACKPLANE_IN, HISTORY_LOST, HISTORY_OVER_BUDGET,
+)  # fmt: skip
 
 # Close codes that get a label value of their own: the ones the service sends or names
 # (wsapp.errors.CloseCode). A client picks its close code, so any other code would be a
@@ -85,6 +97,14 @@ class Metrics:
         self.handshakes_refused = Counter(
             "wsapp_handshakes_refused", "Handshakes refused before the upgrade, by error code.", ["error"], registry=r
         )
+        upgrades = Counter(
+            "wsapp_upgrades",
+            "Accepted handshakes by the path that served them: early (before gunicorn's parser), "
+            "fast (without a Flask request) or flask.",
+            ["path"],
+            registry=r,
+        )
+        self.upgrades = {path: upgrades.labels(path) for path in ("early", "fast", "flask")}
         self.connection_slots = Gauge(
             "wsapp_connection_slots",
             "Connection slots held (open connections plus handshakes in flight): what the connection limits count.",

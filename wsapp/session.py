@@ -35,7 +35,7 @@ from .handshake import Accepted
 from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer
-from .resume import hold_streams
+from .resume import hold_streams, release
 from .service import Service
 
 if TYPE_CHECKING:
@@ -71,6 +71,13 @@ class Connection:
         self._ws = peer.ws
         self._service = service
         self.identity = identity
+
+    def replace_identity(self, identity: Identity) -> None:
+        """The token now in force (a chat `refresh`, same client id): its rights (admin,
+        claims) and its expiry replace the old token's. The caller re-checks the rooms."""
+        self.identity = identity
+        self._peer.is_admin = identity.is_admin
+        self._peer.expires_at = identity.expires_at
 
     def __repr__(self) -> str:
         return f"<Connection client={self._peer.client_id!r} conn={self._peer.conn_id} route={self._peer.route}>"
@@ -225,9 +232,10 @@ def run_session(
     # an evicted slow consumer leaves the registry and its rooms at once (a partial, not a
     # closure: smaller, and it is kept for the connection's whole life)
     ws.on_evict = functools.partial(hub.evict, peer)
-    # only chat answers a `resume` frame (an app's route would hold these streams forever)
+    # only chat answers a `resume` frame (an app's route would hold these streams forever);
+    # held within the send queue's bounds, for at most WSAPP_RESUME_TIMEOUT
     if resume and handler == ext._serve_chat and service.backplane.history_on:
-        peer.gates = hold_streams(peer.client_id, settings.send_queue)
+        hold_streams(peer, settings.resume_timeout_s)
     conn = Connection(peer, ident, service)
     failed = False
     if route.name not in metrics.open_by_route:
@@ -270,6 +278,7 @@ def _end_session(ext: WSApp, conn: Connection, peer: Peer, failed: bool) -> None
         ("close", lambda: ws.close(CloseCode.INTERNAL_ERROR, "internal error") if failed else ws.close()),
         ("on_disconnect", on_disconnect),
         ("registry", lambda: service.hub.disconnect(peer)),
+        ("gates", lambda: release(peer)),  # held frames and the resume timer, if any
         ("socket", ws.shutdown_socket),
         ("metrics", count_close),
     )

@@ -86,6 +86,16 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -227,6 +237,21 @@ OPTIONS: tuple[Option, ...] = (
         "WSAPP_RATE_BURST", "rate_burst", "", _str, "Burst allowed above the rate, in messages. Empty: twice the rate."
     ),
     Option(
+        "WSAPP_API_RATE_LIMIT",
+        "api_rate_limit",
+        "",
+        _str,
+        "HTTP API requests per second per client id (the token's; admin tokens too), per worker; "
+        "over it: 429 `rate_limited` with `Retry-After`. Empty: `WSAPP_RATE_LIMIT`'s value; `0` turns it off.",
+    ),
+    Option(
+        "WSAPP_API_RATE_BURST",
+        "api_rate_burst",
+        "",
+        _str,
+        "Burst of HTTP API requests allowed above `WSAPP_API_RATE_LIMIT`. Empty: twice the rate.",
+    ),
+    Option(
         "WSAPP_SEND_QUEUE",
         "send_queue",
         "256",
@@ -335,11 +360,28 @@ OPTIONS: tuple[Option, ...] = (
         "recently used streams go.",
     ),
     Option(
+        "WSAPP_HISTORY_BYTES_PER_CLIENT",
+        "history_bytes_per_client",
+        "1048576",
+        _int(0),
+        "With Redis: bytes of history one client id's messages may add per `WSAPP_HISTORY_TTL` window, "
+        "cluster-wide (JSON text plus 150 per message); past it its messages are delivered but not kept. "
+        "`0`: no bound.",
+    ),
+    Option(
         "WSAPP_STORE_OFFLINE",
         "store_offline",
         "0",
         _bool,
         "`1`: a direct message to any client id is stored for its resume, not only to ids seen within the history TTL.",
+    ),
+    Option(
+        "WSAPP_RESUME_TIMEOUT",
+        "resume_timeout_s",
+        "10",
+        _float(0.05),
+        "Seconds a `?resume=1` chat connection has to send its `resume` frame; then its held "
+        "streams go live (or, if more arrived than its send queue's bounds, it is closed 1008).",
     ),
     Option(
         "WSAPP_METRICS_ALLOW",
@@ -378,6 +420,15 @@ OPTIONS: tuple[Option, ...] = (
         "Path of the built-in chat route. Empty: no chat route.",
     ),
     Option(
+        "WSAPP_FAST_HANDSHAKES",
+        "fast_handshakes",
+        "early",
+        _choice("early", "fast", "off"),
+        "Shortcuts an accepted handshake may take where Flask's path could not be told apart "
+        "(docs/performance.md): `early` (before gunicorn's parser, and without a Flask request), "
+        "`fast` (without a Flask request only), `off` (Flask's path for every handshake).",
+    ),
+    Option(
         "WSAPP_ROOMS_CLAIM",
         "rooms_claim",
         "",
@@ -407,6 +458,8 @@ class Settings:
     max_message_bytes: int = 65536
     rate_limit: float = 50.0
     rate_burst: float = 100.0
+    api_rate_limit: float = 50.0
+    api_rate_burst: float = 100.0
     send_queue: int = 256
     send_queue_bytes: int = 0  # 0: derived from max_message_bytes (connection.default_send_queue_bytes)
     max_rooms: int = 100
@@ -423,13 +476,16 @@ class Settings:
     history_ttl_s: float = 300.0
     history_streams: int = 10000
     history_bytes: int = 64 * 1024 * 1024
+    history_bytes_per_client: int = 1024 * 1024
     store_offline: bool = False
+    resume_timeout_s: float = 10.0
     metrics_allow: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     instance_path: str = ""
     log_level: str = "INFO"
     chat_path: str = "/ws/chat"
     rooms_claim: str = ""
+    fast_handshakes: str = "early"
     generated_secret: bool = False  # set by the app in demo mode, not an environment option
 
     @property
@@ -511,6 +567,17 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
         values["rate_burst"] = _float(1)(raw_burst) if raw_burst else max(1.0, 2 * values["rate_limit"])
     except ValueError as exc:
         problems.append(f"WSAPP_RATE_BURST={raw_burst!r}: {exc}")
+    raw_api_rate = values["api_rate_limit"]
+    try:
+        values["api_rate_limit"] = _float(0)(raw_api_rate) if raw_api_rate else values["rate_limit"]
+    except ValueError as exc:
+        problems.append(f"WSAPP_API_RATE_LIMIT={raw_api_rate!r}: {exc}")
+        values["api_rate_limit"] = values["rate_limit"]
+    raw_api_burst = values["api_rate_burst"]
+    try:
+        values["api_rate_burst"] = _float(1)(raw_api_burst) if raw_api_burst else max(1.0, 2 * values["api_rate_limit"])
+    except ValueError as exc:
+        problems.append(f"WSAPP_API_RATE_BURST={raw_api_burst!r}: {exc}")
 
     raw_workers = values["workers"]
     try:

@@ -20,6 +20,7 @@ with 405; the shipped service's handlers answer it `not_websocket` too.)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -64,7 +65,7 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
                 return ext.handshake(f, options, args, kw)  # type: ignore[no-any-return]
 
             websocket_view.wsapp_route = True  # type: ignore[attr-defined]  # see `is_websocket_view`
-            websocket_view.wsapp_target = (f, options)  # type: ignore[attr-defined]  # for wsapp.fastpath
+            _registered[websocket_view] = (f, options)
             target = bp or self.app or self._blueprint()
             target.add_url_rule(path, endpoint, websocket_view, methods=["GET"], websocket=True, **kwargs)
             target.add_url_rule(path, endpoint, websocket_view, methods=HTTP_METHODS, **kwargs)
@@ -79,6 +80,22 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
         if bp is None:
             bp = self.bp = Blueprint(f"wsapp_sock_{id(self):x}", __name__)
         return bp
+
+
+# the views this module made, each with its handler and route options: by identity, so a
+# wrapper (`functools.wraps` copies attributes, not identity) or a replacement is not one of
+# them, and `wsapp.fastpath` lets the app's own view run
+_registered: weakref.WeakKeyDictionary[Callable[..., Any], tuple[Callable[..., Any], Route]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def registered_target(view: Any) -> tuple[Callable[..., Any], Route] | None:
+    """`(handler, route)` if `view` is the very view function a wsapp `Sock` registered."""
+    try:
+        return _registered.get(view)
+    except TypeError:  # not weakly referenceable: not one of ours
+        return None
 
 
 def is_websocket_view(view: Any) -> bool:
