@@ -1,4 +1,4 @@
-"""wsapp.earlypath and wsapp.httphead: accepted upgrades read before gunicorn's parser;
+"""wsapp.handshake.early and wsapp.handshake.head: accepted upgrades read before gunicorn's parser;
 everything else reaches gunicorn with its bytes unread, and is answered as before."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from flask import Flask
 from inprocess import InProcess, in_process, until
 
 from helpers import ROOT, Server, make_token, raw_handshake
-from wsapp import httphead
 from wsapp import server as wsapp_server
-from wsapp.earlypath import EarlyHandshakes
-from wsapp.fastpath import FastHandshakes
+from wsapp.handshake import head as httphead
+from wsapp.handshake.early import EarlyHandshakes
+from wsapp.handshake.fast import FastHandshakes
 
 LIMITS = httphead.Limits()
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -382,15 +382,16 @@ def test_take_over_consumes_every_peeked_byte_and_writes_the_whole_101_in_pieces
     server_end = Dribbling(fileno=a.detach())
     request = b"GET /ws/echo HTTP/1.1\r\nHost: x\r\n\r\n"
     client_end.sendall(request + b"frames")
-    wsapp_server.leave_unread(server_end, len(request))
-    sock = wsapp_server.take_over(server_end, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    sock = wsapp_server.take_over(
+        server_end, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", unread=len(request)
+    )
     try:
         client_end.settimeout(5)
         got = b""
         while not got.endswith(b"\r\n\r\n"):
             got += client_end.recv(4096)
         assert got == b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
-        assert sock.recv(100) == b"frames"[:7] and not wsapp_server._unread  # the request consumed, frames kept
+        assert sock.recv(100) == b"frames"[:7]  # the request consumed, frames kept
     finally:
         sock.close()
         client_end.close()

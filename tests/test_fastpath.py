@@ -1,4 +1,4 @@
-"""wsapp.fastpath: accepted handshakes on static routes skip Flask's request, and only
+"""wsapp.handshake.fast: accepted handshakes on static routes skip Flask's request, and only
 when nothing of the app's could notice; refusals are Flask's, answered as before."""
 
 from __future__ import annotations
@@ -10,21 +10,22 @@ import pytest
 from flask import Flask
 from inprocess import InProcess, in_process
 
-from wsapp import WSApp
-from wsapp.fastpath import EnvironRequest, FastHandshakes
+from wsapp.handshake.fast import FastHandshakes
+from wsapp.handshake.request import EnvironRequest
+from wsapp.handshake.upgrade import Upgrader
 
 
 @pytest.fixture
 def seen(monkeypatch: Any) -> list[str]:
-    """'fast' or 'flask' per handshake that reached WSApp.upgrade, in order."""
+    """'fast' or 'flask' per handshake that reached the one upgrade, in order."""
     calls: list[str] = []
-    original = WSApp.upgrade
+    original = Upgrader.upgrade
 
-    def spy(self: WSApp, handler: Any, route: Any, args: Any, kwargs: Any, req: Any, via: str = "flask") -> None:
+    def spy(self: Upgrader, handler: Any, route: Any, args: Any, kwargs: Any, req: Any, **kw: Any) -> None:
         calls.append("fast" if isinstance(req, EnvironRequest) else "flask")
-        original(self, handler, route, args, kwargs, req, via)
+        original(self, handler, route, args, kwargs, req, **kw)
 
-    monkeypatch.setattr(WSApp, "upgrade", spy)
+    monkeypatch.setattr(Upgrader, "upgrade", spy)
     return calls
 
 
@@ -41,10 +42,28 @@ def test_an_accepted_handshake_skips_flask(inproc: InProcess, seen: list[str]) -
     assert seen == ["fast"]
 
 
-def test_a_refusal_is_answered_by_flask_once(inproc: InProcess, seen: list[str]) -> None:
+def test_a_refusal_is_checked_and_answered_once_by_the_fast_path(inproc: InProcess, seen: list[str]) -> None:
     resp = inproc.handshake("/ws/chat", {"Origin": "https://evil.example"})
     assert resp.status_code == 403 and resp.get_json()["error"] == "origin_not_allowed"
-    assert seen == ["fast", "flask"]  # tried, refused, then Flask's view answers it
+    assert seen == ["fast"]  # refused there and answered as Flask's view would
+    assert len(inproc.lines(r"^refused GET /ws/chat status=403")) == 1
+
+
+def test_a_refusal_with_a_cookie_is_answered_by_flask(inproc: InProcess, seen: list[str]) -> None:
+    """Flask's answer may refresh a permanent session's cookie: a request with one is Flask's."""
+    server_end, _client_end = inproc.pair()
+    client = inproc.app.test_client()
+    client.set_cookie("session", "x")
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        "Origin": "https://evil.example",
+    }
+    resp = client.get("/ws/chat", headers=headers, environ_overrides={"werkzeug.socket": server_end})
+    assert resp.status_code == 403 and resp.get_json()["error"] == "origin_not_allowed"
+    assert seen == ["fast", "flask"]
     assert len(inproc.lines(r"^refused GET /ws/chat status=403")) == 1
 
 

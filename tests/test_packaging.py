@@ -91,7 +91,11 @@ def test_project_table_is_installable_and_limited_to_the_wsapp_package() -> None
     project = PYPROJECT["project"]
     assert project["name"] == "wsapp" and project["requires-python"] == ">=3.11"
     assert PYPROJECT["build-system"]["build-backend"] == "setuptools.build_meta"
-    assert PYPROJECT["tool"]["setuptools"]["packages"] == ["wsapp"]
+    # the wsapp package and every subpackage of it (one left out would be missing from a wheel)
+    subpackages = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wsapp").rglob("__init__.py")
+    )
+    assert sorted(PYPROJECT["tool"]["setuptools"]["packages"]) == subpackages
     runtime = {canonicalize_name(r.name): r for r in declared(())}
     assert runtime["gunicorn"].extras == {"gevent"}  # gunicorn's gevent worker needs `packaging`
     assert set(project["optional-dependencies"]) >= {"redis", "client", "dev"}

@@ -20,7 +20,6 @@ error handler.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import functools
 import logging
@@ -31,17 +30,18 @@ from typing import Any, TypeVar, cast
 import gevent
 from flask import Flask, Response, current_app, request
 
-from . import chat, demo_secret, fastpath, heartbeat, server
+from . import chat, demo_secret, heartbeat, server
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
-from .fastpath import HandshakeRequest
-from .handshake import check_handshake, switching_protocols
+from .handshake import fast
+from .handshake.request import HandshakeRequest
+from .handshake.shortcut import Shortcut
+from .handshake.upgrade import Upgrader
 from .history import make_history
 from .hub import Hub
 from .metrics import Metrics
-from .proxy import client_address
-from .registry import Registry, Slot
+from .registry import Registry
 from .service import Service
 from .session import Connection, Route, run_session
 from .settings import Settings
@@ -90,6 +90,7 @@ class WSApp:
         backplane = _make_backplane(settings, registry)
         hub = Hub(registry, backplane, store_offline=settings.store_offline)
         self._service = Service(settings, registry, backplane, hub, Metrics())
+        self.upgrader = Upgrader(self._service, functools.partial(run_session, self))
         self.app = app
         app.extensions["wsapp"] = self
         app.extensions["wsapp.sock"] = self.sock
@@ -98,7 +99,8 @@ class WSApp:
         if settings.chat_path:
             self.route(settings.chat_path, endpoint="chat", addressable=True)(self._serve_chat)
         self.sock.init_app(app)
-        fastpath.install(app, self)  # accepted handshakes on static routes skip Flask's request
+        if settings.fast_handshakes != "off":  # accepted handshakes on static routes skip Flask's request
+            fast.install(app, Shortcut(app, self.upgrader))
 
     @property
     def service(self) -> Service:
@@ -219,79 +221,12 @@ class WSApp:
         req: HandshakeRequest,
         via: str = "flask",
     ) -> None:
-        """The handshake on `req` (Flask's request, or `wsapp.fastpath`'s view of the WSGI
-        environ; `via` names the path, for the metric): every check, the slot, the 101,
-        the session; the caller then answers the WSGI request as one whose socket was
-        taken (`server.after_upgrade`). Raises
-        `WsappError` (a refusal, for the caller to answer) or `server.UnsupportedServer`,
-        both before anything is reserved or written; touches no Flask context."""
-        service = self.service
-        headers = req.headers
-        if service.settings.generated_secret:
-            from .demo import host_is_loopback, loopback_message
-
-            if not host_is_loopback(headers.get("Host")):
-                raise HandshakeRejected("host_not_allowed", loopback_message(headers.get("Host")))
-        if service.registry.draining:
-            raise HandshakeRejected("shutting_down")
-        accepted = check_handshake(
-            method=req.method,
-            headers=headers,  # case-insensitive .get()
-            query=req.args,
-            cookies=req.cookies,
-            settings=service.settings,
-        )
-        raw = server.cooperative_socket(req.environ)
-        if raw is None:
-            raise server.UnsupportedServer()
-        client_id = accepted.identity.client_id
-        slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
-        service.metrics.connection_slots.inc()
-        remote = client_address(req.remote_addr or "", headers.get("X-Forwarded-For"), service.settings.trusted_proxies)
-        accepted = dataclasses.replace(accepted, remote_addr=remote)
-        try:
-            sock = server.take_over(raw, switching_protocols(accepted))
-        except OSError as exc:
-            self._release(slot)
-            log.info("upgrade failed client=%s addr=%s: %s", client_id, remote, exc)
-            return
-        except BaseException:
-            self._release(slot)
-            raise
-        service.metrics.upgrades[via].inc()
-        resume = req.args.get("resume") == "1"  # hold broadcast/direct until the `resume` frame
-        session = gevent.spawn(run_session, self, sock, accepted, route, handler, args, kwargs, resume)
-        session.link(functools.partial(self._release_after, slot))  # however the greenlet ends
-
-    def _release_after(self, slot: Slot, _session: gevent.Greenlet[Any, Any]) -> None:
-        """The session greenlet's link (a partial, not a closure: kept per connection)."""
-        self._release(slot)
-
-    def _release(self, slot: Slot) -> None:
-        if slot.release():
-            self.service.metrics.connection_slots.dec()
+        """The one upgrade of every handshake path (`wsapp.handshake.upgrade.Upgrader`)."""
+        self.upgrader.upgrade(handler, route, args, kwargs, req, via=via)
 
     def refused(self, err: WsappError) -> Response:
-        """One line per refused handshake: status, code, reason and the client's address.
-
-        The path never carries the query string (where `?token=` lives); every value is
-        escaped and any token redacted by the service's `SafeLogFilter`."""
-        settings = self.service.settings
-        if isinstance(err, HandshakeRejected):
-            self.service.metrics.handshakes_refused.labels(err.code).inc()
-        addr = client_address(
-            request.remote_addr or "", request.headers.get("X-Forwarded-For"), settings.trusted_proxies
-        )
-        log.info(
-            "refused %s %s status=%d error=%s addr=%s reason=%s",
-            request.method,
-            request.path,
-            err.status,
-            err.code,
-            addr,
-            err.message,
-        )
-        return http_error_response(err)
+        """The answer to a refusal in Flask's view: a log line, the metric, the JSON."""
+        return self.upgrader.refused(err, request)
 
 
 def _make_backplane(settings: Settings, registry: Registry) -> Backplane:

@@ -86,24 +86,10 @@ def server_name(environ: dict[str, Any]) -> str:
     return str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
 
 
-# bytes of a request still in the kernel's buffer because `wsapp.earlypath` only peeked
-# at them, per server socket: `take_over` consumes them before the 101. Set and cleared
-# around one `WSApp.upgrade` call by the greenlet that owns the socket.
-_unread: dict[socket.socket, int] = {}
-
-
-def leave_unread(server_sock: socket.socket, nbytes: int) -> None:
-    """Say that `nbytes` of the request on `server_sock` were peeked, not read (0: forget it)."""
-    if nbytes:
-        _unread[server_sock] = nbytes
-    else:
-        _unread.pop(server_sock, None)
-
-
-def take_over(server_sock: socket.socket, head: bytes) -> socket.socket:
-    """Detach the socket from the server, consume the request's bytes that were only
-    peeked at (`leave_unread`), write the 101 (`head`) and hand the socket back."""
-    unread = _unread.pop(server_sock, 0)
+def take_over(server_sock: socket.socket, head: bytes, unread: int = 0) -> socket.socket:
+    """Detach the socket from the server, consume the `unread` bytes of the request that
+    were only peeked at (`wsapp.handshake.early`), write the 101 (`head`) and hand the
+    socket back."""
     sock = type(server_sock)(fileno=server_sock.detach())
     try:
         sock.settimeout(None)
@@ -238,20 +224,24 @@ def on_starting(server: Any) -> None:
 
     raised = startup.raise_descriptor_limit()
     if raised is not None:
-        server.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
+        server.log.info(startup.RAISED, *raised)
     startup.graceful_sigint(server)
 
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook, in each worker once the app is loaded: SIGTERM or SIGINT drains;
     accepted upgrades are served before gunicorn's HTTP parser where nothing could
-    tell (`wsapp.earlypath`)."""
+    tell (`wsapp.handshake.early`); out of descriptors, sockets that have not completed a
+    handshake are shed, oldest first (`wsapp.descriptors`)."""
     from . import startup
 
     raised = startup.raise_descriptor_limit()  # inherited from the master: normally a no-op
     if raised is not None:
-        worker.log.info("wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d", *raised)
+        worker.log.info(startup.RAISED, *raised)
     install(worker)
-    from . import earlypath  # imports Flask: the worker is patched by now
+    from .handshake import early  # imports Flask: the worker is patched by now
 
-    earlypath.install(worker)  # accepted upgrades read before gunicorn's HTTP parser
+    early.install(worker)  # accepted upgrades read before gunicorn's HTTP parser
+    from . import descriptors
+
+    descriptors.install(worker)  # last, so outermost: sockets without a handshake are shed

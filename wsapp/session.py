@@ -31,7 +31,7 @@ from .auth import Identity
 from .backplane import check_close_code
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
-from .handshake import Accepted
+from .handshake.checks import Accepted
 from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer

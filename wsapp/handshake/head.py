@@ -1,6 +1,6 @@
 """The head of an HTTP/1.1 request, read from the bytes of one `recv`: a strict subset.
 
-`wsapp.fastpath` peeks at a new connection's first bytes and, when they are one whole
+`wsapp.handshake.early` peeks at a new connection's first bytes and, when they are one whole
 WebSocket upgrade request in the plainest form, serves it without gunicorn's HTTP
 parser. This module decides what "the plainest form" is. It never refuses anything:
 `parse` returns a `Head` only for a head that gunicorn would parse into exactly the
@@ -75,7 +75,20 @@ class Head:
 
 
 def environ_key(name: str) -> str:
-    """gunicorn's environ key for a field name (`wsapp.fastpath.environ_key` for any case)."""
+    """The WSGI environ key of field `name` (any case), as gunicorn writes it and Werkzeug
+    reads it. Names asked for by wsapp's code are cached (a bounded few)."""
+    key = _names.get(name)
+    if key is None:
+        key = _key_of(name)
+        if len(_names) < _KEYS_MAX:
+            _names[name] = key
+    return key
+
+
+_names: dict[str, str] = {}  # environ_key's cache
+
+
+def _key_of(name: str) -> str:
     key = name.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
 
@@ -106,7 +119,7 @@ def parse(head: bytes, limits: Limits) -> Head | None:
             return None
         key = _keys.get(name)
         if key is None:
-            key = environ_key(name.decode("ascii"))
+            key = _key_of(name.decode("ascii"))
             if len(_keys) < _KEYS_MAX:
                 _keys[name] = key
         if key in headers or key in _NO_BODY:

@@ -13,9 +13,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import auth, origin
-from .errors import HandshakeRejected
-from .settings import Settings
+from .. import auth, origin
+from ..errors import HandshakeRejected
+from ..settings import Settings
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -1,29 +1,29 @@
 """WebSocket handshakes before gunicorn's HTTP parser: the rest of a reconnect storm's cost.
 
-With `wsapp.fastpath` an accepted handshake already skips Flask's request; what was
-left of gunicorn's request path (its Python HTTP parser, the environ it builds, the
-`Response` it prepares) was about a third of a worker's time per handshake (issue 14,
-docs/performance.md). `EarlyHandshakes` replaces the gevent worker's per-connection
+With the fast path an accepted handshake already skips Flask's request; what was left
+of gunicorn's request path (its Python HTTP parser, the environ it builds, the
+`Response` it prepares) was about a third of a worker's time per handshake
+(docs/performance.md). `EarlyHandshakes` replaces the gevent worker's per-connection
 `handle`: it peeks (`MSG_PEEK`) at the connection's first bytes and, when they are one
-whole upgrade request in the plainest HTTP/1.1 (`wsapp.httphead`) on a route
-`wsapp.fastpath` may serve, runs `WSApp.upgrade` on an environ of its own: the same
-checks (Host, Origin, token, draining, admission), the same 101, the same session.
+whole upgrade request in the plainest HTTP/1.1 (`wsapp.handshake.head`) on a route the
+`Shortcut` allows (`wsapp.handshake.shortcut`), runs the one `Upgrader.upgrade` on an
+environ of its own: the same checks, the same 101, the same session.
 
 Anything else goes to gunicorn's own `handle` untouched, the peeked bytes still
 unread in the kernel: no upgrade, a head not whole in the first read, bytes after the
-head (pipelining), anything `httphead` finds unusual, and every refusal (gunicorn and
-Flask then run the checks again and answer, log and count the refusal as before). So
-this path only ever accepts, and only what gunicorn would have parsed the same way.
-The accepted request's bytes are consumed by `server.take_over` before the 101 (the
+head (pipelining), anything `head` finds unusual, and every refusal (the fast path or
+Flask then answers, logs and counts it, with gunicorn's own response headers and access
+log line). So this path only ever accepts, and only what gunicorn would have parsed the
+same way. The peeked bytes are consumed by `server.take_over` before the 101 (the
 socket's owner from then on is the session greenlet).
 
-It is installed (`install`, from `wsapp.server.post_worker_init`) only when gunicorn
-does nothing per request that the app could notice: the plain gevent worker, no TLS,
-no PROXY protocol, no HTTP/2 cleartext, the default `pre_request`/`post_request`
-hooks, no `SCRIPT_NAME`, and the app gunicorn serves is a Flask app whose `wsgi_app`
-is `wsapp.fastpath`'s (no middleware around it), checked again per connection.
-gunicorn writes no access-log line for a 101 either way (its WSGI call ends with the
-`StopIteration` that says the socket was taken).
+It is installed (`install`, from `wsapp.server.post_worker_init`) when
+`WSAPP_FAST_HANDSHAKES=early` (the default) and gunicorn does nothing per request that
+the app could notice: the plain gevent worker, no TLS, no PROXY protocol, no HTTP/2
+cleartext, the default `pre_request`/`post_request` hooks, no `SCRIPT_NAME`, and the app
+gunicorn serves is a Flask app whose `wsgi_app` is the fast path's (no middleware around
+it), checked again per connection. gunicorn writes no access-log line for a 101 either
+way (its WSGI call ends with the `StopIteration` that says the socket was taken).
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any
 
 from flask import Flask
 
-from . import httphead, server
-from .errors import WsappError
-from .fastpath import EnvironRequest, Fallback, FastHandshakes
+from ..errors import WsappError
+from . import head as httphead
+from .fast import FastHandshakes
+from .request import EnvironRequest, Fallback
 
 Handle = Callable[[Any, socket.socket, Any], None]
 
@@ -80,15 +81,12 @@ class EarlyHandshakes:
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 != len(data) or not isinstance(addr, tuple):
             return False
-        if self.fast.app.wsgi_app is not self.fast:  # a middleware wrapped in since
+        if self.fast.shortcut.app.wsgi_app is not self.fast:  # a middleware wrapped in since
             return False
         head = httphead.parse(data[:end], self.limits)
-        if head is None or head.headers.get("HTTP_UPGRADE", "").lower() != "websocket":
+        if head is None:
             return False
         if sum(key in head.headers for key in self.scheme_keys) > 1:
-            return False
-        target = self.fast.eligible(head.path)
-        if target is None:
             return False
         environ: dict[str, Any] = head.headers
         environ.update(
@@ -99,13 +97,14 @@ class EarlyHandshakes:
             REMOTE_PORT=str(addr[1]),
         )
         environ["gunicorn.socket"] = client
-        server.leave_unread(client, len(data))  # for take_over to consume before the 101
+        shortcut = self.fast.shortcut
+        target = shortcut.target(environ)
+        if target is None:
+            return False
         try:
-            self.fast.ext.upgrade(target.handler, target.route, (), {}, EnvironRequest(environ), via="early")
+            shortcut.upgrade(target, EnvironRequest(environ), "early", peeked=len(data))
         except (WsappError, Fallback):
-            return False  # gunicorn reads the request and Flask answers the refusal
-        finally:
-            server.leave_unread(client, 0)
+            return False  # gunicorn reads the request; the fast path or Flask answers the refusal
         self._count_request()
         return True
 
@@ -149,8 +148,8 @@ def install(worker: Any) -> bool:
     """Put `EarlyHandshakes` in front of the worker's `handle` (its `run` binds
     `self.handle` when it starts serving, after `post_worker_init`). True if installed."""
     fast = _served_app(worker)
-    if fast is None or fast.ext.settings.fast_handshakes != "early" or not eligible(worker):
+    if fast is None or fast.shortcut.upgrader.service.settings.fast_handshakes != "early" or not eligible(worker):
         return False
     worker.handle = EarlyHandshakes(worker, fast, worker.handle)
-    worker.log.info("wsapp: WebSocket upgrades are read before gunicorn's HTTP parser (wsapp.earlypath)")
+    worker.log.info("wsapp: WebSocket upgrades are read before gunicorn's HTTP parser (wsapp.handshake.early)")
     return True
