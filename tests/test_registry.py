@@ -304,11 +304,11 @@ def test_deliver_counts_the_peers_that_took_the_frame() -> None:
 # ---- gates: a stream held while a resume replays it -------------------------------------
 
 
-def test_a_held_stream_parks_its_messages_in_order_and_counts_them_delivered() -> None:
+def test_a_held_stream_parks_its_messages_in_order_and_does_not_count_them_delivered() -> None:
     p, other = peer("a"), peer("b")
     p.gates = {"s": Gate(10), "t": Gate(10)}
-    assert deliver([other, p], b"one", "s", 1) == 2
-    assert deliver([p, other], b"two", "s", 2) == 2
+    assert deliver([other, p], b"one", "s", 1) == 1  # parked for a resume that may never come
+    assert deliver([p, other], b"two", "s", 2) == 1
     assert p.ws.sent == [] and other.ws.sent == [b"one", b"two"]  # type: ignore[attr-defined]
     assert p.gates["s"].held == [(1, b"one"), (2, b"two")] and p.gates["t"].held == []
     # a message of another stream, or of none, goes out at once
@@ -324,7 +324,7 @@ def test_a_gate_holds_exactly_its_limit_then_says_it_overflowed(limit: int) -> N
     for offset in range(1, limit + 1):
         deliver([p], b"m%d" % offset, "s", offset)
     assert len(gate.held) == limit and not gate.overflowed
-    assert deliver([p], b"more", "s", limit + 1) == 1  # counted: the resume reads it from the history
+    assert deliver([p], b"more", "s", limit + 1) == 0  # not delivered: the resume reads it from the history
     assert gate.held == [(o, b"m%d" % o) for o in range(1, limit + 1)] and gate.overflowed
     assert p.ws.sent == []  # type: ignore[attr-defined]
 
@@ -351,9 +351,9 @@ def test_delivery_through_gates_goes_on_to_every_peer_and_counts_what_was_taken(
     full.gates["s"].floor = 3
     replayed.gates = {"s": Gate(10)}
     replayed.gates["s"].floor = 9
-    # taken by: first (sent), held (parked), replayed (sent by its replay), ok (sent);
-    # the full peer's gate opens, then its queue refuses
-    assert deliver([first, held, full, replayed, ok], b"m", "s", 4) == 4
+    # taken by: first (sent), replayed (sent by its replay), ok (sent); held parks it
+    # (not counted); the full peer's gate opens, then its queue refuses
+    assert deliver([first, held, full, replayed, ok], b"m", "s", 4) == 3
     assert full.gates is None and first.ws.sent == ok.ws.sent == [b"m"]  # type: ignore[attr-defined]
     assert held.gates["s"].held == [(4, b"m")] and replayed.ws.sent == []  # type: ignore[attr-defined]
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .connection import WebSocket
 from .errors import HandshakeRejected
@@ -39,7 +40,8 @@ class Peer:
     addressable: bool = True
     # streams whose live messages are held while a resume replays them (`wsapp.resume`):
     # None (the usual case: one check per delivery) or stream -> its Gate. Written by the
-    # connection's own greenlet only, read by whoever delivers; no switch in between.
+    # connection's own greenlet (and by its resume timer, only while no `resume` frame has
+    # begun: `Held.waiting`), read by whoever delivers; no switch in between.
     gates: dict[str, Gate] | None = None
 
     @property
@@ -47,26 +49,75 @@ class Peer:
         return self.ws.conn_id
 
 
+UNBOUNDED = 1 << 62  # a byte bound that never binds (a lone Gate made without one)
+
+
+class Held:
+    """What one connection's gates hold, all its streams together, and the bound on it:
+    the connection's send-queue bounds (`WSAPP_SEND_QUEUE` frames, `WSAPP_SEND_QUEUE_BYTES`
+    bytes), so a connection that never sends `resume` parks no more than one send queue's
+    worth. `waiting`: its gates are those of `?resume=1`, still waiting for the `resume`
+    frame (the resume timer may open them); `timer`: that timer, cancelled once they go."""
+
+    __slots__ = ("frames", "max_bytes", "max_frames", "nbytes", "timer", "waiting")
+
+    def __init__(self, max_frames: int, max_bytes: int = UNBOUNDED) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.frames = 0
+        self.nbytes = 0
+        self.waiting = False
+        self.timer: Any = None  # a gevent Greenlet (spawn_later), or None
+
+
 class Gate:
-    """Live messages of one stream held for a connection while a resume replays it:
-    at most `limit` (offset, frame) pairs, then `overflowed` (the rest are in the history,
-    and the resume reads it again). Once the replay is sent the gate opens at `floor`, the
-    last offset sent: a message still on its way from Redis with an offset at or below it
-    is a duplicate and dropped, and the first one above it removes the gate."""
+    """Live messages of one stream held for a connection while a resume replays it, as
+    (offset, frame) pairs, within the connection's `Held` bound (shared by its gates);
+    past it the gate has `overflowed` (the rest are in the history, and the resume reads it
+    again). Once the replay is sent the gate opens at `floor`, the last offset sent: a
+    message still on its way from Redis with an offset at or below it is a duplicate and
+    dropped, and the first one above it removes the gate. `Gate(limit)` alone has a bound
+    of its own (`limit` frames, `max_bytes` bytes)."""
 
-    __slots__ = ("floor", "held", "limit", "overflowed")
+    __slots__ = ("budget", "floor", "held", "overflowed")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = 0, max_bytes: int = UNBOUNDED, budget: Held | None = None) -> None:
         self.held: list[tuple[int, bytes]] = []
-        self.limit = limit
+        self.budget = budget if budget is not None else Held(limit, max_bytes)
         self.overflowed = False
         self.floor = -1  # -1: closed (holding)
 
     def hold(self, offset: int, frame: bytes) -> None:
-        if len(self.held) < self.limit:
+        b = self.budget
+        if b.frames < b.max_frames and b.nbytes + len(frame) <= b.max_bytes:
             self.held.append((offset, frame))
+            b.frames += 1
+            b.nbytes += len(frame)
         else:
             self.overflowed = True
+
+    def take(self) -> list[tuple[int, bytes]]:
+        """The held frames, in order; the gate holds none after, and its bound has them back."""
+        held, self.held = self.held, []
+        b = self.budget
+        b.frames -= len(held)
+        b.nbytes -= sum(len(frame) for _offset, frame in held)
+        return held
+
+
+def holding(peer: Peer, stream: str) -> bool:
+    """Does `peer` hold `stream` for a resume now (a closed gate)? Then a message of it is
+    parked, not delivered, and `delivered` does not count it."""
+    gates = peer.gates
+    if gates is None:
+        return False
+    gate = gates.get(stream)
+    return gate is not None and gate.floor < 0
+
+
+def receiving(peers: Iterable[Peer], stream: str) -> int:
+    """How many of `peers` take a message of `stream` now: those not holding it."""
+    return sum(1 for p in peers if not holding(p, stream))
 
 
 @dataclass(frozen=True)
@@ -288,7 +339,8 @@ def deliver(peers: Iterable[Peer], frame: bytes, stream: str = "", offset: int =
     """Queue one encoded frame on each peer; never waits. Returns how many took it.
 
     A message of a stream (with its offset) goes to a peer's gate instead when the peer
-    holds that stream for a resume; it counts as delivered (the resume sends it)."""
+    holds that stream for a resume; it is not counted (the peer may never resume: it gets
+    the message from its resume, or when its gates open, and the history keeps it)."""
     n = 0
     for p in peers:
         gates = p.gates
@@ -296,7 +348,6 @@ def deliver(peers: Iterable[Peer], frame: bytes, stream: str = "", offset: int =
             gate = gates[stream]
             if gate.floor < 0:
                 gate.hold(offset, frame)
-                n += 1
                 continue
             if offset <= gate.floor:  # the replay sent it
                 n += 1
