@@ -17,8 +17,8 @@ from flask import Flask
 from inprocess import InProcess, in_process, until
 
 from helpers import ROOT, Server, make_token, raw_handshake
-from wsapp import server as wsapp_server
 from wsapp.handshake import head as httphead
+from wsapp.handshake import takeover
 from wsapp.handshake.early import EarlyHandshakes
 from wsapp.handshake.fast import FastHandshakes
 
@@ -382,7 +382,7 @@ def test_take_over_consumes_every_peeked_byte_and_writes_the_whole_101_in_pieces
     server_end = Dribbling(fileno=a.detach())
     request = b"GET /ws/echo HTTP/1.1\r\nHost: x\r\n\r\n"
     client_end.sendall(request + b"frames")
-    sock = wsapp_server.take_over(
+    sock = takeover.take_over(
         server_end, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", unread=len(request)
     )
     try:

@@ -35,11 +35,17 @@ from helpers import (
     ws_connect,
 )
 from wsapp.emitter import Emitter
+from wsapp.redis_bus import target_tag
 from wsapp.registry import Target
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 AnyRedis = RedisProcess | RedisClusterProcess
 NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis_bus)
+
+
+def tag_key(kind: str, key: str, suffix: str) -> str:
+    """A client id's (`kind` "client") or a room's key: its tag is a hash of the name (wsapp.redis_bus)."""
+    return "wsapp:" + target_tag(Target(kind, key)) + ":" + suffix
 
 
 def node_key(node: bytes, suffix: str) -> str:
@@ -221,7 +227,7 @@ def test_a_node_hears_only_the_targets_it_holds_connections_for(
     assert backplane_received(idle) == idle_before  # not one of the 40
 
     def subscribed_nodes(room: str) -> int:  # nodes subscribed to the room's channel, as Redis counts them
-        channel = "wsapp:{r:" + room + "}:bus:0"
+        channel = tag_key("room", room, "bus:0")
         if isinstance(redis_server, RedisClusterProcess):
             r = redis_server.client()
             return int(dict(r.pubsub_shardnumsub(channel, target_nodes=r.get_node_from_key(channel)))[channel.encode()])
@@ -534,12 +540,12 @@ def test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it(redis
     redis_server.client().zadd(NODES, {"dying": 1})
     alive.read_nodes()
     assert alive.liveness.dead() == ["dying"]
-    assert redis_server.client().hget("wsapp:{c:zed}:n", "*") == b"2"  # not reaped: still in the total
+    assert redis_server.client().hget(tag_key("client", "zed", "n"), "*") == b"2"  # not reaped: still in the total
     assert alive.publish(Target("client", "zed"), b"x") == 0
     assert alive.publish(Target("all"), b"x") == 0
     assert alive.client_count("zed") == 0 and alive.clients() == {}
     assert alive.reap("dying") == []
-    assert redis_server.client().hget("wsapp:{c:zed}:n", "*") is None  # reaped: out of the total
+    assert redis_server.client().hget(tag_key("client", "zed", "n"), "*") is None  # reaped: out of the total
     for bus in (dying, alive):
         bus.client.close()
 
@@ -568,10 +574,10 @@ def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
 
     r = redis_server.client()
     me = backplane.node_id
-    assert r.hget("wsapp:{r:one-more}:m", "many") == f"{me}=1".encode()
-    assert not r.exists("wsapp:{r:r1}:n") and not r.exists("wsapp:{r:r1}:m")
-    assert r.hget("wsapp:{r:r0}:m", "many") == f"{me}=1".encode()  # other left it, held is still there
-    assert r.hget(node_key(me.encode(), "c"), "many") == b"2" and r.hget("wsapp:{r:r0}:n", me) == b"1"
+    assert r.hget(tag_key("room", "one-more", "m"), "many") == f"{me}=1".encode()
+    assert not r.exists(tag_key("room", "r1", "n")) and not r.exists(tag_key("room", "r1", "m"))
+    assert r.hget(tag_key("room", "r0", "m"), "many") == f"{me}=1".encode()  # other left it, held is still there
+    assert r.hget(node_key(me.encode(), "c"), "many") == b"2" and r.hget(tag_key("room", "r0", "n"), me) == b"1"
     assert r.hget(node_key(me.encode(), "r"), "r0") == b"1"
 
 
@@ -591,7 +597,7 @@ def test_presence_written_step_by_step_equals_presence_written_whole(backplane: 
     me = backplane.node_id
 
     def redis_state() -> dict[str, dict[bytes, bytes]]:
-        return {k.decode(): r.hgetall(k) for k in r.scan_iter("wsapp:{[rn]:*") if r.type(k) == b"hash"}
+        return {k.decode(): r.hgetall(k) for k in r.scan_iter("wsapp:{[rn]*") if r.type(k) == b"hash"}
 
     def whole() -> _Mirror:
         mirror, writes = _Mirror(), dict[tuple[str, str], int]()
@@ -613,10 +619,10 @@ def test_presence_written_step_by_step_equals_presence_written_whole(backplane: 
         index = state.get(node_key(me.encode(), "r"), {})
         for room_name, total in expected.room_totals.items():
             assert index[room_name.encode()] == str(total).encode()
-            assert state["wsapp:{r:" + room_name + "}:n"][me.encode()] == str(total).encode()
-        assert {k for k in state if k.startswith("wsapp:{r:") and k.endswith(":n")} == {
-            "wsapp:{r:" + name + "}:n" for name in expected.room_totals
+            assert state[tag_key("room", room_name, "n")][me.encode()] == str(total).encode()
+        assert {k for k in state if k.startswith("wsapp:{r") and k.endswith(":n")} == {
+            tag_key("room", name, "n") for name in expected.room_totals
         }
         for cid, rooms in expected.rooms.items():  # each member's entry names this node and its count
             for room_name, n in rooms.items():
-                assert state["wsapp:{r:" + room_name + "}:m"][cid.encode()] == f"{me}={n}".encode()
+                assert state[tag_key("room", room_name, "m")][cid.encode()] == f"{me}={n}".encode()

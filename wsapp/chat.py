@@ -10,22 +10,21 @@ exception is a server bug: the session ends 1011 and it is logged once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import auth, history, protocol, resume
+from . import auth, gates, history, protocol, resume
 from .errors import CloseCode, HandshakeRejected
+from .hooks import AppHooks
 from .protocol import FrameError
 from .registry import Join
 from .session import Connection
 
-if TYPE_CHECKING:
-    from .extension import WSApp
 
-
-def serve_chat(ext: WSApp, conn: Connection) -> None:
+def serve_chat(conn: Connection) -> None:
+    """The chat route's handler: the welcome, then each frame to its type's handler."""
     ws = conn._ws  # the hot path: one frame in, its answers out
     peer = conn._peer
-    handlers = ext.frame_handlers
+    handlers = conn._service.hooks.frame_handlers
     ws.send_frame(protocol.text_frame(protocol.welcome(conn.client_id, conn.conn_id, _streams(conn))))
     while (msg := conn.next_message(with_ids=True)) is not None:
         if isinstance(msg, bytes):
@@ -35,7 +34,7 @@ def serve_chat(ext: WSApp, conn: Connection) -> None:
         try:
             frame, msg_id, kind = protocol.parse_frame(msg)
             if peer.gates is not None and kind != "resume":  # ?resume=1, then another frame first
-                resume.open_gates(peer)
+                gates.open_gates(peer)
             handler = handlers.get(kind)
             if handler is None:
                 raise protocol.unknown_type(kind, msg_id)
@@ -66,17 +65,17 @@ def _left(room: str, code: str, message: str) -> dict[str, Any]:
     return {"type": "left", "room": room, "code": code, "message": message}
 
 
-def register_built_ins(ext: WSApp) -> None:
+def register_built_ins(hooks: AppHooks) -> None:
     """The contract's frame types, registered like an app's own (`@ws.on`), when the
     WSApp is made (its hub comes with `init_app`: each handler takes the connection's)."""
 
-    @ext.on("broadcast")
+    @hooks.on("broadcast")
     def broadcast(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "broadcast")
         hub = conn._service.hub
         return hub.broadcast(conn.client_id, cmd.data)
 
-    @ext.on("direct")
+    @hooks.on("direct")
     def direct(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "direct")
         hub = conn._service.hub
@@ -87,7 +86,7 @@ def register_built_ins(ext: WSApp) -> None:
             raise FrameError("not_connected", f"client {cmd.to!r} is not connected")
         return delivered
 
-    @ext.on("room")
+    @hooks.on("room")
     def room(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "room")
         hub = conn._service.hub
@@ -95,11 +94,11 @@ def register_built_ins(ext: WSApp) -> None:
             raise FrameError("not_in_room", f"join {cmd.room!r} before sending to it")
         return hub.send_to_room(conn.client_id, cmd.room, cmd.data)
 
-    @ext.on("join")
+    @hooks.on("join")
     def join(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "join")
         hub = conn._service.hub
-        if cmd.room not in conn._peer.rooms and not ext.may_join(conn.identity, cmd.room):
+        if cmd.room not in conn._peer.rooms and not hooks.may_join(conn.identity, cmd.room):
             raise FrameError("forbidden", f"you may not join {cmd.room!r}")
         result = conn.join_result(cmd.room)
         # a repeated join changes nothing: no member list again (the client has it, and presence)
@@ -110,18 +109,18 @@ def register_built_ins(ext: WSApp) -> None:
         conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members, position)))
         return 0
 
-    @ext.on("leave")
+    @hooks.on("leave")
     def leave(conn: Connection, frame: dict[str, Any]) -> int:
         cmd = protocol.command(frame, frame.get("id"), "leave")
         hub = conn._service.hub
         hub.leave(conn._peer, cmd.room)
         return 0
 
-    @ext.on("resume")
+    @hooks.on("resume")
     def resume_(conn: Connection, frame: dict[str, Any]) -> int:
-        return resume.handle_resume(ext, conn, frame)
+        return resume.handle_resume(conn, frame)
 
-    @ext.on("refresh")
+    @hooks.on("refresh")
     def refresh(conn: Connection, frame: dict[str, Any]) -> int:
         """A new token for the same client id becomes the connection's token: its expiry
         (the heartbeat's 4401 deadline reads `peer.expires_at`) and its rights (admin, the
@@ -139,7 +138,7 @@ def register_built_ins(ext: WSApp) -> None:
         conn.replace_identity(identity)
         hub = conn._service.hub
         for room in sorted(conn._peer.rooms):  # a snapshot: leaving changes the set
-            if not ext.may_join(identity, room):
+            if not hooks.may_join(identity, room):
                 hub.leave(conn._peer, room)  # the others hear presence `leave`, as on a `leave`
                 message = f"the refreshed token may not be in {room!r}"
                 conn._ws.send_frame(protocol.text_frame(_left(room, "forbidden", message)))

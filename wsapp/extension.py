@@ -20,12 +20,11 @@ error handler.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import gevent
 from flask import Flask, Response, current_app, request
@@ -34,22 +33,25 @@ from . import chat, demo_secret, heartbeat, server
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
-from .handshake import fast
+from .handshake import fast, takeover
 from .handshake.request import HandshakeRequest
 from .handshake.shortcut import Shortcut
 from .handshake.upgrade import Upgrader
 from .history import make_history
+from .hooks import AppHooks
 from .hub import Hub
 from .metrics import Metrics
 from .registry import Registry
 from .service import Service
-from .session import Connection, Route, run_session
+from .session import Route, run_session
 from .settings import Settings
 from .transport import Sock
 
+if TYPE_CHECKING:
+    from .testing import WebSocketTestClient
+
 log = logging.getLogger("wsapp")
 F = TypeVar("F", bound=Callable[..., Any])
-FrameHandler = Callable[[Connection, dict[str, Any]], "int | None"]
 
 
 class WSApp:
@@ -58,14 +60,14 @@ class WSApp:
     def __init__(self, app: Flask | None = None, *, settings: Settings | None = None) -> None:
         self.app: Flask | None = None
         self._settings_override = settings
-        self.frame_handlers: dict[str, FrameHandler] = {}
-        self.connect_hooks: list[Callable[[Connection], Any]] = []
-        self.disconnect_hooks: list[Callable[[Connection], Any]] = []
-        self._join_rule: Callable[[Identity, str], bool] | None = None
+        self.hooks = AppHooks()  # what the layers below read (through the Service)
+        self.frame_handlers = self.hooks.frame_handlers
+        self.connect_hooks = self.hooks.connect_hooks
+        self.disconnect_hooks = self.hooks.disconnect_hooks
         self._heartbeat: gevent.Greenlet | None = None
         self._service: Service | None = None
         self.sock = Sock()
-        chat.register_built_ins(self)
+        chat.register_built_ins(self.hooks)
         if app is not None:
             self.init_app(app)
 
@@ -89,15 +91,16 @@ class WSApp:
         registry = Registry(settings.max_connections, settings.max_connections_per_client)
         backplane = _make_backplane(settings, registry)
         hub = Hub(registry, backplane, store_offline=settings.store_offline)
-        self._service = Service(settings, registry, backplane, hub, Metrics())
-        self.upgrader = Upgrader(self._service, functools.partial(run_session, self))
+        self.hooks.rooms_claim = settings.rooms_claim
+        self._service = Service(settings, registry, backplane, hub, Metrics(), self.hooks)
+        self.upgrader = Upgrader(self._service, functools.partial(run_session, self._service))
         self.app = app
         app.extensions["wsapp"] = self
         app.extensions["wsapp.sock"] = self.sock
         self._heartbeat = heartbeat.start(registry, settings, self.service.metrics)
         server.register(self)
         if settings.chat_path:
-            self.route(settings.chat_path, endpoint="chat", addressable=True)(self._serve_chat)
+            self.route(settings.chat_path, endpoint="chat", addressable=True, resumable=True)(chat.serve_chat)
         self.sock.init_app(app)
         if settings.fast_handshakes != "off":  # accepted handshakes on static routes skip Flask's request
             fast.install(app, Shortcut(app, self.upgrader))
@@ -124,24 +127,24 @@ class WSApp:
 
     # ---- routes and hooks -------------------------------------------------------------
 
-    def route(self, path: str, *, addressable: bool = False, bp: Any = None, **kwargs: Any) -> Callable[[F], F]:
+    def route(
+        self, path: str, *, addressable: bool = False, bp: Any = None, resumable: bool = False, **kwargs: Any
+    ) -> Callable[[F], F]:
         """Register `f(conn, **view_args)` as a WebSocket route at `path` (flask-sock's
         shape). Every handshake check runs before the 101. `addressable=True`: `send`
         and `broadcast` (and the HTTP API, and chat's `direct`/`broadcast`) reach it."""
-        return cast(Callable[[F], F], self.sock.route(path, bp=bp, addressable=addressable, **kwargs))
+        return cast(
+            Callable[[F], F], self.sock.route(path, bp=bp, addressable=addressable, resumable=resumable, **kwargs)
+        )
 
     def on(self, frame_type: str) -> Callable[[F], F]:
         """Register `f(conn, frame) -> int | None` for chat frames of `frame_type`."""
 
-        def decorator(f: F) -> F:
-            self.frame_handlers[frame_type] = cast(FrameHandler, f)
-            return f
-
-        return decorator
+        return cast(Callable[[F], F], self.hooks.on(frame_type))
 
     def authorize_join(self, f: Callable[[Identity, str], bool]) -> Callable[[Identity, str], bool]:
         """`f(identity, room) -> bool` decides every chat `join` (False: `forbidden`)."""
-        self._join_rule = f
+        self.hooks.join_rule = f
         return f
 
     def on_connect(self, f: F) -> F:
@@ -157,17 +160,7 @@ class WSApp:
     def may_join(self, identity: Identity, room: str) -> bool:
         """The room rule: the `authorize_join` hook, else the `WSAPP_ROOMS_CLAIM` claim
         (room names or fnmatch patterns; admins may join any room), else any room."""
-        if self._join_rule is not None:
-            return bool(self._join_rule(identity, room))
-        claim = self.settings.rooms_claim
-        if not claim or identity.is_admin:
-            return True
-        allowed = identity.claims.get(claim)
-        if isinstance(allowed, str):
-            allowed = [allowed]
-        if not isinstance(allowed, list):
-            return False
-        return any(isinstance(p, str) and fnmatch.fnmatchcase(room, p) for p in allowed)
+        return self.hooks.may_join(identity, room)
 
     # ---- pushes (any greenlet, any node) ----------------------------------------------
 
@@ -193,10 +186,14 @@ class WSApp:
         """Close every connection of `client_id` (any route), on every node: revoking access."""
         return self.service.backplane.disconnect(client_id, code, reason)
 
-    # ---- the handshake (in the route's view) ------------------------------------------
+    def test_client(self, path: str = "/ws/chat", **kwargs: Any) -> WebSocketTestClient:
+        """A connected in-process client of this app's route at `path`, for tests
+        (`wsapp.testing.connect`: token, client_id, claims, headers, subprotocols)."""
+        from .testing import connect
 
-    def _serve_chat(self, conn: Connection) -> None:
-        chat.serve_chat(self, conn)
+        return connect(self, path, **kwargs)
+
+    # ---- the handshake (in the route's view) ------------------------------------------
 
     def handshake(
         self, handler: Callable[..., Any], route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -204,13 +201,13 @@ class WSApp:
         """Check, reserve, write the 101, start the session; or answer the refusal as JSON."""
         try:
             self.upgrade(handler, route, args, kwargs, request)
-        except server.UnsupportedServer:  # never a 101 and a dead socket: say what to run instead
-            name = server.server_name(request.environ)
-            current_app.logger.error(server.UNSUPPORTED_SERVER.format(server=name, app=current_app.import_name))
+        except takeover.UnsupportedServer:  # never a 101 and a dead socket: say what to run instead
+            name = takeover.server_name(request.environ)
+            current_app.logger.error(takeover.UNSUPPORTED_SERVER.format(server=name, app=current_app.import_name))
             return http_error_response(HandshakeRejected("unsupported_server"))
         except WsappError as err:
             return self.refused(err)
-        return server.after_upgrade()
+        return takeover.after_upgrade()
 
     def upgrade(
         self,

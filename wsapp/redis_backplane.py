@@ -43,12 +43,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+import redis
 from gevent.event import Event
 
 from . import protocol
 from .backplane import Backplane, close_local, close_payload
 from .frames import OP_TEXT, encode_frame
-from .history import EMPTY, Position, Replay, body_prefix
+from .history import EMPTY, ENTRY_COST, Position, Replay, body_prefix
+from .logsafe import safe
+from .metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
 from .redis_bus import (
     COMMAND_TIMEOUT_S,
     REDIS_ERRORS,
@@ -61,7 +64,7 @@ from .redis_bus import (
     target_tag,
 )
 from .redis_subscriber import Subscriber, SubscribeTimeout
-from .registry import Peer, Registry, Target, deliver
+from .registry import Peer, Registry, Target, deliver, receiving
 from .settings import Settings
 
 log = logging.getLogger("wsapp.redis")
@@ -70,6 +73,8 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0  # reconnect delay, doubled after each f
 POLL_S = 0.5  # the supervisor looks at `healthy` and the clock at least this often
 ERRORS = (*REDIS_ERRORS, SubscribeTimeout)
 BATCH_MAX = 500  # presence requests written in one round trip
+POSITION_COST = 64  # bytes a kept message's text grows by (offset, epoch), counted in its budget
+LOST_LOG_EVERY_S = 10.0  # history writes Redis refused: one log line at most this often
 
 
 class _Request:
@@ -125,6 +130,58 @@ class _Mirror:
             self.rooms.pop(cid, None)
 
 
+class _Budget:
+    """This node's side of each sender's history budget (`WSAPP_HISTORY_BYTES_PER_CLIENT`).
+
+    The count is in Redis (`Bus.charge`: one counter per client id, cluster-wide, for one
+    `WSAPP_HISTORY_TTL` window from its first grant). A node takes the budget a lease at a
+    time (a sixteenth of it, or the message if bigger) and spends it here, so a sender's
+    messages cost a round trip per lease, not per message; leases a node does not spend
+    are lost for the window (the bound errs on the side of keeping less). A sender past
+    its budget is not asked about again before its window ends: its messages then cost
+    Redis nothing. Not thread-safe: the worker's greenlets only."""
+
+    LEASES = 16
+    MAX_SENDERS = 10_000  # senders remembered; past it the expired go (then all: leases are lost, not the bound)
+
+    def __init__(self, bus: Bus, budget: int, ttl_s: float) -> None:
+        self.bus, self.budget, self.ttl_s = bus, budget, ttl_s
+        self.lease = max(1, budget // self.LEASES)
+        self._left: dict[str, tuple[int, float]] = {}  # sender -> (bytes granted not spent, window end)
+        self._over: dict[str, float] = {}  # sender -> end of the window it is past its budget in
+
+    def allow(self, sender: str, cost: int) -> tuple[bool, bool]:
+        """(keep the message, the sender went past its budget just now). Raises Redis errors."""
+        now = time.monotonic()
+        left, until = self._left.get(sender, (0, 0.0))
+        if until <= now:
+            left = 0
+        if left >= cost:
+            self._left[sender] = (left - cost, until)
+            return True, False
+        over = self._over.get(sender)
+        if over is not None and over > now:
+            return False, False
+        self._prune(now)
+        granted, window_s = self.bus.charge(sender, max(cost - left, self.lease), cost - left, self.budget, self.ttl_s)
+        until = time.monotonic() + window_s
+        if not granted:
+            self._over[sender] = until
+            self._left.pop(sender, None)
+            return False, True
+        self._over.pop(sender, None)
+        self._left[sender] = (left + granted - cost, until)
+        return True, False
+
+    def _prune(self, now: float) -> None:
+        if len(self._left) + len(self._over) < self.MAX_SENDERS:
+            return
+        self._left = {k: v for k, v in self._left.items() if v[1] > now}
+        self._over = {k: v for k, v in self._over.items() if v > now}
+        if len(self._left) + len(self._over) >= self.MAX_SENDERS:
+            self._left, self._over = {}, {}
+
+
 def _put(d: dict[str, int], k: str, v: int) -> None:
     if v:
         d[k] = v
@@ -141,6 +198,11 @@ class RedisBackplane(Backplane):
         self.bus = Bus(connect(settings.redis_url, name=f"wsapp-{self.node_id}"), self.node_id, self.heartbeat_s)
         self.history_on = self.in_flight = settings.history_on
         self.history_size, self.history_ttl_s = settings.history_size, settings.history_ttl_s
+        per_client = settings.history_bytes_per_client
+        self.budget = _Budget(self.bus, per_client, self.history_ttl_s) if per_client > 0 else None
+        self._lost_logged = -1e18  # monotonic time of the last "history write refused" line
+        self._lost_since = 0  # refused since that line
+        self._policy_checked = False
         # Held across Redis round trips on purpose: this node's presence writes must reach
         # Redis in the order they were computed, and the mirror must match what was written.
         self._lock = threading.Lock()
@@ -202,15 +264,57 @@ class RedisBackplane(Backplane):
         delivers a stream's messages in offset order (one channel per stream, ordered).
         While Redis is away the message goes to this node's peers only, without a
         position, unkept."""
-        here = len(self.registry.targets(target))
+        peers = self.registry.targets(target)
+        here = len(peers)  # every receiver here gets it from the channel, held ones too
         if self._healthy:
+            prefix = body_prefix(obj)
             try:
+                store = self._within_budget(obj.get("from"), prefix, stream)
                 size, ttl = self.history_size, self.history_ttl_s
-                n, kept = self.bus.publish_kept(target, stream, body_prefix(obj), here, create, size, ttl)
-                return (here + n, True) if kept else (0, False)
+                n, published = self.bus.publish_kept(target, stream, prefix, here, create, size, ttl, store)
+                # `delivered` leaves out the connections here holding the stream for a resume
+                return (receiving(peers, stream) + n, store) if published else (0, False)
+            except redis.exceptions.OutOfMemoryError as exc:
+                return self._publish_lost(target, stream, obj, exc)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
         return deliver(self.registry.targets(target), protocol.text_frame(obj)), False
+
+    def _within_budget(self, sender: Any, prefix: str, stream: str) -> bool:
+        """May `sender`'s message be kept (`WSAPP_HISTORY_BYTES_PER_CLIENT`)? Past the budget
+        it is delivered with a position but not kept: a gap no resume recovers across."""
+        if self.budget is None or not isinstance(sender, str):
+            return True
+        cost = len(prefix.encode("utf-8", "surrogatepass")) + POSITION_COST + ENTRY_COST
+        keep, went_over = self.budget.allow(sender, cost)
+        if went_over:
+            log.warning("history: client %s is past WSAPP_HISTORY_BYTES_PER_CLIENT=%d for this window; its "
+                        "messages are delivered but not kept (stream %s and the next)", safe(sender),
+                        self.budget.budget, safe(stream))  # fmt: skip
+        if not keep:
+            HISTORY_OVER_BUDGET.inc()
+        return keep
+
+    def _publish_lost(self, target: Target, stream: str, obj: dict[str, Any], exc: BaseException) -> tuple[int, bool]:
+        """Redis refused to keep the message (full): deliver it all the same, without a
+        position, and forget the stream's history so no resume claims to recover across it.
+        The backplane stays up: presence and delivery do not depend on history."""
+        HISTORY_LOST.inc()
+        self._lost_since += 1
+        now = time.monotonic()
+        if now - self._lost_logged >= LOST_LOG_EVERY_S:
+            log.warning("history: Redis refused to keep a message (%s); delivered it without history, stream %s "
+                        "(and %d more refused since the last such line) not recoverable across it; see "
+                        "maxmemory-policy in docs/scaling.md", safe(exc), safe(stream),
+                        self._lost_since - 1)  # fmt: skip
+            self._lost_logged, self._lost_since = now, 0
+        frame = protocol.text_frame(obj)
+        local = deliver(self.registry.targets(target), frame)
+        try:
+            return local + self.bus.publish_lost(target, frame), False
+        except REDIS_ERRORS as exc2:
+            self._lost(exc2)
+            return local, False
 
     def positions(self, streams: list[str], touch: str = "") -> list[Position]:
         """Read with the writer's next batch (one round trip for a storm of welcomes). Only
@@ -438,8 +542,29 @@ class RedisBackplane(Backplane):
             for room in list(peer.rooms):
                 self.subscriber.wanted.add(self._channel(Target("room", room)))
 
+    def _check_memory_policy(self) -> None:
+        """Once per process: say so when Redis would refuse writes when full (`noeviction`,
+        its default) or evict presence (`allkeys-*`); docs/scaling.md, "Memory"."""
+        if self._policy_checked:
+            return
+        self._policy_checked = True
+        try:
+            policies = self.bus.memory_policies()
+        except REDIS_ERRORS as exc:
+            log.info("redis backplane: could not read maxmemory-policy (%s); see docs/scaling.md, Memory", safe(exc))
+            return
+        if "noeviction" in policies:
+            log.warning("redis backplane: Redis has maxmemory-policy noeviction: when it is full it refuses writes, "
+                        "presence and heartbeats included, and every node goes 503; set volatile-lru (history keys "
+                        "expire, presence keys do not): docs/scaling.md, Memory")  # fmt: skip
+        elif any(p.startswith("allkeys-") for p in policies):
+            log.warning("redis backplane: Redis has maxmemory-policy %s: when full it may evict presence and "
+                        "liveness keys; set volatile-lru: docs/scaling.md, Memory",
+                        safe(",".join(sorted(policies))))  # fmt: skip
+
     def _connect(self) -> None:
         self.bus.detect()
+        self._check_memory_policy()
         self._wanted_now()
         self.subscriber.open()  # before presence: whoever counts us, we hear
         self._rewrite()

@@ -4,14 +4,17 @@
 them (`wsapp.emitter`), so both speak one format.
 
 **Layout: everything about one target lives in one hash slot.** A target is the
-broadcast (`{all}`), a client id (`{c:<id>}`) or a room (`{r:<name>}`); its keys and its
-channel start with `wsapp:<tag>`, so on Redis Cluster they share a slot and each script
-touches one slot and declares its keys:
+broadcast (`{all}`), a client id (`{c<hash>}`) or a room (`{r<hash>}`), where `<hash>` is
+32 hex digits of SHA-256 of the name (`name_tag`: a client cannot choose the slot); its
+keys and its channel start with `wsapp:<tag>`, so on Redis Cluster they share a slot and
+each script touches one slot and declares its keys:
 
 * `<tag>:n` hash: node -> connections that node holds for the target;
 * `<tag>:m` hash (rooms): client id -> `"node=count node=count"`, where its connections in
   the room are (member lists, "new in the room everywhere", the exclusion of presence);
 * `<tag>:h` Redis Stream and `<tag>:hm` hash (epoch, last offset): the target's history;
+* `<tag>:hb` (client ids): the bytes of history this client id's messages were granted in
+  the current `WSAPP_HISTORY_TTL` window (`_CHARGE`; `WSAPP_HISTORY_BYTES_PER_CLIENT`);
 * `<tag>:bus:<db>`: the channel. A node subscribes to it while it holds a connection the
   target reaches, so **a node hears only what it delivers**. Sharded pub/sub
   (`SSUBSCRIBE`/`SPUBLISH`) where the server has it (Redis 7), classic otherwise.
@@ -29,6 +32,7 @@ the JSON text after it (`w2`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -91,19 +95,40 @@ def is_cluster(client: Any) -> bool:
 # ---- names ---------------------------------------------------------------------------------
 
 
+def name_tag(kind: str, key: str) -> str:
+    """The hash tag of client id or room `key` (`kind` "c" or "r"): derived from a hash of
+    the name, never the name itself, so a client cannot pick the slot its keys land on
+    (`evil}<i>` names spread like any others). 128 bits of SHA-256: two names never
+    share a tag. Hex only, no ':' after the kind letter: the layout before (`{c:<id>}`,
+    `{r:<name>}`) cannot be mistaken for it (docs/scaling.md, "Migrating")."""
+    cached = _TAGS.get((kind, key))
+    if cached is None:
+        if len(_TAGS) >= _TAGS_MAX:
+            _TAGS.clear()
+        digest = hashlib.sha256(f"{kind}:{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        cached = _TAGS[(kind, key)] = "{" + kind + digest + "}"
+    return cached
+
+
+_TAGS: dict[tuple[str, str], str] = {}  # a per-message hash is cheap; a dict lookup is cheaper
+_TAGS_MAX = 4096
+
+
 def target_tag(target: Target) -> str:
     """The hash tag of everything about `target` (a `close` goes to the client's channel)."""
     if target.kind == "all":
         return "{all}"
     if target.kind in ("client", "close"):
-        return "{c:" + target.key + "}"
-    return "{r:" + target.key + "}"
+        return name_tag("c", target.key)
+    return name_tag("r", target.key)
 
 
 def stream_tag(stream: str) -> str:
     """The tag of a history stream (`broadcast`, `direct:<id>`, `room:<name>`): its target's."""
     kind, _, key = stream.partition(":")
-    return {"broadcast": "{all}", "direct": "{c:" + key + "}", "room": "{r:" + key + "}"}[kind]
+    if kind == "broadcast":
+        return "{all}"
+    return name_tag({"direct": "c", "room": "r"}[kind], key)
 
 
 def node_tag(node: str) -> str:
@@ -209,61 +234,121 @@ return n
 # write or touch. A stream created (first message, or a flushed/restarted Redis, or
 # expired) gets a new epoch from Redis server time in microseconds, so a lost history
 # can never hand out an old epoch again.
+#
+# Memory: a script's first write is a command Redis refuses when it is over `maxmemory`
+# (HSET, HINCRBY): refused, the script stops before writing anything (Redis lets a script
+# that already wrote go on past the limit, so a PEXPIRE or DEL must never come first).
+# Entries older than `ttl` are deleted a few at a time by each write and touch (`trim`),
+# so what a stream holds is what the last `ttl` wrote (what `_CHARGE` bounds per client).
 _HISTORY = """
 local function ensure(h, m, ttl)
   if redis.call('EXISTS', m) == 0 then
     local t = redis.call('TIME')
-    redis.call('DEL', h)
     redis.call('HSET', m, 'e', string.format('%x.%x', tonumber(t[1]), tonumber(t[2])), 'o', 0)
+    redis.call('DEL', h)
   end
   redis.call('PEXPIRE', m, ttl)
+end
+local function trim(h, ttl)
+  local cutoff = now_ms() - ttl
+  for _, e in ipairs(redis.call('XRANGE', h, '-', '+', 'COUNT', 8)) do
+    if tonumber(e[2][4]) >= cutoff then break end
+    redis.call('XDEL', h, e[1])
+  end
 end
 """
 # KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, JSON text without its
 # closing brace, size, ttl ms, create (1/0), w2 header start, the caller's own receivers,
-# dead nodes...
+# store (1/0), dead nodes...
 # Unless nobody receives a direct message to a stream that does not exist (create 0),
-# assigns the next offset, keeps the message and publishes it to every node that
-# receives it, the caller's included (one channel per stream: offset order everywhere).
-# Returns {kept 1/0, offset, the other live nodes' receivers}.
+# assigns the next offset, keeps the message (store 0: does not: its sender is over its
+# budget, and the offset missing from the stream is a gap no resume recovers across) and
+# publishes it to every node that receives it, the caller's included (one channel per
+# stream: offset order everywhere). Returns {1 kept / 2 published unkept / 0 neither,
+# offset, the other live nodes' receivers}.
 _PUBLISH_KEPT = """
-local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 11)
+local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 12)
 local size, ttl, here = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
 if ARGV[8] ~= '1' and n <= 0 and here == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, n} end
+local off
+if redis.call('EXISTS', KEYS[4]) == 1 then off = redis.call('HINCRBY', KEYS[4], 'o', 1) end
 ensure(KEYS[3], KEYS[4], ttl)
-local off = redis.call('HINCRBY', KEYS[4], 'o', 1)
+if not off then off = redis.call('HINCRBY', KEYS[4], 'o', 1) end
 local body = ARGV[5] .. ',"offset":' .. off .. ',"epoch":"' .. redis.call('HGET', KEYS[4], 'e') .. '"}'
-redis.call('XADD', KEYS[3], 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
-redis.call('PEXPIRE', KEYS[3], ttl)
+local status = 2
+if ARGV[11] == '1' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
+  status = 1
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  trim(KEYS[3], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
 if n > 0 or here > 0 then redis.call(ARGV[3], ARGV[4], ARGV[9] .. off .. ']\\n' .. body) end
-return {1, off, n}
+return {status, off, n}
+"""
+# KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, envelope, dead nodes...
+# After Redis refused a history write (full): forget the stream (DEL is allowed when
+# Redis is full, and frees memory), so a resume across this message says `recovered:
+# false`, and publish the message without a position (`w1`). Returns the other live
+# nodes' receivers.
+_PUBLISH_LOST = """
+local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 6)
+redis.call('DEL', KEYS[3], KEYS[4])
+if n > 0 then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
+return n
+"""
+# KEYS: a client id's budget (`<tag>:hb`). ARGV: bytes wanted, bytes needed at least, the
+# budget, ttl ms. Grants what is wanted (at most what is left, nothing when less than what
+# is needed) and counts it; the count goes `ttl` after the window's first grant.
+# Returns {bytes granted, ms left in the window}.
+_CHARGE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[3]) - used)
+if grant < tonumber(ARGV[2]) then grant = 0 end
+if grant > 0 then
+  redis.call('INCRBY', KEYS[1], grant)
+  if used == 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4])) end
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then left = tonumber(ARGV[4]) end
+return {grant, left}
 """
 # KEYS: h, hm. ARGV: touch (1/0), ttl ms. Returns {epoch, offset} ('' and 0: no history).
 _POSITION = """
 if ARGV[1] == '1' then
   ensure(KEYS[1], KEYS[2], tonumber(ARGV[2]))
-  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    trim(KEYS[1], tonumber(ARGV[2]))
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  end
 end
 local m = redis.call('HMGET', KEYS[2], 'e', 'o')
 return {m[1] or '', tonumber(m[2]) or 0}
 """
 # KEYS: h, hm. ARGV: the client's offset, its epoch, ttl ms. Returns {epoch, last offset,
 # first offset returned (0: none), offset, text, ...}: the entries after the client's
-# offset younger than ttl, when the epoch is the client's.
+# offset younger than ttl, when the epoch is the client's and they run without a gap up
+# to the last offset (an offset published unkept, `_PUBLISH_KEPT` store 0, is a gap:
+# then no entries, first 0, and the resume is not recovered).
 _SINCE = """
 local m = redis.call('HMGET', KEYS[2], 'e', 'o')
 if not m[1] then return {'', 0, 0} end
 local after, cutoff = tonumber(ARGV[1]), now_ms() - tonumber(ARGV[3])
 local out = {m[1], tonumber(m[2]), 0}
 if ARGV[2] ~= m[1] and not (after == 0 and ARGV[2] == '') then return out end
+local last = nil
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+')) do
   if tonumber(e[2][4]) >= cutoff then
     local off = tonumber(string.match(e[1], '^(%d+)'))
+    if last and off ~= last + 1 then return {m[1], out[2], 0} end
+    last = off
     if out[3] == 0 then out[3] = off end
     out[#out + 1] = off
     out[#out + 1] = e[2][2]
   end
 end
+if last and last ~= out[2] then return {m[1], out[2], 0} end
 return out
 """
 # KEYS: n, m of a room. ARGV: me, this node's connections in the room ('' unchanged), the
@@ -407,6 +492,8 @@ class Bus:
         self._scripts: list[Any] = []
         self._publish = self._script(_MEMBERS + _PUBLISH)
         self._publish_kept = self._script(_MEMBERS + _HISTORY + _PUBLISH_KEPT)
+        self._publish_lost = self._script(_MEMBERS + _PUBLISH_LOST)
+        self._charge = self._script(_CHARGE)
         self._position = self._script(_MEMBERS + _HISTORY + _POSITION)
         self._since = self._script(_MEMBERS + _SINCE)
         self._room_set = self._script(_MEMBERS + _ROOM_SET)
@@ -484,18 +571,58 @@ class Bus:
         return max(0, int(self._publish(keys=keys, args=args)))
 
     def publish_kept(
-        self, target: Target, stream: str, prefix: str, here: int, create: bool, size: int, ttl_s: float
+        self,
+        target: Target,
+        stream: str,
+        prefix: str,
+        here: int,
+        create: bool,
+        size: int,
+        ttl_s: float,
+        store: bool = True,
     ) -> tuple[int, bool]:
         """Keep and publish one message (`_PUBLISH_KEPT`); `here` is the connections this
-        caller holds for `target`. Returns (connections on the other live nodes, kept)."""
+        caller holds for `target`; `store` False gives it a position but keeps it not (a
+        gap). Returns (connections on the other live nodes, published), published False
+        only for a direct message nobody receives to a stream that does not exist.
+
+        Raises `redis.exceptions.OutOfMemoryError` when Redis is full (nothing written
+        then: `publish_lost` delivers the message)."""
         tag = target_tag(target)
         keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
         args = [
             self.node_id, target.exclude_client, self.publish_command, self.channel(tag), prefix, size,
-            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here, *self._dead(),
+            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here, int(store),
+            *self._dead(),
         ]  # fmt: skip
-        kept, _offset, others = self._publish_kept(keys=keys, args=args)
-        return max(0, int(others)), bool(kept)
+        status, _offset, others = self._publish_kept(keys=keys, args=args)
+        return max(0, int(others)), int(status) != 0
+
+    def publish_lost(self, target: Target, frame: bytes) -> int:
+        """`_PUBLISH_LOST`: the stream of `target` is forgotten, `frame` (no position) goes to
+        the other live nodes that hold receivers; returns how many connections they hold."""
+        tag = target_tag(target)
+        keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
+        args = [self.node_id, target.exclude_client, self.publish_command, self.channel(tag),
+                encode_envelope(self.node_id, target, frame), *self._dead()]  # fmt: skip
+        return max(0, int(self._publish_lost(keys=keys, args=args)))
+
+    def charge(self, client_id: str, want: int, need: int, budget: int, ttl_s: float) -> tuple[int, float]:
+        """Take up to `want` bytes (at least `need`, or none) of `client_id`'s history budget
+        for the current window (`_CHARGE`). Returns (bytes granted, seconds left in the window)."""
+        key = self.key(name_tag("c", client_id), "hb")
+        granted, left_ms = self._charge(keys=[key], args=[want, need, budget, int(ttl_s * 1000)])
+        return int(granted), int(left_ms) / 1000
+
+    def memory_policies(self) -> set[str]:
+        """`maxmemory-policy` of the Redis server (of each primary of a cluster). Raises a
+        Redis error when CONFIG is refused (managed services often rename it)."""
+        if self.cluster:
+            answers = self.client.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+            values = answers.values() if isinstance(answers, dict) and "maxmemory-policy" not in answers else [answers]
+        else:
+            values = [self.client.config_get("maxmemory-policy")]
+        return {_text(v.get("maxmemory-policy", v.get(b"maxmemory-policy", ""))) for v in values}
 
     # ---- history -----------------------------------------------------------------------------
 
@@ -679,6 +806,10 @@ class Bus:
     def unregister(self) -> None:
         """Forget this node's presence (a clean stop, or before writing it all again)."""
         self.reap(self.node_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _nodes_of(value: bytes | str) -> list[str]:

@@ -9,7 +9,7 @@ gate is removed, with no switch between that last read and the removal. Every me
 goes out once (offsets de-duplicate), in order, the replay before anything newer.
 
 With `?resume=1` on the URL the session holds the broadcast and direct streams from the
-connection's first moment (`hold_streams`), so nothing published between the 101 and
+connection's first moment (`gates.hold_streams`), so nothing published between the 101 and
 the `resume` frame can overtake the replay; room streams are held just before the room
 is joined again.
 
@@ -17,7 +17,7 @@ Bounds: what a connection's gates hold, all its streams together, is bounded lik
 send queue (`WSAPP_SEND_QUEUE` frames, `WSAPP_SEND_QUEUE_BYTES` bytes, `registry.Held`);
 past it a gate has overflowed and the resume reads the history again. A `?resume=1`
 connection has `WSAPP_RESUME_TIMEOUT` seconds to send `resume`; then (as when another
-frame comes first) its held streams are released without a replay (`open_gates`): what
+frame comes first) its held streams are released without a replay (`gates.open_gates`): what
 they hold goes out in order and they are live, or, if one overflowed, the connection is
 closed `1008 "resume needed"` (what it missed is in the history: it resumes on its next
 connection). A held frame is not counted in `delivered` (`registry.deliver`).
@@ -33,76 +33,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import gevent
-
-from . import protocol
+from . import gates, protocol
 from .backplane import Backplane
-from .errors import CloseCode
 from .history import EMPTY, Position, stream_broadcast, stream_direct, stream_room
 from .protocol import FrameError
-from .registry import UNBOUNDED, Gate, Held, Join, Peer
+from .registry import UNBOUNDED, Join, Peer
 
 if TYPE_CHECKING:
-    from .extension import WSApp
     from .session import Connection
 
 log = logging.getLogger("wsapp.resume")
 
 MAX_ROUNDS = 4  # history re-reads after a gate overflowed before giving up on recovery
 MAX_EPOCH_CHARS = 64
-OVERFLOW_REASON = "resume needed"  # the 1008 of a held stream released without a replay, overflowed
-
-
-def hold_streams(peer: Peer, timeout_s: float) -> None:
-    """Hold a `?resume=1` connection's broadcast and direct streams, within its send
-    queue's bounds, until its `resume` frame, another frame, or `timeout_s` seconds."""
-    ws = peer.ws
-    budget = Held(ws.max_queue, ws.max_queue_bytes)
-    budget.waiting = True
-    peer.gates = {stream_broadcast(): Gate(budget=budget), stream_direct(peer.client_id): Gate(budget=budget)}
-    budget.timer = gevent.spawn_later(timeout_s, _timed_out, peer, budget, timeout_s)
-
-
-def _timed_out(peer: Peer, budget: Held, timeout_s: float) -> None:
-    """The resume timer: no `resume` frame came in time, so the held streams go live."""
-    budget.timer = None
-    if not budget.waiting or not peer.gates:
-        return
-    budget.waiting = False
-    closed = open_gates(peer)
-    log.info(
-        "resume timeout client=%s conn=%s: no resume frame within %gs, held streams %s",
-        peer.client_id,
-        peer.conn_id,
-        timeout_s,
-        f'overflowed: closed 1008 "{OVERFLOW_REASON}"' if closed else "released",
-    )
-
-
-def _stop_waiting(peer: Peer) -> None:
-    """The `?resume=1` gates are no longer waiting for the `resume` frame: no timer."""
-    for gate in (peer.gates or {}).values():
-        budget = gate.budget
-        budget.waiting = False
-        if budget.timer is not None:
-            budget.timer.kill(block=False)  # not started yet: it never runs (no switch here)
-            budget.timer = None
-        return  # one budget per connection
-
-
-def release(peer: Peer) -> None:
-    """The session is over: its gates and resume timer go (nothing will read them)."""
-    _stop_waiting(peer)
-    peer.gates = None
-
-
-def _gate(peer: Peer, stream: str, limit: int, max_bytes: int) -> Gate:
-    """A new closed gate for `stream`, sharing the bound of the connection's other gates."""
-    gates = peer.gates if peer.gates is not None else {}
-    peer.gates = gates
-    budget = next(iter(gates.values())).budget if gates else Held(limit, max_bytes)
-    gate = gates[stream] = Gate(budget=budget)
-    return gate
 
 
 def parse_position(value: Any, what: str, msg_id: Any) -> Position:
@@ -114,32 +57,6 @@ def parse_position(value: Any, what: str, msg_id: Any) -> Position:
     if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_CHARS:
         raise FrameError("missing_field", f"{what}: 'epoch' must be a string", msg_id)
     return Position(offset, epoch)
-
-
-def open_gates(peer: Peer) -> bool:
-    """Release every held stream without a replay (a client that asked for `?resume=1`
-    and then sent another frame first, a `resume` that left the stream out, the resume
-    timeout): the held frames go out in order and the stream is live. If a held stream
-    overflowed (what it missed is only in the history), nothing more is sent: the
-    connection is closed 1008 "resume needed" and True returned."""
-    _stop_waiting(peer)
-    gates = peer.gates or {}
-    held = [(stream, gate) for stream, gate in gates.items() if gate.floor < 0]  # open ones only drop dups
-    if any(gate.overflowed for _stream, gate in held):
-        for stream, gate in held:
-            gate.take()
-            del gates[stream]
-        if not gates:
-            peer.gates = None
-        peer.ws.close(CloseCode.POLICY_VIOLATION, OVERFLOW_REASON)
-        return True
-    for stream, gate in held:
-        for _offset, frame in gate.take():
-            peer.ws.send_frame(frame)
-        del gates[stream]
-    if not gates:
-        peer.gates = None
-    return False
 
 
 def catch_up(
@@ -155,9 +72,9 @@ def catch_up(
     uncounted, before the answer, whose `offset` is the last message sent."""
     gate = (peer.gates or {}).get(stream)
     if gate is None or gate.floor >= 0:  # not held yet, or an open gate of an earlier resume
-        gate = _gate(peer, stream, limit, max_bytes)
-    gates = peer.gates
-    assert gates is not None
+        gate = gates.gate(peer, stream, limit, max_bytes)
+    held = peer.gates
+    assert held is not None
     ws = peer.ws
     sent = 0
     try:
@@ -186,13 +103,13 @@ def catch_up(
         gate.take()
         gate.floor = max(last, 0) if backplane.in_flight else 0
         if not backplane.in_flight:
-            gates.pop(stream, None)
-            if not gates and peer.gates is gates:
+            held.pop(stream, None)
+            if not held and peer.gates is held:
                 peer.gates = None
     return {"recovered": recovered, "replayed": sent, "offset": last, "epoch": epoch}
 
 
-def handle_resume(ext: WSApp, conn: Connection, frame: dict[str, Any]) -> int:
+def handle_resume(conn: Connection, frame: dict[str, Any]) -> int:
     """The `resume` frame: rooms joined again (room rules apply), each stream replayed,
     then one `resumed` frame with a result per stream."""
     msg_id = frame.get("id")
@@ -213,7 +130,7 @@ def handle_resume(ext: WSApp, conn: Connection, frame: dict[str, Any]) -> int:
             raise FrameError("missing_field", f"a room name is 1 to {protocol.MAX_ROOM_CHARS} characters", msg_id)
         rooms[room] = parse_position(value, f"room {room!r}", msg_id)
 
-    _stop_waiting(peer)  # parsed: this resume owns the gates now (before any switch)
+    gates.stop_waiting(peer)  # parsed: this resume owns the gates now (before any switch)
     limit, max_bytes = peer.ws.max_queue, peer.ws.max_queue_bytes  # the send queue's bounds
     on = backplane.history_on
     out: dict[str, Any] = {"type": "resumed"}
@@ -221,11 +138,11 @@ def handle_resume(ext: WSApp, conn: Connection, frame: dict[str, Any]) -> int:
     for key, stream in streams.items():
         if key in wanted:
             out[key] = catch_up(peer, backplane, stream, wanted[key], limit, max_bytes) if on else _lost()
-    if open_gates(peer):  # streams held by ?resume=1 but not asked about; overflowed: closed
+    if gates.open_gates(peer):  # streams held by ?resume=1 but not asked about; overflowed: closed
         return 0
     results: dict[str, Any] = {}
     for room, pos in rooms.items():
-        results[room] = _resume_room(ext, conn, room, pos, limit, max_bytes)
+        results[room] = _resume_room(conn, room, pos, limit, max_bytes)
     out["rooms"] = results
     conn._ws.send_frame(protocol.text_frame(out))
     return 0
@@ -235,14 +152,14 @@ def _lost() -> dict[str, Any]:
     return {"recovered": False, "replayed": 0, **EMPTY.wire()}
 
 
-def _resume_room(ext: WSApp, conn: Connection, room: str, pos: Position, limit: int, max_bytes: int) -> dict[str, Any]:
+def _resume_room(conn: Connection, room: str, pos: Position, limit: int, max_bytes: int) -> dict[str, Any]:
     peer, service = conn._peer, conn._service
-    if room not in peer.rooms and not ext.may_join(conn.identity, room):
+    if room not in peer.rooms and not conn._service.hooks.may_join(conn.identity, room):
         return {"error": "forbidden", "message": f"you may not join {room!r}"}
     stream = stream_room(room)
     on = service.backplane.history_on
     if on:  # held before the join: from the join on, its messages wait for the replay
-        _gate(peer, stream, limit, max_bytes)
+        gates.gate(peer, stream, limit, max_bytes)
     try:
         result = conn.join_result(room)
     except FrameError as err:

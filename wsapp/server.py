@@ -1,27 +1,14 @@
-"""The one server adapter: how a WebSocket leaves the WSGI server, and the graceful drain.
+"""gunicorn's side of wsapp: the graceful drain on SIGTERM/SIGINT and the gunicorn hooks.
 
-wsapp serves WebSockets under gunicorn's gevent worker (`gunicorn -k gevent myapp:app`).
-Everything that knows about the server lives here:
+wsapp serves WebSockets under gunicorn's gevent worker (`gunicorn -k gevent myapp:app`);
+how a socket leaves the server is `wsapp.handshake.takeover`'s. The drain on
+SIGTERM/SIGINT (`post_worker_init`, `on_starting`): a user's own gunicorn config takes
+it with one line (see docs/extending.md):
 
-* `cooperative_socket(environ)`: the connection's socket, if the server hands over a
-  gevent socket (gunicorn's gevent worker: `gunicorn.socket`; Werkzeug's server in a
-  gevent-patched process, or a test client given one: `werkzeug.socket`). Anything
-  else (`flask run`'s threaded development server, gunicorn's sync worker) cannot carry
-  a connection that lives on in a greenlet of its own: the handshake is refused with
-  501 `unsupported_server` before any 101, and the app's log says why in one sentence.
-* `take_over(sock, head)`: the socket's file descriptor is detached from the server's
-  socket object (which the server closes, now harmlessly, when the WSGI request ends)
-  and wrapped anew; the 101 is written on it.
-* `after_upgrade(environ)`: the WSGI answer once the socket is ours: gunicorn is told
-  the request was handled (`StopIteration`), Werkzeug's server that the connection is
-  gone (`ConnectionError`, which it ignores quietly), so neither writes on it.
-* The drain on SIGTERM/SIGINT (`post_worker_init`, `on_starting`): a user's own
-  gunicorn config takes it with one line (see docs/extending.md):
+    from wsapp.server import on_starting, post_worker_init  # noqa: F401
 
-      from wsapp.server import on_starting, post_worker_init  # noqa: F401
-
-  Without it gunicorn's own stop applies: open WebSockets are cut (1006) when the
-  worker exits.
+Without it gunicorn's own stop applies: open WebSockets are cut (1006) when the
+worker exits.
 
 gunicorn imports this module in the master (the hooks): nothing here imports Flask at
 module level, since the gevent worker monkey-patches after the fork and modules
@@ -32,120 +19,47 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
-import gevent.socket
 
 if TYPE_CHECKING:
-    from flask import Response
-
-    from .extension import WSApp
+    from .service import Service
+    from .settings import Settings
 
 log = logging.getLogger("wsapp")
 
-UNSUPPORTED_SERVER = (
-    "wsapp: WebSockets need gunicorn's gevent worker; this server ({server}) cannot serve them, "
-    "so the handshake was refused (501): run it as `gunicorn -k gevent {app}:app` instead"
-)
-
-
-class UnsupportedServer(Exception):
-    """The WSGI server handed over no socket a greenlet can keep (see `cooperative_socket`)."""
-
-
 GOING_AWAY = 1001  # wsapp.errors.CloseCode.GOING_AWAY (errors imports Flask)
 
+
+class Drainable(Protocol):
+    """What the drain needs of an app's extension (`WSApp` is one): this module is below it."""
+
+    @property
+    def service(self) -> Service: ...
+    @property
+    def settings(self) -> Settings: ...
+    def close(self) -> None: ...
+
+
 # every live WSApp of this process, for the drain; weak: an app that is gone is not kept
-_apps: weakref.WeakSet[WSApp] = weakref.WeakSet()
+_apps: weakref.WeakSet[Drainable] = weakref.WeakSet()
 
 
-def register(ext: WSApp) -> None:
+def register(ext: Drainable) -> None:
     _apps.add(ext)
 
 
-def unregister(ext: WSApp) -> None:
+def unregister(ext: Drainable) -> None:
     _apps.discard(ext)
-
-
-# ---- taking the socket over ----------------------------------------------------------
-
-
-def cooperative_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """The connection's socket if it can live on in a greenlet (a gevent socket), else None."""
-    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-    return sock if isinstance(sock, gevent.socket.socket) else None
-
-
-def server_name(environ: dict[str, Any]) -> str:
-    if "gunicorn.socket" in environ:
-        return "gunicorn without the gevent worker"
-    return str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
-
-
-def take_over(server_sock: socket.socket, head: bytes, unread: int = 0) -> socket.socket:
-    """Detach the socket from the server, consume the `unread` bytes of the request that
-    were only peeked at (`wsapp.handshake.early`), write the 101 (`head`) and hand the
-    socket back."""
-    sock = type(server_sock)(fileno=server_sock.detach())
-    try:
-        sock.settimeout(None)
-        while unread > 0:  # already in the kernel's buffer: no wait
-            got = len(sock.recv(unread))
-            if not got:
-                raise ConnectionResetError("connection closed during the handshake")
-            unread -= got
-        sent = sock.send(head)  # a fresh socket's buffer takes the whole 101 at once
-        if sent < len(head):
-            sock.sendall(head[sent:])
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _leave_the_socket(environ: dict[str, Any]) -> None:
-    """Tell the server the socket is ours now: gunicorn and Werkzeug's server each have an
-    exception for it; a test client has none (it gets an empty answer)."""
-    if "gunicorn.socket" in environ:
-        raise StopIteration()  # gunicorn's signal that the socket was handled
-    if str(environ.get("SERVER_SOFTWARE", "")).startswith("Werkzeug/"):
-        raise ConnectionError("the WebSocket session owns the socket")  # dropped quietly
-
-
-def answer_upgraded(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """`after_upgrade()`'s answer as a plain WSGI call, for a request Flask never saw
-    (`wsapp.fastpath`): no Response object to build per handshake."""
-    _leave_the_socket(environ)
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", "0")])
-    return []
-
-
-_after_upgrade: type[Response] | None = None
-
-
-def after_upgrade() -> Response:
-    """The WSGI answer once the socket has been taken over: the server must not touch it."""
-    global _after_upgrade
-    if _after_upgrade is None:
-        from flask import Response
-
-        class AfterUpgrade(Response):
-            def __call__(self, environ: Any, start_response: Any) -> Any:
-                _leave_the_socket(environ)
-                return super().__call__(environ, start_response)  # a test client: an empty answer
-
-        _after_upgrade = AfterUpgrade
-    return _after_upgrade()  # one per request: after_request hooks may change it
 
 
 # ---- the drain -------------------------------------------------------------------------
 
 
-def drain(ext: WSApp, budget_s: float) -> None:
+def drain(ext: Drainable, budget_s: float) -> None:
     """Refuse new handshakes, close every connection 1001, wait up to `budget_s` for them
     to finish, cut the rest, stop the app's background tasks."""
     registry = ext.service.registry

@@ -1,12 +1,12 @@
-"""The per-app objects every route needs, built once per app by `WSApp.init_app`."""
+"""The per-app objects every route needs, built once per app by `WSApp.init_app`: what
+the layers below `extension.py` are handed instead of the `WSApp` itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
-
 from .backplane import Backplane
+from .hooks import AppHooks
 from .hub import Hub
 from .metrics import Metrics
 from .registry import Registry
@@ -20,7 +20,4 @@ class Service:
     backplane: Backplane
     hub: Hub
     metrics: Metrics
-
-
-def current_service() -> Service:
-    return current_app.extensions["wsapp"].service  # type: ignore[no-any-return]
+    hooks: AppHooks

@@ -1,7 +1,7 @@
 """One WebSocket connection from its 101 to its last byte, and `Connection`, what a
 route handler holds.
 
-Each connection is one greenlet of its own (spawned by `WSApp` after the 101) running
+Each connection is one greenlet of its own (spawned by `handshake.upgrade.Upgrader` after the 101) running
 `run_session` around the route's handler: the handler reads (`receive`, iteration) in
 that greenlet alone; any greenlet may `send` (frames are queued and written by the
 connection's writer, see `connection.WebSocket`, so a slow client never blocks a
@@ -9,7 +9,7 @@ sender). The session's `finally` is the one place a connection is cleaned up, wh
 ended it (the handler returned, raised, or the client left); each cleanup step runs
 even if another raised, and the failures are logged in one line.
 
-The slot the handshake reserved (`registry.Slot`) is not this module's: `WSApp` links
+The slot the handshake reserved (`registry.Slot`) is not this module's: the `Upgrader` links
 its release to the session's greenlet, so it comes back however the greenlet ends.
 """
 
@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 
@@ -31,15 +31,12 @@ from .auth import Identity
 from .backplane import check_close_code
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
+from .gates import hold_streams, release
 from .handshake.checks import Accepted
 from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer
-from .resume import hold_streams, release
 from .service import Service
-
-if TYPE_CHECKING:
-    from .extension import WSApp
 
 log = logging.getLogger("wsapp.connections")
 
@@ -51,6 +48,7 @@ class Route:
 
     name: str
     addressable: bool = False
+    resumable: bool = False  # answers `resume` frames (the built-in chat): `?resume=1` holds its streams
 
 
 def json_frame(data: Any) -> bytes:
@@ -193,7 +191,7 @@ def _check_room(room: Any) -> None:
 
 
 def run_session(
-    ext: WSApp,
+    service: Service,
     raw: socket.socket,
     accepted: Accepted,
     route: Route,
@@ -206,7 +204,6 @@ def run_session(
 
     `resume` (`?resume=1`): the connection's broadcast and direct streams are held from
     the start until its `resume` frame replays them (`wsapp.resume`)."""
-    service = ext.service
     settings, hub, metrics = service.settings, service.hub, service.metrics
     ident = accepted.identity
     ws = WebSocket(
@@ -234,7 +231,7 @@ def run_session(
     ws.on_evict = functools.partial(hub.evict, peer)
     # only chat answers a `resume` frame (an app's route would hold these streams forever);
     # held within the send queue's bounds, for at most WSAPP_RESUME_TIMEOUT
-    if resume and handler == ext._serve_chat and service.backplane.history_on:
+    if resume and route.resumable and service.backplane.history_on:
         hold_streams(peer, settings.resume_timeout_s)
     conn = Connection(peer, ident, service)
     failed = False
@@ -252,22 +249,22 @@ def run_session(
             accepted.token_source,
         )
         hub.connect(peer)
-        for hook in ext.connect_hooks:
+        for hook in service.hooks.connect_hooks:
             hook(conn)
         handler(conn, *args, **kwargs)
     except Exception:
         failed = True
         log.exception("error in %s session conn=%s", route.name, peer.conn_id)
     finally:
-        _end_session(ext, conn, peer, failed)
+        _end_session(service, conn, peer, failed)
 
 
-def _end_session(ext: WSApp, conn: Connection, peer: Peer, failed: bool) -> None:
+def _end_session(service: Service, conn: Connection, peer: Peer, failed: bool) -> None:
     """Every cleanup step, each run whatever the others did; one log line for the failures."""
-    service, ws, route = ext.service, peer.ws, peer.route
+    ws, route = peer.ws, peer.route
 
     def on_disconnect() -> None:
-        for hook in ext.disconnect_hooks:
+        for hook in service.hooks.disconnect_hooks:
             hook(conn)
 
     def count_close() -> None:

@@ -365,7 +365,7 @@ OPTIONS: tuple[Option, ...] = (
         "1048576",
         _int(0),
         "With Redis: bytes of history one client id's messages may add per `WSAPP_HISTORY_TTL` window, "
-        "cluster-wide (JSON text plus 150 per message); past it its messages are delivered but not kept. "
+        "cluster-wide (JSON text plus 214 bytes per message); past it its messages are delivered but not kept. "
         "`0`: no bound.",
     ),
     Option(

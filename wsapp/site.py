@@ -2,9 +2,10 @@
 shipped service's own process set-up.
 
 `blueprint(ws, static_folder=...)`: the HTTP API (`/api/*`), `/healthz`, `/readyz`,
-`/metrics`, the `token` command, in demo mode `/api/demo/token`, and, given a folder,
-the demo page (`/` and `/static/*`; the page lives in the checkout's `static/`, not in
-the wheel, so the caller names it). Its errors are JSON, on its own routes only.
+`/metrics`, `/wsapp.js` (the JavaScript client), the `token` command, in demo mode
+`/api/demo/token`, and, given a folder, the demo page (`/` and `/static/*`; the page
+lives in the checkout's `static/`, not in the wheel, so the caller names it). Its
+errors are JSON, on its own routes only.
 
 `init_service(app, ws)` is for the shipped service (`app.py`), never called by the
 extension: the `wsapp` logger's handler (escaping and token redaction), JSON answers
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .extension import WSApp
 
 log = logging.getLogger("wsapp")
+_CLIENT_JS = Path(__file__).parent / "static"
 _HTTP_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -39,6 +41,12 @@ def blueprint(ws: WSApp, static_folder: str | Path | None = None, name: str = "w
     bp = Blueprint(name, __name__, cli_group=None, static_folder=folder, static_url_path="/static" if folder else None)
     api.add_routes(bp, ws.service)
     demo.add_routes(bp, ws.service)
+
+    @bp.get("/wsapp.js")
+    def wsapp_js() -> Response:
+        """The JavaScript client (wsapp/static/wsapp.js, in the wheel): ETag, revalidated."""
+        return send_from_directory(_CLIENT_JS, "wsapp.js", mimetype="text/javascript", max_age=0)
+
     if folder is not None:
 
         @bp.get("/")

@@ -43,7 +43,7 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
         super().__init__(app)
 
     def route(
-        self, path: str, bp: Any = None, *, addressable: bool = False, **kwargs: Any
+        self, path: str, bp: Any = None, *, addressable: bool = False, resumable: bool = False, **kwargs: Any
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register `f(conn, **view_args)` as a WebSocket route at `path`.
 
@@ -55,7 +55,7 @@ class Sock(flask_sock.Sock):  # type: ignore[misc]  # flask-sock ships no type h
 
         def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
             endpoint = kwargs.pop("endpoint", None) or f.__name__
-            options = Route(endpoint, addressable)
+            options = Route(endpoint, addressable, resumable)
 
             @wraps(f)
             def websocket_view(*args: Any, **kw: Any) -> Response:

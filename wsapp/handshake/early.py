@@ -14,7 +14,7 @@ unread in the kernel: no upgrade, a head not whole in the first read, bytes afte
 head (pipelining), anything `head` finds unusual, and every refusal (the fast path or
 Flask then answers, logs and counts it, with gunicorn's own response headers and access
 log line). So this path only ever accepts, and only what gunicorn would have parsed the
-same way. The peeked bytes are consumed by `server.take_over` before the 101 (the
+same way. The peeked bytes are consumed by `takeover.take_over` before the 101 (the
 socket's owner from then on is the session greenlet).
 
 It is installed (`install`, from `wsapp.server.post_worker_init`) when
@@ -47,7 +47,7 @@ class EarlyHandshakes:
     """The gevent worker's `handle(listener, client, addr)`, one per worker. Runs in the
     connection's greenlet (gunicorn's pool spawns one per accepted socket); owns the
     client socket until it either hands it to gunicorn's `handle` or to
-    `server.take_over` (through `WSApp.upgrade`)."""
+    `takeover.take_over` (through `WSApp.upgrade`)."""
 
     def __init__(self, worker: Any, fast: FastHandshakes, original: Handle) -> None:
         cfg = worker.cfg

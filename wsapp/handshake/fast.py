@@ -27,9 +27,9 @@ from typing import Any
 from flask import Flask
 
 from ..errors import WsappError
-from ..server import answer_upgraded, cooperative_socket
 from .request import EnvironRequest, Fallback
 from .shortcut import Shortcut
+from .takeover import answer_upgraded, cooperative_socket
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

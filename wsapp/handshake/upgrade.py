@@ -23,12 +23,12 @@ from typing import Any
 import gevent
 from flask import Response
 
-from .. import server
 from ..demo import host_is_loopback, loopback_message
 from ..errors import HandshakeRejected, WsappError, http_error_response
 from ..proxy import client_address
 from ..registry import Slot
 from ..service import Service
+from . import takeover
 from .checks import Accepted, check_handshake, switching_protocols
 from .request import HandshakeRequest
 
@@ -61,7 +61,7 @@ class Upgrader:
         then answers the WSGI request as one whose socket was taken. `via` names the path
         (the `wsapp_upgrades` metric); `peeked`: bytes of the request still unread in the
         kernel (the early path only peeked), consumed before the 101. Raises `WsappError`
-        (a refusal, for the caller to answer with `refused`) or `server.UnsupportedServer`,
+        (a refusal, for the caller to answer with `refused`) or `takeover.UnsupportedServer`,
         both before anything is reserved or written; touches no Flask context."""
         service = self.service
         settings = service.settings
@@ -77,16 +77,16 @@ class Upgrader:
             cookies=req.cookies,
             settings=settings,
         )
-        raw = server.cooperative_socket(req.environ)
+        raw = takeover.cooperative_socket(req.environ)
         if raw is None:
-            raise server.UnsupportedServer()
+            raise takeover.UnsupportedServer()
         client_id = accepted.identity.client_id
         slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
         service.metrics.connection_slots.inc()
         remote = client_address(req.remote_addr or "", headers.get("X-Forwarded-For"), settings.trusted_proxies)
         accepted = dataclasses.replace(accepted, remote_addr=remote)
         try:
-            sock = server.take_over(raw, switching_protocols(accepted), unread=peeked)
+            sock = takeover.take_over(raw, switching_protocols(accepted), unread=peeked)
         except OSError as exc:
             self._release(slot)
             log.info("upgrade failed client=%s addr=%s: %s", client_id, remote, exc)

@@ -1,0 +1,84 @@
+"""The package's structure: layers import downwards only, and no import cycle.
+
+`WSApp` (extension.py) is the top of the library: it builds the app's `Service` and hands
+that (never itself) to the layers below. Only the modules that are users of the
+extension (the HTTP blueprint, the pytest plugin, the package's own `__init__`) may
+import it (`WSApp.test_client` reaches `wsapp.testing`, which is below it). Every
+import between wsapp's modules counts, those inside functions and under
+`TYPE_CHECKING` too: a cycle is one whatever the timing.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from helpers import ROOT
+
+PACKAGE = ROOT / "wsapp"
+ABOVE_THE_EXTENSION = {"wsapp", "wsapp.site", "wsapp.pytest_plugin"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """wsapp module -> the wsapp modules it imports."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in modules:
+                        found.add(f"{target}.{alias.name}")  # `from . import chat`
+                    elif target in modules:
+                        found.add(target)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name in modules}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_graph_is_read_from_the_source() -> None:
+    graph = imports()
+    assert "wsapp.handshake.upgrade" in graph["wsapp.extension"]
+    assert "wsapp.session" in graph["wsapp.chat"]
+    assert "wsapp.handshake.head" in graph["wsapp.handshake.early"]  # `from . import head as httphead`
+
+
+def test_only_the_extensions_users_import_it() -> None:
+    importers = {name for name, targets in imports().items() if "wsapp.extension" in targets}
+    assert importers <= ABOVE_THE_EXTENSION, importers - ABOVE_THE_EXTENSION
+
+
+def test_no_import_cycle() -> None:
+    graph = imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
