@@ -238,6 +238,7 @@ def test_a_history_write_refused_by_a_full_redis_still_delivers(
     r.delete(*[k for k in r.scan_iter("junk:*")])  # room again
     result = resume(b, "carol", "r", {"offset": first["offset"], "epoch": first["epoch"]})
     assert result["recovered"] is False, result
+    wait_for(lambda: not r.hexists(room_key("r", "m"), "carol"), "carol's resumed connection is gone")
     assert post(alice, "r", "third") == 2  # kept again, in a new epoch
     third = recv_until(bob, lambda m: m.get("type") == "room" and m["data"] == "third")
     assert third["epoch"] != first["epoch"]

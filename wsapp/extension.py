@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import gevent
 from flask import Flask, Response, current_app, request
 
-from . import chat, demo_secret, heartbeat, server
+from . import chat, demo_secret, heartbeat, server, startup
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
@@ -99,6 +99,7 @@ class WSApp:
         app.extensions["wsapp.sock"] = self.sock
         self._heartbeat = heartbeat.start(registry, settings, self.service.metrics)
         server.register(self)
+        startup.raise_descriptor_limit_under_gunicorn()  # a no-op when wsapp's gunicorn hooks did it
         if settings.chat_path:
             self.route(settings.chat_path, endpoint="chat", addressable=True, resumable=True)(chat.serve_chat)
         self.sock.init_app(app)

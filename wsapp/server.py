@@ -158,4 +158,4 @@ def post_worker_init(worker: Any) -> None:
     early.install(worker)  # accepted upgrades read before gunicorn's HTTP parser
     from . import descriptors
 
-    descriptors.install(worker)  # last, so outermost: sockets without a handshake are shed
+    descriptors.install(worker, _apps)  # last, so outermost: sockets without a handshake are shed

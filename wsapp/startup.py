@@ -8,7 +8,9 @@ monkey-patches later.
 
 from __future__ import annotations
 
+import logging
 import resource
+import sys
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -39,6 +41,23 @@ def raise_descriptor_limit() -> tuple[int, int] | None:
     except (ValueError, OSError):  # e.g. an infinite hard limit the kernel caps lower
         return None
     return soft, hard
+
+
+RAISED = "wsapp: descriptor limit (RLIMIT_NOFILE) raised from %d to %d"
+
+
+def raise_descriptor_limit_under_gunicorn() -> tuple[int, int] | None:
+    """For `WSApp.init_app`: raise the limit in a gunicorn process (its arbiter module is
+    loaded: the master with `--preload`, else the worker loading the app), and say so in
+    gunicorn's error log. With wsapp's hooks the master has raised it already (a no-op
+    here); this covers a plain `gunicorn -k gevent myapp:app`. Anywhere else (`flask
+    run`, a script, tests in-process) nothing changes."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    raised = raise_descriptor_limit()
+    if raised is not None:
+        logging.getLogger("gunicorn.error").info(RAISED, *raised)
+    return raised
 
 
 class SafeLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
