@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cross_node_fanout as fanout  # noqa: E402  (patches gevent first)
 
 from wsapp import history, protocol  # noqa: E402
-from wsapp.redis_bus import Bus, connect  # noqa: E402
+from wsapp.redis.bus import Bus, connect  # noqa: E402
 from wsapp.registry import Target  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog, a typical line of chat"  # 67 characters

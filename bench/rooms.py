@@ -84,7 +84,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     try:
-        from wsapp.redis_backplane import RedisBackplane
+        from wsapp.redis.backplane import RedisBackplane
 
         settings = Settings.from_env({"WSAPP_JWT_SECRET": "x" * 40, "WSAPP_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
         deadline = time.monotonic() + 10

@@ -51,7 +51,7 @@ def test_every_close_code_the_server_sends_is_listed(code: int) -> None:
 
 def test_every_route_is_listed() -> None:
     routes = set()
-    for path in [*(ROOT / "wsapp").glob("*.py"), ROOT / "app.py"]:  # app.py adds /ws/echo
+    for path in [*(ROOT / "wsapp").rglob("*.py"), ROOT / "app.py"]:  # app.py adds /ws/echo
         routes |= set(re.findall(r"\.(?:get|post|route)\(\"(/[^\"]*)\"", path.read_text()))
     assert {"/ws/echo", "/api/send", "/healthz", "/api/demo/token"} <= routes
     table = section("Routes")

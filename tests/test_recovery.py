@@ -634,9 +634,9 @@ class _RacingBackplane:
 def test_catch_up_sends_every_offset_once_in_order_whatever_arrives_during_the_read(
     limit: int, arrive: list[list[int]], reads: int, replayed: int
 ) -> None:
+    from wsapp.chat.resume import catch_up
     from wsapp.history import Position
     from wsapp.registry import Peer, deliver
-    from wsapp.resume import catch_up
 
     ws = _Ws()
     peer = Peer(ws, "bob", False, 0.0, "", "chat")  # type: ignore[arg-type]

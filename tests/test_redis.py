@@ -35,16 +35,16 @@ from helpers import (
     ws_connect,
 )
 from wsapp.emitter import Emitter
-from wsapp.redis_bus import target_tag
+from wsapp.redis.bus import target_tag
 from wsapp.registry import Target
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 AnyRedis = RedisProcess | RedisClusterProcess
-NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis_bus)
+NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis.bus)
 
 
 def tag_key(kind: str, key: str, suffix: str) -> str:
-    """A client id's (`kind` "client") or a room's key: its tag is a hash of the name (wsapp.redis_bus)."""
+    """A client id's (`kind` "client") or a room's key: its tag is a hash of the name (wsapp.redis.bus)."""
     return "wsapp:" + target_tag(Target(kind, key)) + ":" + suffix
 
 
@@ -492,7 +492,7 @@ class CountingRooms(set[str]):
 def backplane(redis_server: AnyRedis) -> Iterator[Any]:
     """A RedisBackplane in this process on the real redis-server (no gunicorn): its presence
     writes, step by step."""
-    from wsapp.redis_backplane import RedisBackplane
+    from wsapp.redis.backplane import RedisBackplane
     from wsapp.registry import Registry
     from wsapp.settings import Settings
 
@@ -525,7 +525,7 @@ def _peer(client_id: str, conn_id: str) -> Any:
 def test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it(redis_server: AnyRedis) -> None:
     """The maintained totals still hold a dead node's connections until a live heartbeat
     reaps it; every publish subtracts the nodes past their deadline meanwhile."""
-    from wsapp.redis_bus import Bus, connect
+    from wsapp.redis.bus import Bus, connect
 
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
@@ -584,7 +584,7 @@ def test_join_and_leave_cost_the_same_however_many_rooms_the_client_holds(
 def test_presence_written_step_by_step_equals_presence_written_whole(backplane: Any, redis_server: AnyRedis) -> None:
     """The O(1) writes and a full rewrite from the registry leave Redis in the same state."""
     from wsapp.hub import Hub
-    from wsapp.redis_backplane import _Mirror
+    from wsapp.redis.backplane import _Mirror
 
     hub = Hub(backplane.registry, backplane)
     peers = [_peer(cid, f"{cid}-{n}") for cid in ("p", "q") for n in range(2)]

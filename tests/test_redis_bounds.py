@@ -32,7 +32,7 @@ from helpers import (
     unavailable,
     ws_connect,
 )
-from wsapp.redis_bus import NODES_KEY, Bus, connect, name_tag, stream_tag, target_tag
+from wsapp.redis.bus import NODES_KEY, Bus, connect, name_tag, stream_tag, target_tag
 from wsapp.registry import Target
 
 LONG_BEAT = {"WSAPP_REDIS_HEARTBEAT": "30", "WSAPP_REDIS_PRESENCE_TTL": "90"}  # no heartbeat during a test

@@ -53,7 +53,7 @@ def imports() -> dict[str, set[str]]:
 def test_the_graph_is_read_from_the_source() -> None:
     graph = imports()
     assert "wsapp.handshake.upgrade" in graph["wsapp.extension"]
-    assert "wsapp.session" in graph["wsapp.chat"]
+    assert "wsapp.session" in graph["wsapp.chat.builtins"]
     assert "wsapp.handshake.head" in graph["wsapp.handshake.early"]  # `from . import head as httphead`
 
 

@@ -2,7 +2,7 @@
 
 `Backplane` is the one interface the hub talks to; `InProcessBackplane` (the embedded
 default) delivers straight into this worker's registry, and the Redis backplane
-(`wsapp.redis_backplane`) carries the same calls between workers and hosts. Nothing
+(`wsapp.redis.backplane`) carries the same calls between workers and hosts. Nothing
 above this layer knows which one runs.
 """
 

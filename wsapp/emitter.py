@@ -2,7 +2,7 @@
 
 A cron job, a queue worker or a shell needs no gunicorn and no WebSocket: it publishes
 on the same Redis bus, in the same wire format, as the web workers do (the code is
-`wsapp.redis_bus.Bus`), and gets the same cluster-wide `delivered` counts::
+`wsapp.redis.bus.Bus`), and gets the same cluster-wide `delivered` counts::
 
     from wsapp.emitter import Emitter
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from . import history, protocol
 from .backplane import close_payload
-from .redis_bus import Bus, connect
+from .redis.bus import Bus, connect
 from .registry import Target
 
 

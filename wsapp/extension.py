@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import gevent
 from flask import Flask, Response, current_app, request
 
-from . import chat, demo_secret, heartbeat, server, startup
+from . import demo_secret, heartbeat, server, startup
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
+from .chat import builtins as chat
 from .errors import CloseCode, HandshakeRejected, WsappError, http_error_response
 from .handshake import fast, takeover
 from .handshake.request import HandshakeRequest
@@ -229,7 +230,7 @@ class WSApp:
 
 def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
     if settings.redis_url:
-        from .redis_backplane import RedisBackplane
+        from .redis.backplane import RedisBackplane
 
         backplane: Backplane = RedisBackplane(registry, settings)
     else:

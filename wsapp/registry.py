@@ -38,7 +38,7 @@ class Peer:
     # a route option: messages to everyone or to a client id (send/broadcast) reach
     # addressable connections only; room messages reach whoever joined the room
     addressable: bool = True
-    # streams whose live messages are held while a resume replays them (`wsapp.resume`):
+    # streams whose live messages are held while a resume replays them (`wsapp.chat.resume`):
     # None (the usual case: one check per delivery) or stream -> its Gate. Written by the
     # connection's own greenlet (and by its resume timer, only while no `resume` frame has
     # begun: `Held.waiting`), read by whoever delivers; no switch in between.

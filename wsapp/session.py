@@ -29,9 +29,9 @@ import gevent
 from . import frames, protocol
 from .auth import Identity
 from .backplane import check_close_code
+from .chat.gates import hold_streams, release
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
-from .gates import hold_streams, release
 from .handshake.checks import Accepted
 from .metrics import close_code_label
 from .protocol import FrameError
@@ -203,7 +203,7 @@ def run_session(
     """Run one connection from its 101 to its last byte; the one place it is cleaned up.
 
     `resume` (`?resume=1`): the connection's broadcast and direct streams are held from
-    the start until its `resume` frame replays them (`wsapp.resume`)."""
+    the start until its `resume` frame replays them (`wsapp.chat.resume`)."""
     settings, hub, metrics = service.settings, service.hub, service.metrics
     ident = accepted.identity
     ws = WebSocket(

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, Response, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from . import api, demo, logsafe
+from . import logsafe
 from .errors import HTTP_ERRORS, ApiError, HandshakeRejected, WsappError, http_error_response
+from .http import api, demo
 from .settings import Settings
 from .transport import is_websocket_view
 

@@ -23,8 +23,8 @@ from typing import Any
 import gevent
 from flask import Response
 
-from ..demo import host_is_loopback, loopback_message
 from ..errors import HandshakeRejected, WsappError, http_error_response
+from ..http.demo import host_is_loopback, loopback_message
 from ..proxy import client_address
 from ..registry import Slot
 from ..service import Service

@@ -1,7 +1,7 @@
 """A connection's held streams (`registry.Gate`s) from the moment they are held to the
 moment they are released: `hold_streams` (a `?resume=1` connection, before its first
 frame), `gate` (a room held just before a resume joins it again), `open_gates` (released
-without a replay), `release` (the session's end). The replay itself is `wsapp.resume`'s.
+without a replay), `release` (the session's end). The replay itself is `wsapp.chat.resume`'s.
 
 Bounds: what a connection's gates hold, all its streams together, is bounded like its
 send queue (`WSAPP_SEND_QUEUE` frames, `WSAPP_SEND_QUEUE_BYTES` bytes, `registry.Held`);
@@ -24,11 +24,11 @@ import logging
 
 import gevent
 
-from .errors import CloseCode
-from .history import stream_broadcast, stream_direct
-from .registry import Gate, Held, Peer
+from ..errors import CloseCode
+from ..history import stream_broadcast, stream_direct
+from ..registry import Gate, Held, Peer
 
-log = logging.getLogger("wsapp.resume")
+log = logging.getLogger("wsapp.chat.resume")
 
 OVERFLOW_REASON = "resume needed"  # the 1008 of a held stream released without a replay, overflowed
 

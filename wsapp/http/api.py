@@ -15,11 +15,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from . import auth, protocol
-from .errors import ApiError
-from .proxy import address_allowed, client_address
-from .ratelimit import RateTable, retry_after
-from .service import Service
+from .. import auth, protocol
+from ..errors import ApiError
+from ..proxy import address_allowed, client_address
+from ..ratelimit import RateTable, retry_after
+from ..service import Service
 
 # a client id's length limit (`auth.verify_token` refuses longer ones): no token can ever
 # name a longer id, so a `to` over it could only be stored for nobody

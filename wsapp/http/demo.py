@@ -18,10 +18,10 @@ import re
 import click
 from flask import Blueprint, Response, jsonify, request
 
-from . import auth, origin
-from .demo_secret import SECRET_FILE, load_or_create_secret
-from .errors import ApiError
-from .service import Service
+from .. import auth, origin
+from ..demo_secret import SECRET_FILE, load_or_create_secret
+from ..errors import ApiError
+from ..service import Service
 
 __all__ = ["SECRET_FILE", "add_routes", "host_is_loopback", "load_or_create_secret", "refuse_host"]
 

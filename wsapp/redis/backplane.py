@@ -4,7 +4,7 @@ Who owns what:
 
 * Messages. Every target (the broadcast, a client id, a room) has its own channel, and a
   node subscribes to a target's channel only while it holds a connection the target
-  reaches (`wsapp.redis_subscriber`): a node never receives, let alone decodes, a
+  reaches (`wsapp.redis.subscriber`): a node never receives, let alone decodes, a
   message it has nobody to deliver to. `publish` delivers to this worker's peers at
   once (no round trip, and it keeps working while Redis is away), then one Lua script
   on the target's keys reads which other nodes hold receivers and publishes the frame
@@ -27,7 +27,7 @@ Presence writes are absolute values computed from the registry, serialised by
 connect, join or leave writes only the client's count and the one room's count (O(1)
 however many rooms the client holds); a disconnect, each room the peer was in; the
 heartbeat's reconcile and a reconnect rewrite everything.
-The key layout, wire format and Lua scripts live in `wsapp.redis_bus`, shared with `wsapp.emitter`.
+The key layout, wire format and Lua scripts live in `wsapp.redis.bus`, shared with `wsapp.emitter`.
 """
 
 from __future__ import annotations
@@ -46,26 +46,16 @@ import gevent
 import redis
 from gevent.event import Event
 
-from . import protocol
-from .backplane import Backplane, close_local, close_payload
-from .frames import OP_TEXT, encode_frame
-from .history import EMPTY, ENTRY_COST, Position, Replay, body_prefix
-from .logsafe import safe
-from .metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
-from .redis_bus import (
-    COMMAND_TIMEOUT_S,
-    REDIS_ERRORS,
-    Bus,
-    Op,
-    connect,
-    decode_envelope,
-    decode_kept,
-    node_id,
-    target_tag,
-)
-from .redis_subscriber import Subscriber, SubscribeTimeout
-from .registry import Peer, Registry, Target, deliver, receiving
-from .settings import Settings
+from .. import protocol
+from ..backplane import Backplane, close_local, close_payload
+from ..frames import OP_TEXT, encode_frame
+from ..history import EMPTY, ENTRY_COST, Position, Replay, body_prefix
+from ..logsafe import safe
+from ..metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
+from ..registry import Peer, Registry, Target, deliver, receiving
+from ..settings import Settings
+from .bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, Op, connect, decode_envelope, decode_kept, node_id, target_tag
+from .subscriber import Subscriber, SubscribeTimeout
 
 log = logging.getLogger("wsapp.redis")
 

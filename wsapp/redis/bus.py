@@ -1,6 +1,6 @@
 """The Redis side of the backplane: key layout, wire format and Lua scripts, no greenlets.
 
-`Bus` is shared by the web workers (`wsapp.redis_backplane`) and by publishers outside
+`Bus` is shared by the web workers (`wsapp.redis.backplane`) and by publishers outside
 them (`wsapp.emitter`), so both speak one format.
 
 **Layout: everything about one target lives in one hash slot.** A target is the
@@ -37,6 +37,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,8 +47,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from .history import EMPTY, Position, Replay, decide, text_frame
-from .registry import Target
+from ..history import EMPTY, Position, Replay, decide, text_frame
+from ..registry import Target
 
 PREFIX = "wsapp:"  # every key and channel; use another database (redis://host/1) to separate deployments
 WIRE_VERSION = "w1"
@@ -172,242 +173,25 @@ def decode_kept(payload: bytes) -> tuple[Target, str, int, bytes] | None:
 
 
 # ---- scripts: each touches the keys of one tag, all declared in KEYS ------------------------
+# (the Lua text of each, with its comments, is in wsapp/redis/scripts/, read once at import)
 
-# A room member's value in `<tag>:m`: "node=count node=count" (node ids have no space or '=').
-_MEMBERS = """
-local function parse(v)
-  local t = {}
-  if v then for node, c in string.gmatch(v, '(%S+)=(%d+)') do t[node] = tonumber(c) end end
-  return t
-end
-local function render(t)
-  local parts = {}
-  for node, c in pairs(t) do if c > 0 then parts[#parts + 1] = node .. '=' .. c end end
-  table.sort(parts)
-  return table.concat(parts, ' ')
-end
-local function put(key, field, t)
-  local v = render(t)
-  if v == '' then redis.call('HDEL', key, field) else redis.call('HSET', key, field, v) end
-  return v
-end
--- `<tag>:n` keeps the sum of its node fields in the field '*' (maintained by every write)
-local function set_count(nkey, node, value)
-  local old = tonumber(redis.call('HGET', nkey, node) or '0')
-  if value > 0 then redis.call('HSET', nkey, node, value) else redis.call('HDEL', nkey, node) end
-  if value ~= old then
-    if redis.call('HINCRBY', nkey, '*', value - old) <= 0 then redis.call('HDEL', nkey, '*') end
-  end
-end
--- the other live nodes' connections for the target: the total, minus the caller's own,
--- minus the dead nodes not yet reaped (ARGV[dead..]), minus the excluded client's own.
--- O(1) in the number of nodes (plus the few dead ones).
-local function receivers(nkey, mkey, me, excl, dead)
-  local n = tonumber(redis.call('HGET', nkey, '*') or '0') - tonumber(redis.call('HGET', nkey, me) or '0')
-  local gone = {}
-  for i = dead, #ARGV do
-    gone[ARGV[i]] = true
-    n = n - tonumber(redis.call('HGET', nkey, ARGV[i]) or '0')
-  end
-  if excl ~= '' then
-    for node, c in pairs(parse(redis.call('HGET', mkey, excl))) do
-      if node ~= me and not gone[node] then n = n - c end
-    end
-  end
-  return n
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-# KEYS: n, m. ARGV: me, exclude, publish command, channel, envelope, always (1/0), dead
-# nodes... Returns the other live nodes' receivers; publishes when there are any (or
-# always: a close).
-_PUBLISH = """
-local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 7)
-if n > 0 or ARGV[6] == '1' then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
-return n
-"""
-# History: `<tag>:h` (a Redis Stream, entry id `<offset>-0`, fields d = JSON text, t = ms)
-# and `<tag>:hm` (e = epoch, o = last offset). Both expire `ttl` after the stream's last
-# write or touch. A stream created (first message, or a flushed/restarted Redis, or
-# expired) gets a new epoch from Redis server time in microseconds, so a lost history
-# can never hand out an old epoch again.
-#
-# Memory: a script's first write is a command Redis refuses when it is over `maxmemory`
-# (HSET, HINCRBY): refused, the script stops before writing anything (Redis lets a script
-# that already wrote go on past the limit, so a PEXPIRE or DEL must never come first).
-# Entries older than `ttl` are deleted a few at a time by each write and touch (`trim`),
-# so what a stream holds is what the last `ttl` wrote (what `_CHARGE` bounds per client).
-_HISTORY = """
-local function ensure(h, m, ttl)
-  if redis.call('EXISTS', m) == 0 then
-    local t = redis.call('TIME')
-    redis.call('HSET', m, 'e', string.format('%x.%x', tonumber(t[1]), tonumber(t[2])), 'o', 0)
-    redis.call('DEL', h)
-  end
-  redis.call('PEXPIRE', m, ttl)
-end
-local function trim(h, ttl)
-  local cutoff = now_ms() - ttl
-  for _, e in ipairs(redis.call('XRANGE', h, '-', '+', 'COUNT', 8)) do
-    if tonumber(e[2][4]) >= cutoff then break end
-    redis.call('XDEL', h, e[1])
-  end
-end
-"""
-# KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, JSON text without its
-# closing brace, size, ttl ms, create (1/0), w2 header start, the caller's own receivers,
-# store (1/0), dead nodes...
-# Unless nobody receives a direct message to a stream that does not exist (create 0),
-# assigns the next offset, keeps the message (store 0: does not: its sender is over its
-# budget, and the offset missing from the stream is a gap no resume recovers across) and
-# publishes it to every node that receives it, the caller's included (one channel per
-# stream: offset order everywhere). Returns {1 kept / 2 published unkept / 0 neither,
-# offset, the other live nodes' receivers}.
-_PUBLISH_KEPT = """
-local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 12)
-local size, ttl, here = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
-if ARGV[8] ~= '1' and n <= 0 and here == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, n} end
-local off
-if redis.call('EXISTS', KEYS[4]) == 1 then off = redis.call('HINCRBY', KEYS[4], 'o', 1) end
-ensure(KEYS[3], KEYS[4], ttl)
-if not off then off = redis.call('HINCRBY', KEYS[4], 'o', 1) end
-local body = ARGV[5] .. ',"offset":' .. off .. ',"epoch":"' .. redis.call('HGET', KEYS[4], 'e') .. '"}'
-local status = 2
-if ARGV[11] == '1' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', size, off .. '-0', 'd', body, 't', now_ms())
-  status = 1
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  trim(KEYS[3], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
-if n > 0 or here > 0 then redis.call(ARGV[3], ARGV[4], ARGV[9] .. off .. ']\\n' .. body) end
-return {status, off, n}
-"""
-# KEYS: n, m, h, hm. ARGV: me, exclude, publish command, channel, envelope, dead nodes...
-# After Redis refused a history write (full): forget the stream (DEL is allowed when
-# Redis is full, and frees memory), so a resume across this message says `recovered:
-# false`, and publish the message without a position (`w1`). Returns the other live
-# nodes' receivers.
-_PUBLISH_LOST = """
-local n = receivers(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 6)
-redis.call('DEL', KEYS[3], KEYS[4])
-if n > 0 then redis.call(ARGV[3], ARGV[4], ARGV[5]) end
-return n
-"""
-# KEYS: a client id's budget (`<tag>:hb`). ARGV: bytes wanted, bytes needed at least, the
-# budget, ttl ms. Grants what is wanted (at most what is left, nothing when less than what
-# is needed) and counts it; the count goes `ttl` after the window's first grant.
-# Returns {bytes granted, ms left in the window}.
-_CHARGE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[3]) - used)
-if grant < tonumber(ARGV[2]) then grant = 0 end
-if grant > 0 then
-  redis.call('INCRBY', KEYS[1], grant)
-  if used == 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4])) end
-end
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then left = tonumber(ARGV[4]) end
-return {grant, left}
-"""
-# KEYS: h, hm. ARGV: touch (1/0), ttl ms. Returns {epoch, offset} ('' and 0: no history).
-_POSITION = """
-if ARGV[1] == '1' then
-  ensure(KEYS[1], KEYS[2], tonumber(ARGV[2]))
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    trim(KEYS[1], tonumber(ARGV[2]))
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-  end
-end
-local m = redis.call('HMGET', KEYS[2], 'e', 'o')
-return {m[1] or '', tonumber(m[2]) or 0}
-"""
-# KEYS: h, hm. ARGV: the client's offset, its epoch, ttl ms. Returns {epoch, last offset,
-# first offset returned (0: none), offset, text, ...}: the entries after the client's
-# offset younger than ttl, when the epoch is the client's and they run without a gap up
-# to the last offset (an offset published unkept, `_PUBLISH_KEPT` store 0, is a gap:
-# then no entries, first 0, and the resume is not recovered).
-_SINCE = """
-local m = redis.call('HMGET', KEYS[2], 'e', 'o')
-if not m[1] then return {'', 0, 0} end
-local after, cutoff = tonumber(ARGV[1]), now_ms() - tonumber(ARGV[3])
-local out = {m[1], tonumber(m[2]), 0}
-if ARGV[2] ~= m[1] and not (after == 0 and ARGV[2] == '') then return out end
-local last = nil
-for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+')) do
-  if tonumber(e[2][4]) >= cutoff then
-    local off = tonumber(string.match(e[1], '^(%d+)'))
-    if last and off ~= last + 1 then return {m[1], out[2], 0} end
-    last = off
-    if out[3] == 0 then out[3] = off end
-    out[#out + 1] = off
-    out[#out + 1] = e[2][2]
-  end
-end
-if last and last ~= out[2] then return {m[1], out[2], 0} end
-return out
-"""
-# KEYS: n, m of a room. ARGV: me, this node's connections in the room ('' unchanged), the
-# number k of client ids asked about, those k client ids, then client id, its connections
-# here, ... Writes this node's part; returns, per client id asked, the other nodes that
-# hold it in the room after the write (atomic: two nodes cannot both miss each other).
-_ROOM_SET = """
-local me, k = ARGV[1], tonumber(ARGV[3])
-if ARGV[2] ~= '' then set_count(KEYS[1], me, tonumber(ARGV[2])) end
-for i = 4 + k, #ARGV, 2 do
-  local t = parse(redis.call('HGET', KEYS[2], ARGV[i]))
-  t[me] = tonumber(ARGV[i + 1])
-  put(KEYS[2], ARGV[i], t)
-end
-local out = {}
-for i = 4, 3 + k do
-  local nodes = {}
-  for node, c in pairs(parse(redis.call('HGET', KEYS[2], ARGV[i]))) do
-    if node ~= me and c > 0 then nodes[#nodes + 1] = node end
-  end
-  out[#out + 1] = nodes
-end
-return out
-"""
-# KEYS: n, m of a room. ARGV: a dead node. Removes it; returns {client id, the nodes it
-# is still on ("node=count ..."), ...} for each member it held.
-_ROOM_DROP = """
-set_count(KEYS[1], ARGV[1], 0)
-local out = {}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local t = parse(all[i + 1])
-  if t[ARGV[1]] then
-    t[ARGV[1]] = nil
-    out[#out + 1] = all[i]
-    out[#out + 1] = put(KEYS[2], all[i], t)
-  end
-end
-return out
-"""
-# KEYS: a target's n. ARGV: node, its connections for the target (0 deletes).
-_COUNT_SET = """
-set_count(KEYS[1], ARGV[1], tonumber(ARGV[2]))
-return 1
-"""
-# KEYS: the nodes sorted set. ARGV: me, ttl ms, what ('beat': renew if still there,
-# 'register', 'leave', 'read'). Returns {1 if me was there before, now ms, node, deadline, ...}.
-_NODES = """
-local now = now_ms()
-local known = redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
-if ARGV[3] == 'register' or (ARGV[3] == 'beat' and known == 1) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-elseif ARGV[3] == 'leave' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-local out = {known, now}
-for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do out[#out + 1] = v end
-return out
-"""
+
+def _script_text(name: str) -> str:
+    return (resources.files(__package__) / "scripts" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+_MEMBERS = _script_text("members")
+_PUBLISH = _script_text("publish")
+_HISTORY = _script_text("history")
+_PUBLISH_KEPT = _script_text("publish_kept")
+_PUBLISH_LOST = _script_text("publish_lost")
+_CHARGE = _script_text("charge")
+_POSITION = _script_text("position")
+_SINCE = _script_text("since")
+_ROOM_SET = _script_text("room_set")
+_ROOM_DROP = _script_text("room_drop")
+_COUNT_SET = _script_text("count_set")
+_NODES = _script_text("nodes")
 
 
 # One step of `Bus._run`: (script, keys, args), or ("index", key, [field, value]) for a
@@ -476,7 +260,7 @@ def node_id(host: str, pid: int, suffix: str) -> str:
 class Bus:
     """The Redis side of the backplane, shared with the external emitter: scripts and keys.
 
-    Presence writes come in as the diffs `wsapp.redis_backplane._Mirror` computes:
+    Presence writes come in as the diffs `wsapp.redis.backplane._Mirror` computes:
     (`"c"`, client id) -> connections, (`"t"`, `"*"`) -> total, (`"r:<room>"`, client id) ->
     connections in the room, (`"t"`, `"r:<room>"`) -> the room's total here; 0 deletes."""
 

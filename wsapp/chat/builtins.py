@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import auth, gates, history, protocol, resume
-from .errors import CloseCode, HandshakeRejected
-from .hooks import AppHooks
-from .protocol import FrameError
-from .registry import Join
-from .session import Connection
+from .. import auth, history, protocol
+from ..errors import CloseCode, HandshakeRejected
+from ..hooks import AppHooks
+from ..protocol import FrameError
+from ..registry import Join
+from ..session import Connection
+from . import gates, resume
 
 
 def serve_chat(conn: Connection) -> None:

@@ -33,16 +33,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import gates, protocol
-from .backplane import Backplane
-from .history import EMPTY, Position, stream_broadcast, stream_direct, stream_room
-from .protocol import FrameError
-from .registry import UNBOUNDED, Join, Peer
+from .. import protocol
+from ..backplane import Backplane
+from ..history import EMPTY, Position, stream_broadcast, stream_direct, stream_room
+from ..protocol import FrameError
+from ..registry import UNBOUNDED, Join, Peer
+from . import gates
 
 if TYPE_CHECKING:
-    from .session import Connection
+    from ..session import Connection
 
-log = logging.getLogger("wsapp.resume")
+log = logging.getLogger("wsapp.chat.resume")
 
 MAX_ROUNDS = 4  # history re-reads after a gate overflowed before giving up on recovery
 MAX_EPOCH_CHARS = 64

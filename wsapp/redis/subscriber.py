@@ -1,6 +1,6 @@
 """This node's interest on Redis pub/sub: the channels of the targets it holds connections for.
 
-A node subscribes to a target's channel (`wsapp.redis_bus`) while its registry holds a
+A node subscribes to a target's channel (`wsapp.redis.bus`) while its registry holds a
 connection the target reaches, and to nothing else, so a message reaches only the nodes
 that deliver it. Subscribing happens *before* the node's presence counts the connection,
 and unsubscribing *after* presence stops counting it: whoever counts a node as a
@@ -34,8 +34,8 @@ import gevent
 from gevent import monkey
 from gevent.event import Event
 
-from .metrics import BACKPLANE_IN
-from .redis_bus import COMMAND_TIMEOUT_S, Bus
+from ..metrics import BACKPLANE_IN
+from .bus import COMMAND_TIMEOUT_S, Bus
 
 log = logging.getLogger("wsapp.redis")
 
