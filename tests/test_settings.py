@@ -4,6 +4,7 @@ setting with one line per problem and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import subprocess
@@ -237,3 +238,12 @@ def test_token_command_works_with_a_valid_environment() -> None:
     done = _run(ENTRY_POINTS["flask --app app token"], KEY)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(".") == 2 and len(done.stdout.splitlines()) == 1  # one JWT
+
+
+def test_settings_made_in_code_default_to_the_catalogue() -> None:
+    """`Settings(...)` (an app or a test building its own) and the environment's defaults
+    are one set of defaults: every field the catalogue sets agrees."""
+    from_env = Settings.from_env({"WSAPP_JWT_SECRET": "s" * 32})
+    in_code = Settings(jwt_secret="s" * 32)
+    differ = {f.name for f in dataclasses.fields(Settings) if getattr(from_env, f.name) != getattr(in_code, f.name)}
+    assert differ == set()

@@ -145,7 +145,7 @@ class VerifiedTokens:
     """Identities of tokens that passed `verify_token` recently, until their `exp`.
 
     A reconnect storm brings back the tokens a worker verified minutes ago; PyJWT's
-    decode (base64, JSON, HMAC or RSA, claims) was a tenth of a handshake (issue 14).
+    decode (base64, JSON, HMAC or RSA, claims) was a tenth of a handshake (docs/performance.md).
     Verification is a function of the token's exact text and the settings that verify
     it (key, algorithms, issuer, audience, client-id claim: part of the cache's key), so
     for a token seen before only what depends on the clock can change, and it is checked

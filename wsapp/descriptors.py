@@ -5,8 +5,8 @@ the soft `RLIMIT_NOFILE` reached (`wsapp.startup` raises it to the hard limit, b
 hard limit may be low too, e.g. systemd's `LimitNOFILE=1024`), `accept()` fails with
 `EMFILE` and gevent's server retries after a delay, again and again, while idle sockets
 that never send a request hold every descriptor until gunicorn's keep-alive time ends
-them: a valid client could not even be accepted (issue 18: 1,100 idle sockets under a
-1,024 limit blocked every handshake for 3 s, "Too many open files" ×11 in the log).
+them: a valid client could not even be accepted (1,100 idle sockets under a 1,024 limit
+blocked every handshake for 3 s, "Too many open files" ×11 in the log).
 
 `install(worker, apps)` (from `wsapp.server.post_worker_init`, after
 `wsapp.handshake.early`, so it is outermost) wraps the worker's `handle(listener,

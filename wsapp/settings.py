@@ -112,6 +112,10 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(raw))
 
 
+_LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"  # WSAPP_METRICS_ALLOW's default
+_LOOPBACK_HOSTS = "127.0.0.1/32,::1/128"  # WSAPP_TRUSTED_PROXIES' default
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256"}
     algs = tuple(a.upper() for a in _csv(raw))
@@ -386,7 +390,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "WSAPP_METRICS_ALLOW",
         "metrics_allow",
-        "127.0.0.0/8,::1/128",
+        _LOOPBACK_NETWORKS,
         _networks,
         "Networks allowed to read `/metrics` (comma list of CIDRs; empty: nobody). "
         "Loopback only by default: add your Prometheus server's network.",
@@ -394,7 +398,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "WSAPP_TRUSTED_PROXIES",
         "trusted_proxies",
-        "127.0.0.1/32,::1/128",
+        _LOOPBACK_HOSTS,
         _networks,
         "Proxies whose `X-Forwarded-For`/`-Proto` are believed.",
     ),
@@ -479,8 +483,8 @@ class Settings:
     history_bytes_per_client: int = 1024 * 1024
     store_offline: bool = False
     resume_timeout_s: float = 10.0
-    metrics_allow: tuple[Network, ...] = ()
-    trusted_proxies: tuple[Network, ...] = ()
+    metrics_allow: tuple[Network, ...] = _networks(_LOOPBACK_NETWORKS)
+    trusted_proxies: tuple[Network, ...] = _networks(_LOOPBACK_HOSTS)
     instance_path: str = ""
     log_level: str = "INFO"
     chat_path: str = "/ws/chat"

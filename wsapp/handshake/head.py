@@ -5,7 +5,7 @@ WebSocket upgrade request in the plainest form, serves it without gunicorn's HTT
 parser. This module decides what "the plainest form" is. It never refuses anything:
 `parse` returns a `Head` only for a head that gunicorn would parse into exactly the
 same environ, and `None` for everything else, which then goes to gunicorn untouched
-(the bytes were only peeked at) and is accepted or refused there as before. So a rule
+(the bytes were only peeked at) and is accepted or refused there. So a rule
 missing here can only cost speed; a rule too loose here could let through what gunicorn
 would refuse or read differently, hence the rules below, each stricter than gunicorn's:
 
