@@ -16,11 +16,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
-import redis
-import websocket
+
+if TYPE_CHECKING:  # imported where used: the pure tests run without either installed
+    import redis
+    import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -193,6 +195,8 @@ def ws_connect(
     server: Server, path: str = "/ws/chat", token: str | None = None, timeout: float = 10, **kwargs: Any
 ) -> websocket.WebSocket:
     """A websocket-client connection; the token goes in a Bearer header unless told otherwise."""
+    import websocket
+
     header = list(kwargs.pop("header", []))
     if token is not None:
         header.append(f"Authorization: Bearer {token}")
@@ -226,6 +230,8 @@ def chat_client(server: Server, client_id: str, **kw: Any) -> websocket.WebSocke
 
 def read_close(ws: websocket.WebSocket, timeout: float = 10) -> tuple[int, str]:
     """Read frames until the server's close frame; return its (code, reason)."""
+    import websocket
+
     ws.settimeout(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -302,6 +308,8 @@ class Reader:
         self._thread.start()
 
     def _run(self) -> None:
+        import websocket
+
         self.ws.settimeout(None)
         try:
             while True:
@@ -353,6 +361,8 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        import redis
+
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -372,6 +382,8 @@ class RedisProcess:
             self.proc.wait(10)
 
     def client(self) -> redis.Redis:
+        import redis
+
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
 
@@ -398,6 +410,8 @@ class RedisClusterProcess:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> None:
+        import redis
+
         self.procs = [
             subprocess.Popen(
                 [
@@ -463,11 +477,15 @@ def _free_cluster_port() -> int:
 
 
 def _cluster_state(port: int) -> str:
+    import redis
+
     info = redis.Redis(port=port, socket_timeout=1, decode_responses=True).cluster("INFO")
     return str(info.get("cluster_state", "")) if isinstance(info, dict) else ""
 
 
 def _wait(check: Any, what: str, timeout: float = 30) -> None:
+    import redis
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -82,3 +82,17 @@ def test_no_import_cycle() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def test_the_test_helpers_import_neither_redis_nor_websocket_client() -> None:
+    """The pure tier (docs/testing.md) runs on a machine without the `redis` and
+    `websocket-client` packages: the shared helpers import them only where used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None; sys.modules['websocket'] = None; "
+        "sys.path[:0] = ['tests', '.']; import helpers, conftest, inprocess"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
