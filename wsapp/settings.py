@@ -317,7 +317,9 @@ OPTIONS: tuple[Option, ...] = (
         "",
         _str,
         "Redis backplane, e.g. `redis://127.0.0.1:6379/0`, or a Redis Cluster through any of its nodes: "
-        "`redis+cluster://10.0.0.5:7000` (`rediss+cluster://` with TLS). Empty: in-process registry.",
+        "`redis+cluster://10.0.0.5:7000` (`rediss+cluster://` with TLS), or the primary Redis Sentinel "
+        "names: `redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster/0` (`rediss+sentinel://` with "
+        "TLS to the primary). Empty: in-process registry.",
     ),
     Option(
         "WSAPP_REDIS_HEARTBEAT",
@@ -371,6 +373,36 @@ OPTIONS: tuple[Option, ...] = (
         "With Redis: bytes of history one client id's messages may add per `WSAPP_HISTORY_TTL` window, "
         "cluster-wide (JSON text plus 214 bytes per message); past it its messages are delivered but not kept. "
         "`0`: no bound.",
+    ),
+    Option(
+        "WSAPP_IDEMPOTENCY_KEYS",
+        "idempotency_keys",
+        "10000",
+        _int(1),
+        "In-process: idempotency keys a worker remembers (each for `WSAPP_HISTORY_TTL`); past it the oldest "
+        "is forgotten. With Redis each key is a Redis key with that TTL.",
+    ),
+    Option(
+        "WSAPP_IDEMPOTENCY_KEYS_PER_CLIENT",
+        "idempotency_keys_per_client",
+        "1000",
+        _int(0),
+        "`Idempotency-Key`s one client id may use on the HTTP API per `WSAPP_HISTORY_TTL` window, per worker; "
+        "past it `429 rate_limited`. `0`: no bound.",
+    ),
+    Option(
+        "WSAPP_HISTORY_READ_LIMIT",
+        "history_read_limit",
+        "100",
+        _int(1),
+        "Most messages one `GET /api/history` answer (or `ws.history`) returns; `limit` may ask for fewer.",
+    ),
+    Option(
+        "WSAPP_MEMBERS_LIMIT",
+        "members_limit",
+        "1000",
+        _int(0),
+        "Most client ids `GET /api/rooms/<room>` lists (`count` is always exact).",
     ),
     Option(
         "WSAPP_STORE_OFFLINE",
@@ -481,6 +513,10 @@ class Settings:
     history_streams: int = 10000
     history_bytes: int = 64 * 1024 * 1024
     history_bytes_per_client: int = 1024 * 1024
+    idempotency_keys: int = 10000
+    idempotency_keys_per_client: int = 1000
+    history_read_limit: int = 100
+    members_limit: int = 1000
     store_offline: bool = False
     resume_timeout_s: float = 10.0
     metrics_allow: tuple[Network, ...] = _networks(_LOOPBACK_NETWORKS)
@@ -607,12 +643,29 @@ def _derive(values: dict[str, Any], problems: list[str]) -> None:
     if values["jwt_secret"] and len(values["jwt_secret"].encode()) < 32:
         problems.append("WSAPP_JWT_SECRET: must be at least 32 bytes (RFC 7518: an HS256 key has 256 bits or more)")
     schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
-    if values["redis_url"] and not values["redis_url"].startswith(schemes):
+    sentinel = ("redis+sentinel://", "rediss+sentinel://")
+    url = values["redis_url"]
+    if url and url.startswith(sentinel):
+        problem = _sentinel_problem(url)
+        if problem:
+            problems.append(f"WSAPP_REDIS_URL: {problem}")
+    elif url and not url.startswith(schemes):
         problems.append(
-            f"WSAPP_REDIS_URL={values['redis_url']!r}: must start with redis://, rediss://, unix://, "
-            "redis+cluster:// or rediss+cluster://"
+            f"WSAPP_REDIS_URL={url!r}: must start with redis://, rediss://, unix://, "
+            "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
         )
     _check_keys(values, problems)
+
+
+def _sentinel_problem(url: str) -> str:
+    """What is wrong with a `redis+sentinel://` URL ('' if nothing)."""
+    from .redis.url import sentinel_target
+
+    try:
+        sentinel_target(url)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def _check_keys(values: dict[str, Any], problems: list[str]) -> None:

@@ -46,9 +46,11 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..history import EMPTY, Position, Replay, decide, text_frame
 from ..registry import Target
+from .url import SENTINEL_SCHEMES, SentinelTarget, sentinel_target
 
 PREFIX = "wsapp:"  # every key and channel; use another database (redis://host/1) to separate deployments
 WIRE_VERSION = "w1"
@@ -71,7 +73,10 @@ def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp")
     """A client that fails fast: short timeouts and no retries (the callers decide).
 
     `redis+cluster://host:port` (or `rediss+cluster://`) is a Redis Cluster reached
-    through any of its nodes; anything else is one Redis."""
+    through any of its nodes; `redis+sentinel://host:port,host:port/service[/db]` (or
+    `rediss+sentinel://`) the primary that Redis Sentinel names for `service`, asked
+    again on every new connection (so a failover is followed by reconnecting); anything
+    else is one Redis."""
     parts = urlsplit(url)
     common = {
         "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0),
@@ -83,10 +88,37 @@ def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp")
             plain, max_connections=POOL_SIZE, connection_pool_class=redis.BlockingConnectionPool,
             timeout=max(timeout_s, POOL_WAIT_S), **common,
         )  # fmt: skip
+    if parts.scheme in SENTINEL_SCHEMES:
+        return _sentinel_primary(sentinel_target(url), timeout_s, common)
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=POOL_SIZE, timeout=max(timeout_s, POOL_WAIT_S), protocol=2, **common
     )
     return redis.Redis(connection_pool=pool)
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (the primary asked for on every new connection) that, like the
+    other pools here, makes a caller wait for a free connection instead of failing."""
+
+
+def _sentinel_primary(target: SentinelTarget, timeout_s: float, common: dict[str, Any]) -> Any:
+    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs=timeouts,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        protocol=2,
+        **common,
+    )
+    return sentinel.master_for(  # type: ignore[no-untyped-call]
+        target.service,
+        connection_pool_class=_SentinelBlockingPool,
+        max_connections=POOL_SIZE,
+        timeout=max(timeout_s, POOL_WAIT_S),
+    )
 
 
 def is_cluster(client: Any) -> bool:
