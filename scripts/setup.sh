@@ -14,6 +14,7 @@ if [ "${1:-}" = "--system" ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)  # the JavaScript client's Node test (Node 20+)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
