@@ -77,6 +77,22 @@ class Connection:
         self._peer.is_admin = identity.is_admin
         self._peer.expires_at = identity.expires_at
 
+    # ---- for wsapp's own routes (the built-in chat): not part of the public API ---------
+
+    @property
+    def peer(self) -> Peer:
+        """The registry's entry of this connection (rooms, held streams, the socket)."""
+        return self._peer
+
+    @property
+    def service(self) -> Service:
+        """The app's service objects (hub, backplane, settings, hooks)."""
+        return self._service
+
+    def send_server_frame(self, frame: dict[str, Any]) -> bool:
+        """Queue one of the protocol's server frames (`wsapp.protocol`'s builders)."""
+        return self._ws.send_frame(protocol.text_frame(frame))
+
     def __repr__(self) -> str:
         return f"<Connection client={self._peer.client_id!r} conn={self._peer.conn_id} route={self._peer.route}>"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import auth, history, protocol
 from ..errors import CloseCode, HandshakeRejected
-from ..hooks import AppHooks
+from ..hooks import AppHooks, FrameHandler
 from ..protocol import FrameError
 from ..registry import Join
 from ..session import Connection
@@ -23,13 +23,13 @@ from . import gates, resume
 
 def serve_chat(conn: Connection) -> None:
     """The chat route's handler: the welcome, then each frame to its type's handler."""
-    ws = conn._ws  # the hot path: one frame in, its answers out
-    peer = conn._peer
-    handlers = conn._service.hooks.frame_handlers
-    ws.send_frame(protocol.text_frame(protocol.welcome(conn.client_id, conn.conn_id, _streams(conn))))
+    peer = conn.peer  # the hot path: one frame in, its answers out
+    send = conn.send_server_frame
+    handlers = conn.service.hooks.frame_handlers
+    send(protocol.welcome(conn.client_id, conn.conn_id, _streams(conn)))
     while (msg := conn.next_message(with_ids=True)) is not None:
         if isinstance(msg, bytes):
-            ws.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
+            conn.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
             continue
         msg_id: str | int | None = None
         try:
@@ -42,17 +42,17 @@ def serve_chat(conn: Connection) -> None:
             delivered = handler(conn, frame)
         except FrameError as err:
             error_id = err.msg_id if err.msg_id is not None else msg_id
-            ws.send_frame(protocol.text_frame(protocol.error(err.code, err.message, error_id)))
+            send(protocol.error(err.code, err.message, error_id))
             continue
         if msg_id is not None:  # a handler's count; anything else it returns counts 0
             count = delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0
-            ws.send_frame(protocol.text_frame(protocol.ack(msg_id, count, type(count) is protocol.Stored)))
+            send(protocol.ack(msg_id, count, type(count) is protocol.Stored))
 
 
 def _streams(conn: Connection) -> dict[str, Any] | None:
     """The welcome's positions (history on): broadcast, and the client's direct stream,
     which this connection keeps for another history window (offline messages)."""
-    backplane = conn._service.backplane
+    backplane = conn.service.backplane
     if not backplane.history_on:
         return None
     direct = history.stream_direct(conn.client_id)
@@ -66,81 +66,93 @@ def _left(room: str, code: str, message: str) -> dict[str, Any]:
     return {"type": "left", "room": room, "code": code, "message": message}
 
 
+def broadcast(conn: Connection, frame: dict[str, Any]) -> int:
+    cmd = protocol.command(frame, frame.get("id"), "broadcast")
+    hub = conn.service.hub
+    return hub.broadcast(conn.client_id, cmd.data)
+
+
+def direct(conn: Connection, frame: dict[str, Any]) -> int:
+    cmd = protocol.command(frame, frame.get("id"), "direct")
+    hub = conn.service.hub
+    delivered, stored = hub.send_direct(conn.client_id, cmd.to, cmd.data)
+    if stored:
+        return protocol.Stored(0)
+    if delivered == 0:
+        raise FrameError("not_connected", f"client {cmd.to!r} is not connected")
+    return delivered
+
+
+def room(conn: Connection, frame: dict[str, Any]) -> int:
+    cmd = protocol.command(frame, frame.get("id"), "room")
+    hub = conn.service.hub
+    if cmd.room not in conn.peer.rooms:
+        raise FrameError("not_in_room", f"join {cmd.room!r} before sending to it")
+    return hub.send_to_room(conn.client_id, cmd.room, cmd.data)
+
+
+def join(conn: Connection, frame: dict[str, Any]) -> int:
+    cmd = protocol.command(frame, frame.get("id"), "join")
+    hub = conn.service.hub
+    if cmd.room not in conn.peer.rooms and not conn.service.hooks.may_join(conn.identity, cmd.room):
+        raise FrameError("forbidden", f"you may not join {cmd.room!r}")
+    result = conn.join_result(cmd.room)
+    # a repeated join changes nothing: no member list again (the client has it, and presence)
+    members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
+    position = None  # where the room's stream stands, for a connection new in it
+    if members is not None and hub.backplane.history_on:
+        position = hub.backplane.positions([history.stream_room(cmd.room)])[0].wire()
+    conn.send_server_frame(protocol.joined(cmd.room, members, position))
+    return 0
+
+
+def leave(conn: Connection, frame: dict[str, Any]) -> int:
+    cmd = protocol.command(frame, frame.get("id"), "leave")
+    hub = conn.service.hub
+    hub.leave(conn.peer, cmd.room)
+    return 0
+
+
+def resume_(conn: Connection, frame: dict[str, Any]) -> int:
+    return resume.handle_resume(conn, frame)
+
+
+def refresh(conn: Connection, frame: dict[str, Any]) -> int:
+    """A new token for the same client id becomes the connection's token: its expiry
+    (the heartbeat's 4401 deadline reads `peer.expires_at`) and its rights (admin, the
+    rooms claim, what `authorize_join` sees). Each room the new token may not join is
+    left, with a `left` frame `forbidden` before the ack. A refused token changes nothing."""
+    token = frame.get("token")
+    if not isinstance(token, str) or not token:
+        raise FrameError("missing_field", "a 'refresh' frame needs 'token', a non-empty string")
+    try:
+        identity = auth.verify_token(token, conn.service.settings)
+    except HandshakeRejected as err:
+        raise FrameError(err.code, err.message) from None
+    if identity.client_id != conn.client_id:
+        raise FrameError("wrong_client", "the token is for another client id: reconnect with it instead")
+    conn.replace_identity(identity)
+    hub = conn.service.hub
+    for room in sorted(conn.peer.rooms):  # a snapshot: leaving changes the set
+        if not conn.service.hooks.may_join(identity, room):
+            hub.leave(conn.peer, room)  # the others hear presence `leave`, as on a `leave`
+            message = f"the refreshed token may not be in {room!r}"
+            conn.send_server_frame(_left(room, "forbidden", message))
+    return 0
+
+
+# the contract's frame types, registered like an app's own (`@ws.on`) when the WSApp is made
+BUILT_INS: dict[str, FrameHandler] = {
+    "broadcast": broadcast,
+    "direct": direct,
+    "room": room,
+    "join": join,
+    "leave": leave,
+    "resume": resume_,
+    "refresh": refresh,
+}
+
+
 def register_built_ins(hooks: AppHooks) -> None:
-    """The contract's frame types, registered like an app's own (`@ws.on`), when the
-    WSApp is made (its hub comes with `init_app`: each handler takes the connection's)."""
-
-    @hooks.on("broadcast")
-    def broadcast(conn: Connection, frame: dict[str, Any]) -> int:
-        cmd = protocol.command(frame, frame.get("id"), "broadcast")
-        hub = conn._service.hub
-        return hub.broadcast(conn.client_id, cmd.data)
-
-    @hooks.on("direct")
-    def direct(conn: Connection, frame: dict[str, Any]) -> int:
-        cmd = protocol.command(frame, frame.get("id"), "direct")
-        hub = conn._service.hub
-        delivered, stored = hub.send_direct(conn.client_id, cmd.to, cmd.data)
-        if stored:
-            return protocol.Stored(0)
-        if delivered == 0:
-            raise FrameError("not_connected", f"client {cmd.to!r} is not connected")
-        return delivered
-
-    @hooks.on("room")
-    def room(conn: Connection, frame: dict[str, Any]) -> int:
-        cmd = protocol.command(frame, frame.get("id"), "room")
-        hub = conn._service.hub
-        if cmd.room not in conn._peer.rooms:
-            raise FrameError("not_in_room", f"join {cmd.room!r} before sending to it")
-        return hub.send_to_room(conn.client_id, cmd.room, cmd.data)
-
-    @hooks.on("join")
-    def join(conn: Connection, frame: dict[str, Any]) -> int:
-        cmd = protocol.command(frame, frame.get("id"), "join")
-        hub = conn._service.hub
-        if cmd.room not in conn._peer.rooms and not hooks.may_join(conn.identity, cmd.room):
-            raise FrameError("forbidden", f"you may not join {cmd.room!r}")
-        result = conn.join_result(cmd.room)
-        # a repeated join changes nothing: no member list again (the client has it, and presence)
-        members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
-        position = None  # where the room's stream stands, for a connection new in it
-        if members is not None and hub.backplane.history_on:
-            position = hub.backplane.positions([history.stream_room(cmd.room)])[0].wire()
-        conn._ws.send_frame(protocol.text_frame(protocol.joined(cmd.room, members, position)))
-        return 0
-
-    @hooks.on("leave")
-    def leave(conn: Connection, frame: dict[str, Any]) -> int:
-        cmd = protocol.command(frame, frame.get("id"), "leave")
-        hub = conn._service.hub
-        hub.leave(conn._peer, cmd.room)
-        return 0
-
-    @hooks.on("resume")
-    def resume_(conn: Connection, frame: dict[str, Any]) -> int:
-        return resume.handle_resume(conn, frame)
-
-    @hooks.on("refresh")
-    def refresh(conn: Connection, frame: dict[str, Any]) -> int:
-        """A new token for the same client id becomes the connection's token: its expiry
-        (the heartbeat's 4401 deadline reads `peer.expires_at`) and its rights (admin, the
-        rooms claim, what `authorize_join` sees). Each room the new token may not join is
-        left, with a `left` frame `forbidden` before the ack. A refused token changes nothing."""
-        token = frame.get("token")
-        if not isinstance(token, str) or not token:
-            raise FrameError("missing_field", "a 'refresh' frame needs 'token', a non-empty string")
-        try:
-            identity = auth.verify_token(token, conn._service.settings)
-        except HandshakeRejected as err:
-            raise FrameError(err.code, err.message) from None
-        if identity.client_id != conn.client_id:
-            raise FrameError("wrong_client", "the token is for another client id: reconnect with it instead")
-        conn.replace_identity(identity)
-        hub = conn._service.hub
-        for room in sorted(conn._peer.rooms):  # a snapshot: leaving changes the set
-            if not hooks.may_join(identity, room):
-                hub.leave(conn._peer, room)  # the others hear presence `leave`, as on a `leave`
-                message = f"the refreshed token may not be in {room!r}"
-                conn._ws.send_frame(protocol.text_frame(_left(room, "forbidden", message)))
-        return 0
+    """Put the built-in frame types in `hooks` (an app's own `@ws.on` may replace one)."""
+    hooks.frame_handlers.update(BUILT_INS)

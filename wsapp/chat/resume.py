@@ -114,8 +114,8 @@ def handle_resume(conn: Connection, frame: dict[str, Any]) -> int:
     """The `resume` frame: rooms joined again (room rules apply), each stream replayed,
     then one `resumed` frame with a result per stream."""
     msg_id = frame.get("id")
-    service = conn._service
-    peer, backplane, settings = conn._peer, service.backplane, service.settings
+    service = conn.service
+    peer, backplane, settings = conn.peer, service.backplane, service.settings
     wanted: dict[str, Position] = {}
     for key in ("broadcast", "direct"):
         if key in frame:
@@ -145,7 +145,7 @@ def handle_resume(conn: Connection, frame: dict[str, Any]) -> int:
     for room, pos in rooms.items():
         results[room] = _resume_room(conn, room, pos, limit, max_bytes)
     out["rooms"] = results
-    conn._ws.send_frame(protocol.text_frame(out))
+    conn.send_server_frame(out)
     return 0
 
 
@@ -154,8 +154,8 @@ def _lost() -> dict[str, Any]:
 
 
 def _resume_room(conn: Connection, room: str, pos: Position, limit: int, max_bytes: int) -> dict[str, Any]:
-    peer, service = conn._peer, conn._service
-    if room not in peer.rooms and not conn._service.hooks.may_join(conn.identity, room):
+    peer, service = conn.peer, conn.service
+    if room not in peer.rooms and not conn.service.hooks.may_join(conn.identity, room):
         return {"error": "forbidden", "message": f"you may not join {room!r}"}
     stream = stream_room(room)
     on = service.backplane.history_on
