@@ -11,20 +11,18 @@ monkey-patches after the fork, and modules imported before that would stay unpat
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 from wsapp.demo_secret import instance_folder, load_or_create_secret
 from wsapp.server import gunicorn_timeouts
-from wsapp.settings import Settings, SettingsError
+from wsapp.settings import Settings, SettingsError, report_and_exit
 
 try:
     _settings = Settings.from_env()
     if _settings.demo_mode:  # made here, once, before the workers that read it
         load_or_create_secret(instance_folder(_settings))
 except SettingsError as exc:
-    sys.stderr.write("".join(line + "\n" for line in exc.lines()))
-    sys.exit(2)
+    report_and_exit(exc)
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers

@@ -446,6 +446,7 @@ def test_close_stops_the_heartbeat_and_a_second_init_app_is_refused() -> None:
     app = Flask(__name__)
     app.config.update(WSAPP_JWT_SECRET=SECRET)
     ws = WSApp(app)
+    app.test_client().get("/")  # the first request starts the heartbeat (init_app starts nothing)
     beat = ws._heartbeat
     assert beat is not None and not beat.dead
     with pytest.raises(RuntimeError, match="one WSApp per app"):

@@ -12,7 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .history import MemoryHistory, Position, Replay, body_prefix
+from .history import MemoryHistory, Position, Published, Replay, body_prefix
 from .registry import Peer, Registry, Target, deliver
 
 
@@ -78,11 +78,15 @@ class Backplane(ABC):
         """Chat client ids and their connection counts, cluster-wide."""
 
     # history (only called when `history_on`)
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
+    ) -> Published:
         """Give `obj` the next position of `stream`, keep it, deliver it to `target` on
         every node. With `create` False (a direct message) nothing is kept or sent when
         nobody receives it and the stream does not exist (the client id was not seen
-        within the history window). Returns (connections reached, kept)."""
+        within the history window). With `key` (an idempotency key, already scoped to
+        its sender): when `stream` had a publish with that key within the history TTL,
+        nothing is sent and that publish's result comes back (`duplicate`), cluster-wide."""
         raise NotImplementedError
 
     def positions(self, streams: list[str], touch: str = "") -> list[Position]:
@@ -92,6 +96,11 @@ class Backplane(ABC):
 
     def replay(self, stream: str, pos: Position) -> Replay:
         """What `stream` published after `pos`, or that it cannot be told."""
+        raise NotImplementedError
+
+    def tail(self, stream: str, n: int) -> Replay:
+        """The last `n` messages `stream` keeps, oldest first, and where it stands now (one
+        read: the position is the last message's). `recovered` False: it cannot be read."""
         raise NotImplementedError
 
     def disconnect(self, client_id: str, code: int, reason: str) -> int:
@@ -129,15 +138,25 @@ class InProcessBackplane(Backplane):
         self.history = history
         self.history_on = history is not None
 
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
+    ) -> Published:
         history = self.history
         assert history is not None
+        if key:
+            prior = history.seen(stream, key)
+            if prior is not None:
+                return prior.again()
         peers = self.registry.targets(target)
         if not create and not peers and not history.exists(stream):
-            return 0, False
+            return Published(0, stream)
         # no switch from here to the last queued frame: offsets go out in order
         offset, frame = history.append(stream, body_prefix(obj))
-        return deliver(peers, frame, stream, offset), True
+        epoch = history.position(stream).epoch
+        result = Published(deliver(peers, frame, stream, offset), stream, offset, epoch, kept=True)
+        if key:
+            history.remember(stream, key, result)
+        return result
 
     def positions(self, streams: list[str], touch: str = "") -> list[Position]:
         history = self.history
@@ -149,6 +168,10 @@ class InProcessBackplane(Backplane):
     def replay(self, stream: str, pos: Position) -> Replay:
         assert self.history is not None
         return self.history.since(stream, pos)
+
+    def tail(self, stream: str, n: int) -> Replay:
+        assert self.history is not None
+        return self.history.tail(stream, n)
 
     def publish(self, target: Target, frame: bytes) -> int:
         return deliver(self.registry.targets(target), frame)

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import history, protocol
 from .backplane import close_payload
+from .history import Published, check_key
 from .redis.bus import Bus, connect
 from .registry import Target
 
@@ -51,32 +52,47 @@ class Emitter:
         # the service's WSAPP_HISTORY_SIZE / _TTL / WSAPP_STORE_OFFLINE: give the same values
         self.history_size, self.history_ttl_s, self.store_offline = history_size, history_ttl_s, store_offline
 
-    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str) -> Published:
+        sender = str(obj["from"])
         if self.history_size <= 0 or self.history_ttl_s <= 0:
-            return self._bus.publish(target, protocol.text_frame(obj)), False
-        return self._bus.publish_kept(
-            target, stream, history.body_prefix(obj), 0, create, self.history_size, self.history_ttl_s
+            if key:
+                raise ValueError("idempotency keys need history (history_size and history_ttl_s above 0)")
+            return Published(self._bus.publish(target, protocol.text_frame(obj)), stream)
+        scoped = f"{len(sender)}:{sender}:{check_key(key)}" if key else ""  # as the hub scopes it
+        kept = self._bus.publish_at(
+            target, stream, history.body_prefix(obj), 0, create, self.history_size, self.history_ttl_s, key=scoped
         )
+        if kept.duplicate:
+            return Published(kept.others, stream, kept.offset, kept.epoch, kept.status == 1, True)
+        if kept.status == 0:
+            return Published(0, stream)
+        return Published(kept.others, stream, kept.offset, kept.epoch, kept.status == 1)
 
-    def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None) -> int:
-        """Send `data` to every addressable connection, or to the members of `room`. Returns connections reached."""
+    def broadcast(
+        self, data: Any, room: str | None = None, *, sender: str | None = None, key: str = ""
+    ) -> Published:
+        """Send `data` to every addressable connection, or to the members of `room`. Returns a
+        `Published`: an int, the connections reached, with the message's `stream`, `offset`
+        and `epoch`. `key`: an idempotency key (a repeat within the history TTL sends nothing
+        and answers the first result, `duplicate` True)."""
         sender = sender or self.sender
         if room is None:
-            return self._publish(Target("all"), history.stream_broadcast(), protocol.broadcast(sender, data), True)[0]
+            obj = protocol.broadcast(sender, data)
+            return self._publish(Target("all"), history.stream_broadcast(), obj, True, key)
         obj = protocol.room_message(room, sender, data)
-        return self._publish(Target("room", room), history.stream_room(room), obj, True)[0]
+        return self._publish(Target("room", room), history.stream_room(room), obj, True, key)
 
-    def send(self, to: str, data: Any, *, sender: str | None = None) -> int:
-        """Send `data` to every connection of client id `to`. Returns connections reached; 0:
-        not connected (with history on it may have been kept for `to`: see `send_direct`)."""
-        return self.send_direct(to, data, sender=sender)[0]
+    def send(self, to: str, data: Any, *, sender: str | None = None, key: str = "") -> Published:
+        """Send `data` to every connection of client id `to`. Returns a `Published` (0: not
+        connected; with history on it may have been kept for `to`: `.stored`)."""
+        obj = protocol.direct(sender or self.sender, to, data)
+        return self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline, key)
 
-    def send_direct(self, to: str, data: Any, *, sender: str | None = None) -> tuple[int, bool]:
+    def send_direct(self, to: str, data: Any, *, sender: str | None = None, key: str = "") -> tuple[Published, bool]:
         """`send`, and whether a message that reached nobody was kept for `to`'s resume
         (history on, `to` seen within the history TTL or `store_offline`)."""
-        obj = protocol.direct(sender or self.sender, to, data)
-        n, kept = self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
-        return n, kept and n == 0
+        result = self.send(to, data, sender=sender, key=key)
+        return result, result.stored
 
     def disconnect(self, client_id: str, code: int = 1008, reason: str = "") -> int:
         """Close every connection of `client_id` on every node (`WSApp.disconnect` from outside).

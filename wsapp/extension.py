@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import gevent
+import gevent.event
 from flask import Flask, Response, current_app, request
 
-from . import demo_secret, heartbeat, server, startup
+from . import demo_secret, devserver, heartbeat, server, startup
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .chat import builtins as chat
@@ -38,14 +39,14 @@ from .handshake import fast, takeover
 from .handshake.request import HandshakeRequest
 from .handshake.shortcut import Shortcut
 from .handshake.upgrade import Upgrader
-from .history import make_history
+from .history import Position, Published, make_history
 from .hooks import AppHooks
-from .hub import Hub
+from .hub import Hub, Page, stream_of
 from .metrics import Metrics
 from .registry import Registry
 from .service import Service
 from .session import Route, run_session
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .transport import Sock
 
 if TYPE_CHECKING:
@@ -75,7 +76,15 @@ class WSApp:
     # ---- set-up -----------------------------------------------------------------------
 
     def init_app(self, app: Flask) -> None:
-        """Settings, the app's service objects, the WebSocket routes. Raises `SettingsError`."""
+        """Settings, the app's service objects, the WebSocket routes. Raises `SettingsError`
+        (under gunicorn or the `flask` command: one line per problem and an exit instead)."""
+        try:
+            self._init_app(app)
+        except SettingsError as exc:
+            startup.stop_on_bad_settings(exc)
+            raise
+
+    def _init_app(self, app: Flask) -> None:
         if self.app is not None:
             raise RuntimeError("this WSApp already serves an app: make one WSApp per app")
         settings = self._settings_override or Settings.from_config(app.config)
@@ -94,18 +103,23 @@ class WSApp:
         hub = Hub(registry, backplane, store_offline=settings.store_offline)
         self.hooks.rooms_claim = settings.rooms_claim
         self._service = Service(settings, registry, backplane, hub, Metrics(), self.hooks)
-        self.upgrader = Upgrader(self._service, functools.partial(run_session, self._service))
+        # every handshake path (Flask's view, fast, early, the test client) asks the upgrader
+        self.upgrader = _StartingUpgrader(
+            self._service, functools.partial(run_session, self._service), self._start_background
+        )
         self.app = app
         app.extensions["wsapp"] = self
         app.extensions["wsapp.sock"] = self.sock
-        self._heartbeat = heartbeat.start(registry, settings, self.service.metrics)
         server.register(self)
+        server.install_under_gunicorn()  # the drain, in a plain `gunicorn -k gevent` worker too
+        app.cli.add_command(devserver.cli)  # `flask --app myapp wsapp run --reload`
         startup.raise_descriptor_limit_under_gunicorn()  # a no-op when wsapp's gunicorn hooks did it
         if settings.chat_path:
             self.route(settings.chat_path, endpoint="chat", addressable=True, resumable=True)(chat.serve_chat)
         self.sock.init_app(app)
         if settings.fast_handshakes != "off":  # accepted handshakes on static routes skip Flask's request
             fast.install(app, Shortcut(app, self.upgrader))
+        self._start_on_first_request(app)  # after fast.install, which only wraps Flask's own wsgi_app
 
     @property
     def service(self) -> Service:
@@ -120,12 +134,55 @@ class WSApp:
 
     def close(self) -> None:
         """Stop the app's background tasks (heartbeat, Redis backplane). Idempotent;
-        open connections are the drain's (`wsapp.server.drain`)."""
-        if self._heartbeat is not None:
-            self._heartbeat.kill(block=False)
-            self._heartbeat = None
+        open connections are the drain's (`wsapp.server.drain`). Nothing starts them again."""
+        started = self._background == "started"
+        self._background = "closed"
+        if started:
+            self._started.wait()  # a start in progress (Redis connecting) finishes first
+            if self._heartbeat is not None:
+                self._heartbeat.kill(block=False)
+                self._heartbeat = None
             self.service.backplane.stop()
         server.unregister(self)
+
+    # ---- the background tasks: started when the worker first serves -------------------
+
+    # "idle" after init_app (which starts nothing: `flask routes`, or importing the app in
+    # a test, joins no cluster), "started" by the first handshake or HTTP request, "closed"
+    _background = "idle"
+    _started: gevent.event.Event  # set once a start has finished
+
+    def _start_background(self) -> None:
+        """The heartbeat and the backplane (Redis: connect, subscribe, the supervisor), once.
+        Concurrent first requests wait for the start (Redis connecting) to finish."""
+        if self._background != "idle":
+            if self._background == "started":
+                self._started.wait()
+            return
+        self._background = "started"
+        self._started = gevent.event.Event()
+        try:
+            service = self.service
+            self._heartbeat = heartbeat.start(service.registry, service.settings, service.metrics)
+            service.backplane.start()  # catches Redis errors itself: the supervisor reconnects
+        finally:
+            self._started.set()
+
+    def _start_on_first_request(self, app: Flask) -> None:
+        """Every HTTP request (the API, /readyz, a handshake through Flask) starts them too."""
+        outer = app.wsgi_app
+        wrapped = outer if isinstance(outer, fast.FastHandshakes) else None
+        inner = wrapped.wsgi_app if wrapped is not None else outer
+
+        def starting(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if self._background != "started" or not self._started.is_set():
+                self._start_background()
+            return inner(environ, start_response)
+
+        if wrapped is not None:
+            wrapped.wsgi_app = starting
+        else:
+            app.wsgi_app = starting  # type: ignore[method-assign]
 
     # ---- routes and hooks -------------------------------------------------------------
 
@@ -166,15 +223,49 @@ class WSApp:
 
     # ---- pushes (any greenlet, any node) ----------------------------------------------
 
-    def send(self, client_id: str, data: Any, *, sender: str = "server") -> int:
-        """A `direct` frame to every addressable connection of `client_id`, on every node."""
-        return self.service.hub.send(sender, client_id, data)
+    def send(
+        self, client_id: str, data: Any, *, sender: str = "server", key: str = "", type: str | None = None
+    ) -> Published:
+        """A `direct` frame to every addressable connection of `client_id`, on every node.
 
-    def broadcast(self, data: Any, room: str | None = None, *, sender: str = "server") -> int:
-        """A `broadcast` frame to every addressable connection, or a `room` frame to `room`'s members."""
+        Returns a `Published`: an int, the connections reached, with `.stream`, `.offset`,
+        `.epoch` (`.stored`: kept for a client id nobody reached). `key`: an idempotency key;
+        a repeat within `WSAPP_HISTORY_TTL` sends nothing and answers the first result
+        (`.duplicate`). `type`: a frame type of the app's own instead of `direct` (live
+        only: no position, no key). ValueError for a bad `key` or `type`."""
+        return self.service.hub.send(sender, client_id, data, key, type)
+
+    def broadcast(
+        self, data: Any, room: str | None = None, *, sender: str = "server", key: str = "", type: str | None = None
+    ) -> Published:
+        """A `broadcast` frame to every addressable connection, or a `room` frame to `room`'s
+        members. Returns a `Published`, takes `key` and `type` (see `send`)."""
         if room is None:
-            return self.service.hub.broadcast(sender, data)
-        return self.service.hub.send_to_room(sender, room, data)
+            return self.service.hub.broadcast(sender, data, key, type)
+        return self.service.hub.send_to_room(sender, room, data, key, type)
+
+    def history(
+        self,
+        *,
+        room: str | None = None,
+        to: str | None = None,
+        broadcast: bool = False,
+        since: tuple[int, str] | None = None,
+        limit: int | None = None,
+    ) -> Page:
+        """What one stream (a `room`, the direct stream of client id `to`, or `broadcast`)
+        published after `since` (a `Position`, or `(offset, epoch)`), at most `limit`
+        messages (`WSAPP_HISTORY_READ_LIMIT` at most): a `Page` (`recovered`, `messages`,
+        `offset`, `epoch`, `more`). Without `since`: the latest `limit` messages kept and
+        the stream's position now, read at once (a page's first load). Cluster-wide with Redis."""
+        cap = self.settings.history_read_limit
+        n = cap if limit is None else max(0, min(int(limit), cap))
+        position = None if since is None else Position(*since)
+        return self.service.hub.history(stream_of(room, to, broadcast), position, n)
+
+    def position(self, *, room: str | None = None, to: str | None = None, broadcast: bool = False) -> Position:
+        """Where one stream stands now: `Position(offset, epoch)` ({0, ""}: no such stream)."""
+        return self.service.hub.position(stream_of(room, to, broadcast))
 
     def clients(self) -> dict[str, int]:
         """Addressable client ids and their connection counts, cluster-wide."""
@@ -228,12 +319,24 @@ class WSApp:
         return self.upgrader.refused(err, request)
 
 
+class _StartingUpgrader(Upgrader):
+    """The app's upgrader: a handshake on any path starts the app's background tasks first."""
+
+    def __init__(self, service: Service, run_session: Any, start: Callable[[], None]) -> None:
+        super().__init__(service, run_session)
+        self._start_app = start
+
+    def upgrade(self, *args: Any, **kwargs: Any) -> None:
+        self._start_app()
+        super().upgrade(*args, **kwargs)
+
+
 def _make_backplane(settings: Settings, registry: Registry) -> Backplane:
+    """Not started: `WSApp._start_background` does, once the worker serves."""
     if settings.redis_url:
         from .redis.backplane import RedisBackplane
 
         backplane: Backplane = RedisBackplane(registry, settings)
     else:
         backplane = InProcessBackplane(registry, make_history(settings))
-    backplane.start()
     return backplane

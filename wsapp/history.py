@@ -61,6 +61,76 @@ class Position(NamedTuple):
 EMPTY = Position(0, "")
 
 
+class Published(int):
+    """What a publish did. An `int`, the connections reached (`delivered`), so callers
+    that compare or add counts keep working (`ws.send(...) == 0`, an ack's count), with
+    where the message went: its `stream`, `offset` and `epoch` (0 and "" when it got no
+    position: history off, a custom frame type, Redis away), `kept` (in the history),
+    `stored` (a direct message kept for a client id nobody reached) and `duplicate` (an
+    idempotency key seen before: nothing was sent, the first publish's result is answered)."""
+
+    stream: str
+    offset: int
+    epoch: str
+    kept: bool
+    duplicate: bool
+
+    def __new__(
+        cls, delivered: int, stream: str = "", offset: int = 0, epoch: str = "", kept: bool = False,
+        duplicate: bool = False,
+    ) -> Published:  # fmt: skip
+        self = super().__new__(cls, max(0, int(delivered)))
+        self.stream, self.offset, self.epoch, self.kept, self.duplicate = stream, offset, epoch, kept, duplicate
+        return self
+
+    @property
+    def delivered(self) -> int:
+        return int(self)
+
+    @property
+    def stored(self) -> bool:
+        return self.kept and int(self) == 0
+
+    @property
+    def position(self) -> Position:
+        return Position(self.offset, self.epoch)
+
+    def again(self) -> Published:
+        """The answer to a repeat of this publish (same idempotency key)."""
+        return Published(int(self), self.stream, self.offset, self.epoch, self.kept, True)
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"delivered": int(self), "stream": self.stream, "offset": self.offset}
+        out["epoch"] = self.epoch
+        if self.duplicate:
+            out["duplicate"] = True
+        return out
+
+    def __str__(self) -> str:  # what print() and click.echo show: the count, as before
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        return (f"Published(delivered={int(self)}, stream={self.stream!r}, offset={self.offset}, "
+                f"epoch={self.epoch!r}, kept={self.kept}, duplicate={self.duplicate})")  # fmt: skip
+
+
+MAX_KEY_CHARS = 128  # an idempotency key: 1 to 128 visible ASCII characters
+
+
+def check_key(key: Any) -> str:
+    """An idempotency key, or ValueError: 1 to `MAX_KEY_CHARS` visible ASCII characters."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS or not all("!" <= c <= "~" for c in key):
+        raise ValueError(f"an idempotency key is 1 to {MAX_KEY_CHARS} visible ASCII characters (no spaces)")
+    return key
+
+
+def frame_text(frame: bytes) -> str:
+    """The JSON text of an unmasked, unfragmented text frame the server encoded."""
+    n = frame[1] & 0x7F
+    start = 2 if n < 126 else 4 if n == 126 else 10
+    return frame[start:].decode("utf-8")
+
+
 class Replay(NamedTuple):
     """What a stream published after a client's position: `recovered` False when that
     cannot be told (new epoch, gap older than the history); `frames` then is empty."""
@@ -123,7 +193,10 @@ class MemoryHistory:
         max_streams: int,
         max_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
     ) -> None:
+        self.max_keys = max_keys  # idempotency keys remembered (WSAPP_IDEMPOTENCY_KEYS)
+        self._keys: OrderedDict[tuple[str, str], tuple[float, Published]] = OrderedDict()  # oldest first
         self.size = size
         self.ttl_s = ttl_s
         self.max_streams = max_streams
@@ -169,6 +242,33 @@ class MemoryHistory:
         self._bound(stream)
         return Position(s.offset, s.epoch)
 
+    # ---- idempotency keys: (stream, key) -> the first publish's result, for the TTL ------
+
+    def seen(self, stream: str, key: str) -> Published | None:
+        """The result of the publish to `stream` with `key` within `WSAPP_HISTORY_TTL`, if any."""
+        entry = self._keys.get((stream, key))
+        if entry is None:
+            return None
+        if self.clock() - entry[0] > self.ttl_s:
+            del self._keys[(stream, key)]
+            return None
+        return entry[1]
+
+    def remember(self, stream: str, key: str, result: Published) -> None:
+        """Keep `result` for `key`; past `max_keys` (or the TTL) the oldest keys go."""
+        now = self.clock()
+        self._keys[(stream, key)] = (now, result)
+        self._keys.move_to_end((stream, key))
+        while self._keys:
+            oldest_key, (t, _r) = next(iter(self._keys.items()))
+            if len(self._keys) <= self.max_keys and now - t <= self.ttl_s:
+                break
+            del self._keys[oldest_key]
+
+    @property
+    def keys(self) -> int:
+        return len(self._keys)
+
     # ---- reading ------------------------------------------------------------------------
 
     def exists(self, stream: str) -> bool:
@@ -191,6 +291,16 @@ class MemoryHistory:
         start = pos.offset + 1 - first if first is not None else 0
         out = [(off, frame) for off, _t, frame in islice(s.entries, max(0, start), None)]
         return Replay(True, out, current)
+
+    def tail(self, stream: str, n: int) -> Replay:
+        """The last `n` messages retained, oldest first, and the stream's position."""
+        now = self.clock()
+        s = self._live(stream, now)
+        if s is None:
+            return Replay(True, [], EMPTY)
+        self._trim(s, now)
+        entries = list(s.entries)[-n:] if n > 0 else []
+        return Replay(True, [(off, frame) for off, _t, frame in entries], Position(s.offset, s.epoch))
 
     # ---- bounds -------------------------------------------------------------------------
 
@@ -251,5 +361,6 @@ def make_history(settings: Any) -> MemoryHistory | None:
     if not settings.history_on:
         return None
     return MemoryHistory(
-        settings.history_size, settings.history_ttl_s, settings.history_streams, settings.history_bytes
+        settings.history_size, settings.history_ttl_s, settings.history_streams, settings.history_bytes,
+        max_keys=settings.idempotency_keys,
     )

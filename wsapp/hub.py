@@ -14,15 +14,68 @@ peer's rooms once, and their number is capped by `WSAPP_MAX_ROOMS`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 
 from . import history, protocol
 from .backplane import Backplane
+from .history import Position, Published, check_key
 from .registry import Departure, Join, Peer, Registry, Target
 
 log = logging.getLogger("wsapp.hub")
+
+# what the server itself sends on /ws/chat: a custom frame type may not be one of these
+SERVER_TYPES = frozenset(
+    {"welcome", "broadcast", "direct", "room", "joined", "resumed", "presence", "left", "ack", "error"}
+)
+MAX_TYPE_CHARS = 64
+
+
+def check_type(frame_type: Any) -> str:
+    """A custom frame type an app may send, or ValueError."""
+    if not isinstance(frame_type, str) or not 0 < len(frame_type) <= MAX_TYPE_CHARS:
+        raise ValueError(f"a frame type is a string of 1 to {MAX_TYPE_CHARS} characters")
+    if frame_type in SERVER_TYPES:
+        raise ValueError(f"{frame_type!r} is a frame type the server sends itself: choose another")
+    return frame_type
+
+
+def stream_of(room: str | None = None, to: str | None = None, broadcast: bool = False) -> str:
+    """The stream of exactly one of: a room, a client id's directs, the broadcast; or ValueError."""
+    if sum((room is not None, to is not None, bool(broadcast))) != 1:
+        raise ValueError("name exactly one stream: room=, to= or broadcast=True")
+    if room is not None:
+        return history.stream_room(room)
+    if to is not None:
+        return history.stream_direct(to)
+    return history.stream_broadcast()
+
+
+@dataclass(frozen=True)
+class Page:
+    """A read of a stream's history (`Hub.history`). `recovered` False: what came after the
+    position cannot be told (a new epoch, a gap older than the history, history off);
+    then `texts` is empty and `offset`/`epoch` are where the stream stands now: reload,
+    and go on from there. Otherwise `texts` are the JSON texts of the messages after the
+    position, in offset order, as clients received them, and `offset`/`epoch` the position
+    after the last of them; `more`: the stream has more after it (read again from there)."""
+
+    stream: str
+    recovered: bool
+    texts: list[str]
+    offset: int
+    epoch: str
+    more: bool
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [protocol.loads(text) for text in self.texts]
+
+    @property
+    def position(self) -> Position:
+        return Position(self.offset, self.epoch)
 
 
 class Hub:
@@ -88,29 +141,75 @@ class Hub:
 
     # With history on, every message gets its stream's next position and is kept
     # (`Backplane.publish_kept`); off, it is encoded once and published as it always was.
+    # Each returns a `Published`: an int (`delivered`) with the message's stream, offset
+    # and epoch. `key`: an idempotency key (`check_key`), scoped to the sender and the
+    # stream. `frame_type`: the frame's `type` instead of the built-in one (`check_type`);
+    # such a frame is live only: no position, not kept, no key.
 
-    def broadcast(self, sender: str, data: Any) -> int:
+    def broadcast(self, sender: str, data: Any, key: str = "", frame_type: str | None = None) -> Published:
         obj = protocol.broadcast(sender, data)
-        return self._publish(Target("all"), history.stream_broadcast(), obj, True)[0]
+        return self._publish(Target("all"), history.stream_broadcast(), obj, True, sender, key, frame_type)
 
-    def send(self, sender: str, to: str, data: Any) -> int:
-        return self.send_direct(sender, to, data)[0]
-
-    def send_direct(self, sender: str, to: str, data: Any) -> tuple[int, bool]:
-        """(connections reached, stored): stored is True when nobody was reached but the
-        message was kept in `to`'s direct stream for its next resume."""
+    def send(self, sender: str, to: str, data: Any, key: str = "", frame_type: str | None = None) -> Published:
         obj = protocol.direct(sender, to, data)
-        delivered, kept = self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline)
-        return delivered, kept and delivered == 0
+        return self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline, sender, key,
+                             frame_type)  # fmt: skip
 
-    def send_to_room(self, sender: str, room: str, data: Any) -> int:
+    def send_direct(self, sender: str, to: str, data: Any, key: str = "") -> tuple[Published, bool]:
+        """(the result, stored): stored is True when nobody was reached but the message was
+        kept in `to`'s direct stream for its next resume."""
+        result = self.send(sender, to, data, key)
+        return result, result.stored
+
+    def send_to_room(
+        self, sender: str, room: str, data: Any, key: str = "", frame_type: str | None = None
+    ) -> Published:
         obj = protocol.room_message(room, sender, data)
-        return self._publish(Target("room", room), history.stream_room(room), obj, True)[0]
+        return self._publish(Target("room", room), history.stream_room(room), obj, True, sender, key, frame_type)
 
-    def _publish(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+    def _publish(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, sender: str, key: str,
+        frame_type: str | None,
+    ) -> Published:  # fmt: skip
+        if frame_type is not None and frame_type != obj["type"]:
+            obj = {"type": check_type(frame_type), **{k: v for k, v in obj.items() if k != "type"}}
+            if key:
+                raise ValueError("a frame of a custom type is live only: it takes no idempotency key")
+            return Published(self.backplane.publish(target, protocol.text_frame(obj)), stream)
+        if key:
+            check_key(key)
+            if not self.backplane.history_on:
+                raise ValueError("idempotency keys need history (WSAPP_HISTORY_SIZE and WSAPP_HISTORY_TTL above 0)")
         if not self.backplane.history_on:
-            return self.backplane.publish(target, protocol.text_frame(obj)), False
-        return self.backplane.publish_kept(target, stream, obj, create)
+            return Published(self.backplane.publish(target, protocol.text_frame(obj)), stream)
+        scoped = f"{len(sender)}:{sender}:{key}" if key else ""  # one sender cannot claim another's key
+        return self.backplane.publish_kept(target, stream, obj, create, scoped)
+
+    # ---- reading streams -----------------------------------------------------------------
+
+    def position(self, stream: str) -> Position:
+        """Where `stream` stands now ({0, ""}: no such stream, or history off)."""
+        if not self.backplane.history_on:
+            return history.EMPTY
+        return self.backplane.positions([stream])[0]
+
+    def history(self, stream: str, since: Position | None, limit: int) -> Page:
+        """At most `limit` messages of `stream` after `since`, in order (see `Page`); with
+        `since` None, the last `limit` it keeps and its position now (a page's first load)."""
+        if not self.backplane.history_on:
+            return Page(stream, False, [], 0, "", False)
+        if since is None:
+            tail = self.backplane.tail(stream, max(0, limit))
+            texts = [history.frame_text(frame) for _off, frame in tail.frames]
+            return Page(stream, tail.recovered, texts, tail.position.offset, tail.position.epoch, False)
+        replay = self.backplane.replay(stream, since)
+        current = replay.position
+        if not replay.recovered:
+            return Page(stream, False, [], current.offset, current.epoch, False)
+        frames = replay.frames[: max(0, limit)]
+        offset = frames[-1][0] if frames else current.offset
+        texts = [history.frame_text(frame) for _off, frame in frames]
+        return Page(stream, True, texts, offset, current.epoch, len(replay.frames) > len(frames))
 
     # ---- rooms ------------------------------------------------------------------------
 

@@ -159,7 +159,6 @@ def command(obj: dict[str, Any], msg_id: str | int | None, kind: str) -> Command
     return Command(kind, msg_id, obj.get("data"), obj.get("to", ""), obj.get("room", ""))
 
 
-
 def parse_command(text: str) -> Command:
     """Validate one built-in client frame; raise `FrameError` saying what is wrong with it."""
     obj, msg_id, kind = parse_frame(text)

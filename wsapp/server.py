@@ -7,8 +7,10 @@ it with one line (see docs/extending.md):
 
     from wsapp.server import on_starting, post_worker_init  # noqa: F401
 
-Without it gunicorn's own stop applies: open WebSockets are cut (1006) when the
-worker exits.
+Without it (a plain `gunicorn -k gevent myapp:app`), `WSApp.init_app` installs the same
+drain from inside the gevent worker as it loads the app (`install_under_gunicorn`);
+the line adds the master's side (descriptor limit, Ctrl+C) and the worker's early
+handshakes and descriptor shedding.
 
 gunicorn imports this module in the master (the hooks): nothing here imports Flask at
 module level, since the gevent worker monkey-patches after the fork and modules
@@ -107,6 +109,9 @@ def install(worker: Any) -> None:
     gunicorn's keep-alive time to finish HTTP requests, so that the whole exit fits in
     `WSAPP_SHUTDOWN_TIMEOUT` (that of the first app; gunicorn's `graceful_timeout` must
     be longer, see docs/extending.md)."""
+    if getattr(worker, "_wsapp_drain", False):  # installed already (`init_app`, then the hook)
+        return
+    worker._wsapp_drain = True
     apps = list(_apps)
     shutdown_s = apps[0].settings.shutdown_timeout_s if apps else 10.0
     # leave room for gunicorn's 1 s loop tick and an idle keep-alive request to end
@@ -127,6 +132,34 @@ def install(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_stop_signal)
     signal.signal(signal.SIGINT, on_stop_signal)
+
+
+NO_DRAIN = (
+    "wsapp: gunicorn --preload without wsapp's hooks: SIGTERM will cut WebSockets (1006) instead of "
+    "closing them 1001; add `from wsapp.server import on_starting, post_worker_init` to the gunicorn config"
+)
+
+
+def install_under_gunicorn() -> bool:
+    """For `WSApp.init_app`: in a gunicorn gevent worker loading the app (a plain
+    `gunicorn -k gevent myapp:app`, no wsapp hooks line), install the drain from here.
+    gunicorn has set its own signal handlers before it loads the app, and wsapp's
+    `post_worker_init` (if the config has the line) finds the drain in place. True if
+    installed (or already there)."""
+    from . import startup
+
+    worker = startup.gunicorn_worker()
+    if worker is None:
+        arbiter = startup.gunicorn_arbiter()  # `--preload`: the master loads the app, no worker yet
+        if arbiter is not None and arbiter.cfg.post_worker_init is not post_worker_init:
+            arbiter.log.warning(NO_DRAIN)  # gunicorn's error log: the app's may have no handler yet
+        return False
+    from gunicorn.workers.ggevent import GeventWorker
+
+    if not isinstance(worker, GeventWorker):  # the sync worker cannot serve WebSockets at all
+        return False
+    install(worker)
+    return True
 
 
 # ---- gunicorn hooks: `from wsapp.server import on_starting, post_worker_init` -----------

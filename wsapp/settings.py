@@ -5,8 +5,9 @@ settings table is generated from `OPTIONS` (`python -m wsapp.settings --table`) 
 test checks that the two agree. `Settings.from_env` collects every problem before it
 fails, so a bad deployment learns all of its mistakes at once: one line per problem,
 naming the variable, the bad value and what is allowed. Every entry point (gunicorn's
-config, `app.py` for `flask --app app ...`, `python -m wsapp.settings`) prints those
-lines with `exit_on_error` and exits 2, never a traceback.
+config, `app.py` for `flask --app app ...`, `WSApp.init_app` under gunicorn or `flask`,
+`python -m wsapp.settings`) prints those lines with `report_and_exit` and exits 2, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -694,13 +695,21 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def report_and_exit(exc: SettingsError, status: int = 2) -> NoReturn:
+    """Each problem on one line of stderr, then exit `status` (2): what every entry point
+    does with a `SettingsError` (gunicorn.conf.py, `app.py`, `WSApp.init_app` under
+    gunicorn or `flask`, `python -m wsapp.settings`), never a traceback."""
+    sys.stderr.write("".join(line + "\n" for line in exc.lines()))
+    sys.stderr.flush()
+    raise SystemExit(status) from None
+
+
 def exit_on_error(env: Mapping[str, str] | None = None) -> Settings:
     """`Settings.from_env`, or each problem on one line of stderr and exit status 2."""
     try:
         return Settings.from_env(env)
     except SettingsError as exc:
-        sys.stderr.write("".join(line + "\n" for line in exc.lines()))
-        raise SystemExit(2) from None
+        report_and_exit(exc)
 
 
 @contextlib.contextmanager
@@ -710,8 +719,7 @@ def exit_on_bad_settings() -> Iterator[None]:
     try:
         yield
     except SettingsError as exc:
-        sys.stderr.write("".join(line + "\n" for line in exc.lines()))
-        raise SystemExit(2) from None
+        report_and_exit(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,17 @@ it, 429 `rate_limited` with `Retry-After`, before the body is read.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import auth, protocol
+from .. import auth, history, protocol
+from ..chat.resume import MAX_EPOCH_CHARS
 from ..errors import ApiError
+from ..history import Position, check_key
+from ..hub import stream_of
 from ..proxy import address_allowed, client_address
 from ..ratelimit import RateTable, retry_after
 from ..service import Service
@@ -84,22 +89,81 @@ def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None
     return value
 
 
+def _whole(raw: str, name: str, most: int) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > most:
+        raise ApiError("bad_request", f"{name!r} must be a whole number from 0 to {most}")
+    return int(raw)
+
+
+class KeyQuota:
+    """Idempotency keys per client id per window (`WSAPP_IDEMPOTENCY_KEYS_PER_CLIENT` per
+    `WSAPP_HISTORY_TTL`), in this worker: what bounds the keys one client id makes Redis
+    (or this worker) remember. Bounded itself: past `MAX_CLIENTS` the ended windows go,
+    then all (a reset lets some keys more through; it never grows)."""
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, per_client: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_client, self.window_s, self.clock = per_client, window_s, clock
+        self._used: dict[str, tuple[int, float]] = {}  # client id -> (keys used, window end)
+
+    def take(self, client_id: str) -> float:
+        """0: the key may be used (and is counted); else the seconds until the window ends."""
+        if self.per_client <= 0:
+            return 0.0
+        now = self.clock()
+        used, until = self._used.get(client_id, (0, 0.0))
+        if until <= now:
+            used, until = 0, now + self.window_s
+            if len(self._used) >= self.MAX_CLIENTS:
+                self._used = {k: v for k, v in self._used.items() if v[1] > now}
+                if len(self._used) >= self.MAX_CLIENTS:
+                    self._used = {}
+        if used >= self.per_client:
+            return until - now
+        self._used[client_id] = (used + 1, until)
+        return 0.0
+
+
 def add_routes(bp: Blueprint, service: Service) -> None:
     """The API's routes, on the site blueprint (`wsapp.site`)."""
     hub = service.hub
     settings = service.settings
     pace = RateTable(settings.api_rate_limit, settings.api_rate_burst)  # this app's, in this worker
 
+    keys = KeyQuota(settings.idempotency_keys_per_client, settings.history_ttl_s)
+
+    def idempotency_key(identity: auth.Identity) -> str:
+        """The request's `Idempotency-Key` ("" when none): checked, and counted against the
+        client id's `WSAPP_IDEMPOTENCY_KEYS_PER_CLIENT` (429 past it)."""
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return ""
+        try:
+            check_key(key)
+        except ValueError as err:
+            raise ApiError("bad_request", f"Idempotency-Key: {err}") from None
+        if not service.backplane.history_on:
+            raise ApiError("bad_request", "Idempotency-Key needs history on (WSAPP_HISTORY_SIZE, WSAPP_HISTORY_TTL)")
+        wait = keys.take(identity.client_id)
+        if wait > 0:
+            after = retry_after(wait)
+            message = (f"client {identity.client_id!r} used {keys.per_client} idempotency keys in this "
+                       f"WSAPP_HISTORY_TTL window (WSAPP_IDEMPOTENCY_KEYS_PER_CLIENT): retry in {after} s")  # fmt: skip
+            raise ApiError("rate_limited", message, headers={"Retry-After": str(after)})
+        return key
+
     @bp.post("/api/broadcast")
     def broadcast() -> Response:
         sender = _identity(service, pace, admin=True)
         body = _json_body(service)
         room = _string_field(body, "room", required=False)
+        key = idempotency_key(sender)
         if room is None:
-            delivered = hub.broadcast(sender.client_id, body["data"])
+            result = hub.broadcast(sender.client_id, body["data"], key)
         else:
-            delivered = hub.send_to_room(sender.client_id, room, body["data"])
-        return jsonify(delivered=delivered)
+            result = hub.send_to_room(sender.client_id, room, body["data"], key)
+        return jsonify(result.wire())
 
     @bp.post("/api/send")
     def send() -> Response | tuple[Response, int]:
@@ -107,12 +171,54 @@ def add_routes(bp: Blueprint, service: Service) -> None:
         body = _json_body(service)
         to = _string_field(body, "to", required=True)
         assert to is not None
-        delivered, stored = hub.send_direct(sender.client_id, to, body["data"])
+        key = idempotency_key(sender)
+        result, stored = hub.send_direct(sender.client_id, to, body["data"], key)
         if stored:  # kept for the client's resume: accepted, not delivered yet
-            return jsonify(delivered=0, stored=True), 202
-        if delivered == 0:
+            return jsonify(**result.wire(), stored=True), 202
+        if result == 0:
             raise ApiError("not_connected", f"client {to!r} is not connected", delivered=0)
-        return jsonify(delivered=delivered)
+        return jsonify(result.wire())
+
+    @bp.get("/api/history")
+    def read_history() -> Response:
+        identity = _identity(service, pace, admin=False)
+        args = request.args
+        named = [name for name in ("room", "to", "broadcast") if name in args]
+        if len(named) != 1:
+            raise ApiError("bad_request", "name exactly one stream: ?room=<name>, ?to=<client id> or ?broadcast=1")
+        room, to = args.get("room"), args.get("to")
+        if room is not None and not 0 < len(room) <= protocol.MAX_ROOM_CHARS:
+            raise ApiError("bad_request", f"'room' is 1 to {protocol.MAX_ROOM_CHARS} characters")
+        if to is not None and not 0 < len(to) <= MAX_CLIENT_ID_CHARS:
+            raise ApiError("bad_request", f"'to' is 1 to {MAX_CLIENT_ID_CHARS} characters, a client id's limit")
+        if named == ["broadcast"] and args["broadcast"] != "1":
+            raise ApiError("bad_request", "'broadcast' must be 1")
+        if not identity.is_admin and to != identity.client_id:  # a client may read its own directs
+            raise ApiError("forbidden", "an admin token reads any stream; another token only ?to=<its client id>")
+        since = _whole(args["since"], "since", 2**63 - 1) if "since" in args else None
+        epoch = args.get("epoch", "")
+        if len(epoch) > MAX_EPOCH_CHARS:
+            raise ApiError("bad_request", f"'epoch' is at most {MAX_EPOCH_CHARS} characters")
+        cap = settings.history_read_limit
+        limit = _whole(args.get("limit", str(cap)), "limit", 2**31)
+        position = None if since is None else Position(since, epoch)  # None: the latest messages
+        page = hub.history(stream_of(room, to, named == ["broadcast"]), position, limit)
+        head = protocol.encode({"stream": page.stream, "recovered": page.recovered, "offset": page.offset,
+                                "epoch": page.epoch, "more": page.more})  # fmt: skip
+        # the messages as clients received them: their JSON texts, not decoded and encoded again
+        text = head[:-1] + ',"messages":[' + ",".join(page.texts) + "]}"
+        return Response(text, mimetype="application/json")
+
+    @bp.get("/api/rooms/<path:room>")
+    def room_state(room: str) -> Response:
+        _identity(service, pace, admin=True)
+        if len(room) > protocol.MAX_ROOM_CHARS:
+            raise ApiError("bad_request", f"a room name is at most {protocol.MAX_ROOM_CHARS} characters")
+        members = hub.room_members(room)  # cluster-wide, sorted
+        shown = members[: settings.members_limit]
+        position = hub.position(history.stream_room(room))
+        return jsonify(room=room, members=shown, count=len(members), truncated=len(shown) < len(members),
+                       offset=position.offset, epoch=position.epoch)  # fmt: skip
 
     @bp.get("/api/clients")
     def clients() -> Response:

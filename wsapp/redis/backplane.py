@@ -49,7 +49,7 @@ from gevent.event import Event
 from .. import protocol
 from ..backplane import Backplane, close_local, close_payload
 from ..frames import OP_TEXT, encode_frame
-from ..history import EMPTY, ENTRY_COST, Position, Replay, body_prefix
+from ..history import EMPTY, ENTRY_COST, Position, Published, Replay, body_prefix
 from ..logsafe import safe
 from ..metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
 from ..registry import Peer, Registry, Target, deliver, receiving
@@ -249,11 +249,13 @@ class RedisBackplane(Backplane):
 
     # ---- history: one script per message keeps it and publishes it to every receiver ----
 
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool) -> tuple[int, bool]:
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
+    ) -> Published:
         """This node's peers get the message from the stream's channel too, so every node
         delivers a stream's messages in offset order (one channel per stream, ordered).
         While Redis is away the message goes to this node's peers only, without a
-        position, unkept."""
+        position, unkept (and an idempotency key is not checked: nothing can be)."""
         peers = self.registry.targets(target)
         here = len(peers)  # every receiver here gets it from the channel, held ones too
         if self._healthy:
@@ -261,14 +263,19 @@ class RedisBackplane(Backplane):
             try:
                 store = self._within_budget(obj.get("from"), prefix, stream)
                 size, ttl = self.history_size, self.history_ttl_s
-                n, published = self.bus.publish_kept(target, stream, prefix, here, create, size, ttl, store)
                 # `delivered` leaves out the connections here holding the stream for a resume
-                return (receiving(peers, stream) + n, store) if published else (0, False)
+                counted = receiving(peers, stream)
+                kept = self.bus.publish_at(target, stream, prefix, here, create, size, ttl, store, key, counted)
+                if kept.duplicate:
+                    return Published(kept.others, stream, kept.offset, kept.epoch, kept.status == 1, True)
+                if kept.status == 0:
+                    return Published(0, stream)
+                return Published(counted + kept.others, stream, kept.offset, kept.epoch, store)
             except redis.exceptions.OutOfMemoryError as exc:
-                return self._publish_lost(target, stream, obj, exc)
+                return Published(self._publish_lost(target, stream, obj, exc)[0], stream)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
-        return deliver(self.registry.targets(target), protocol.text_frame(obj)), False
+        return Published(deliver(self.registry.targets(target), protocol.text_frame(obj)), stream)
 
     def _within_budget(self, sender: Any, prefix: str, stream: str) -> bool:
         """May `sender`'s message be kept (`WSAPP_HISTORY_BYTES_PER_CLIENT`)? Past the budget
@@ -323,6 +330,14 @@ class RedisBackplane(Backplane):
         if self._healthy:
             try:
                 return self.bus.since(stream, pos, self.history_ttl_s)
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return Replay(False, [], EMPTY)
+
+    def tail(self, stream: str, n: int) -> Replay:
+        if self._healthy:
+            try:
+                return self.bus.tail(stream, n, self.history_ttl_s)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
         return Replay(False, [], EMPTY)

@@ -38,7 +38,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -164,6 +164,22 @@ def stream_tag(stream: str) -> str:
     return name_tag({"direct": "c", "room": "r"}[kind], key)
 
 
+def idempotency_hash(stream: str, key: str) -> str:
+    """The name part of an idempotency key's Redis key: bounded, whatever the key holds."""
+    return hashlib.sha256(f"{stream}\0{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class Kept(NamedTuple):
+    """What `Bus.publish_at` did: `status` 1 kept, 2 published unkept, 0 neither; `others`
+    the other live nodes' receivers (a `duplicate`: the first publish's `delivered`)."""
+
+    status: int
+    offset: int
+    others: int
+    epoch: str
+    duplicate: bool
+
+
 def node_tag(node: str) -> str:
     return "{n:" + node + "}"
 
@@ -220,6 +236,7 @@ _PUBLISH_LOST = _script_text("publish_lost")
 _CHARGE = _script_text("charge")
 _POSITION = _script_text("position")
 _SINCE = _script_text("since")
+_TAIL = _script_text("tail")
 _ROOM_SET = _script_text("room_set")
 _ROOM_DROP = _script_text("room_drop")
 _COUNT_SET = _script_text("count_set")
@@ -312,6 +329,7 @@ class Bus:
         self._charge = self._script(_CHARGE)
         self._position = self._script(_MEMBERS + _HISTORY + _POSITION)
         self._since = self._script(_MEMBERS + _SINCE)
+        self._tail = self._script(_MEMBERS + _TAIL)
         self._room_set = self._script(_MEMBERS + _ROOM_SET)
         self._room_drop = self._script(_MEMBERS + _ROOM_DROP)
         self._count_set = self._script(_MEMBERS + _COUNT_SET)
@@ -404,15 +422,40 @@ class Bus:
 
         Raises `redis.exceptions.OutOfMemoryError` when Redis is full (nothing written
         then: `publish_lost` delivers the message)."""
+        kept = self.publish_at(target, stream, prefix, here, create, size, ttl_s, store)
+        return kept.others, kept.status != 0
+
+    def publish_at(
+        self,
+        target: Target,
+        stream: str,
+        prefix: str,
+        here: int,
+        create: bool,
+        size: int,
+        ttl_s: float,
+        store: bool = True,
+        key: str = "",
+        counted: int = 0,
+    ) -> Kept:
+        """`publish_kept` with the message's position, and with an idempotency `key` (already
+        scoped to its sender; `counted` is the caller's own receivers `delivered` counts):
+        a key seen for `stream` within `ttl_s` sends nothing and answers the first result
+        (`Kept.duplicate`), atomically with the publish, so two nodes never both send."""
         tag = target_tag(target)
         keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
+        if key:
+            keys.append(self.key(tag, "ik:" + idempotency_hash(stream, key)))
         args = [
             self.node_id, target.exclude_client, self.publish_command, self.channel(tag), prefix, size,
-            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here, int(store),
+            int(ttl_s * 1000), int(create), kept_head(self.node_id, target, stream), here, int(store), counted,
             *self._dead(),
         ]  # fmt: skip
-        status, _offset, others = self._publish_kept(keys=keys, args=args)
-        return max(0, int(others)), int(status) != 0
+        out = self._publish_kept(keys=keys, args=args)
+        status, offset, others, epoch = int(out[0]), int(out[1]), int(out[2]), _text(out[3])
+        if status == 3:  # a repeat: `others` is the first publish's whole `delivered`
+            return Kept(int(out[4]), offset, max(0, others), epoch, True)
+        return Kept(status, offset, max(0, others), epoch, False)
 
     def publish_lost(self, target: Target, frame: bytes) -> int:
         """`_PUBLISH_LOST`: the stream of `target` is forgotten, `frame` (no position) goes to
@@ -471,6 +514,13 @@ class Bus:
             return Replay(False, [], current)
         pairs = zip(out[3::2], out[4::2], strict=True)
         return Replay(True, [(int(off), text_frame(body.decode("utf-8"))) for off, body in pairs], current)
+
+    def tail(self, stream: str, n: int, ttl_s: float) -> Replay:
+        """The last `n` messages `stream` keeps, oldest first, and where it stands (`_TAIL`)."""
+        out = self._tail(keys=self._history_keys(stream), args=[max(0, n), int(ttl_s * 1000)])
+        current = Position(int(out[1]), _text(out[0])) if out[0] else EMPTY
+        pairs = zip(out[2::2], out[3::2], strict=True)
+        return Replay(True, [(int(off), text_frame(_text(body))) for off, body in pairs], current)
 
     # ---- reading presence --------------------------------------------------------------------
 
