@@ -179,3 +179,29 @@ def test_keys_need_history_and_custom_types_take_none() -> None:
         hub.broadcast("s", 1, key="a")
     with pytest.raises(ValueError):
         make_hub().broadcast("s", 1, key="a", frame_type="typing")
+
+
+def test_on_a_three_primary_cluster_a_retried_publish_on_two_nodes_is_delivered_once() -> None:
+    """The key lives in the stream's hash slot: the publish script sees it atomically there."""
+    from helpers import RedisClusterProcess
+
+    cluster = RedisClusterProcess()
+    cluster.start()
+    env = {**ENV, "WSAPP_REDIS_URL": cluster.url, "WSAPP_WORKERS": "1"}
+    a = b = None
+    try:
+        a, b = Server(env=env).start(), Server(env=env).start()
+        bob = chat(b, "bob")
+        body = {"to": "bob", "data": "once"}
+        sent = [http(n.url, "POST", "/api/send", body, make_token("alice"), headers={"Idempotency-Key": "c-1"})
+                for n in (a, b)]  # fmt: skip
+        assert sent[0].status == sent[1].status == 200 and sent[1].body["duplicate"] is True
+        assert sent[0].body["offset"] == sent[1].body["offset"]
+        http(a.url, "POST", "/api/send", {"to": "bob", "data": "end"}, make_token("alice"))
+        assert drain_room(bob, "end") == ["once"]
+        bob.close()
+    finally:
+        for s in (a, b):
+            if s is not None:
+                s.stop()
+        cluster.stop()

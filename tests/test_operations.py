@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -241,3 +242,35 @@ def test_descriptor_soft_limit_is_raised_to_the_hard_limit_and_logged_once() -> 
         for ws in held:
             ws.close()
         srv.stop()
+
+
+def test_a_draining_worker_publishes_nothing_through_the_http_api(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Once SIGTERM is in, a send or broadcast could reach no one (connections closing) and
+    be kept nowhere (the backplane stops): 503 shutting_down, to publish through another."""
+    srv: Server = start_server(WSAPP_SHUTDOWN_TIMEOUT="4")
+    status, _, _, stuck = raw_handshake(srv.port, "/ws/chat", {"Authorization": f"Bearer {make_token('stuck')}"})
+    assert status == 101  # never answers the close: the drain lasts its budget
+    keep = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+
+    def ask(request: str) -> str:
+        keep.sendall(request.encode())
+        answer = ""
+        while not answer.rstrip().endswith("}"):
+            chunk = keep.recv(4096).decode()
+            assert chunk, answer
+            answer += chunk
+        return answer
+
+    host = f"Host: 127.0.0.1:{srv.port}\r\n"
+    assert ask(f"GET /healthz HTTP/1.1\r\n{host}\r\n").startswith("HTTP/1.1 200")
+    srv.signal(signal.SIGTERM)
+    while not ask(f"GET /readyz HTTP/1.1\r\n{host}\r\n").startswith("HTTP/1.1 503"):
+        pass  # the drain has begun
+    body = json.dumps({"to": "stuck", "data": "late"})
+    answer = ask(
+        f"POST /api/send HTTP/1.1\r\n{host}Authorization: Bearer {make_token('ops', admin=True)}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    )
+    assert answer.startswith("HTTP/1.1 503") and '"error": "shutting_down"' in answer, answer
+    keep.close()
+    stuck.close()

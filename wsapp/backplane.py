@@ -78,9 +78,7 @@ class Backplane(ABC):
         """Chat client ids and their connection counts, cluster-wide."""
 
     # history (only called when `history_on`)
-    def publish_kept(
-        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
-    ) -> Published:
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
         """Give `obj` the next position of `stream`, keep it, deliver it to `target` on
         every node. With `create` False (a direct message) nothing is kept or sent when
         nobody receives it and the stream does not exist (the client id was not seen
@@ -138,9 +136,7 @@ class InProcessBackplane(Backplane):
         self.history = history
         self.history_on = history is not None
 
-    def publish_kept(
-        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
-    ) -> Published:
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
         history = self.history
         assert history is not None
         if key:

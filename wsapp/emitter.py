@@ -68,9 +68,7 @@ class Emitter:
             return Published(0, stream)
         return Published(kept.others, stream, kept.offset, kept.epoch, kept.status == 1)
 
-    def broadcast(
-        self, data: Any, room: str | None = None, *, sender: str | None = None, key: str = ""
-    ) -> Published:
+    def broadcast(self, data: Any, room: str | None = None, *, sender: str | None = None, key: str = "") -> Published:
         """Send `data` to every addressable connection, or to the members of `room`. Returns a
         `Published`: an int, the connections reached, with the message's `stream`, `offset`
         and `epoch`. `key`: an idempotency key (a repeat within the history TTL sends nothing

@@ -233,6 +233,7 @@ class WSApp:
         a repeat within `WSAPP_HISTORY_TTL` sends nothing and answers the first result
         (`.duplicate`). `type`: a frame type of the app's own instead of `direct` (live
         only: no position, no key). ValueError for a bad `key` or `type`."""
+        self._start_background()  # a push from a CLI command or a job: this process is a node now
         return self.service.hub.send(sender, client_id, data, key, type)
 
     def broadcast(
@@ -240,6 +241,7 @@ class WSApp:
     ) -> Published:
         """A `broadcast` frame to every addressable connection, or a `room` frame to `room`'s
         members. Returns a `Published`, takes `key` and `type` (see `send`)."""
+        self._start_background()
         if room is None:
             return self.service.hub.broadcast(sender, data, key, type)
         return self.service.hub.send_to_room(sender, room, data, key, type)
@@ -258,6 +260,7 @@ class WSApp:
         messages (`WSAPP_HISTORY_READ_LIMIT` at most): a `Page` (`recovered`, `messages`,
         `offset`, `epoch`, `more`). Without `since`: the latest `limit` messages kept and
         the stream's position now, read at once (a page's first load). Cluster-wide with Redis."""
+        self._start_background()
         cap = self.settings.history_read_limit
         n = cap if limit is None else max(0, min(int(limit), cap))
         position = None if since is None else Position(*since)
@@ -265,6 +268,7 @@ class WSApp:
 
     def position(self, *, room: str | None = None, to: str | None = None, broadcast: bool = False) -> Position:
         """Where one stream stands now: `Position(offset, epoch)` ({0, ""}: no such stream)."""
+        self._start_background()
         return self.service.hub.position(stream_of(room, to, broadcast))
 
     def clients(self) -> dict[str, int]:

@@ -361,6 +361,9 @@ def make_history(settings: Any) -> MemoryHistory | None:
     if not settings.history_on:
         return None
     return MemoryHistory(
-        settings.history_size, settings.history_ttl_s, settings.history_streams, settings.history_bytes,
+        settings.history_size,
+        settings.history_ttl_s,
+        settings.history_streams,
+        settings.history_bytes,
         max_keys=settings.idempotency_keys,
     )

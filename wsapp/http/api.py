@@ -153,8 +153,16 @@ def add_routes(bp: Blueprint, service: Service) -> None:
             raise ApiError("rate_limited", message, headers={"Retry-After": str(after)})
         return key
 
+    def not_draining() -> None:
+        """A draining worker publishes nothing: its connections are closing and its Redis
+        backplane is about to stop, so a message accepted now could reach no one and be
+        kept nowhere (the fault benchmark saw exactly that). 503: publish elsewhere."""
+        if service.registry.draining:
+            raise ApiError("shutting_down", "this worker is shutting down: publish through another")
+
     @bp.post("/api/broadcast")
     def broadcast() -> Response:
+        not_draining()
         sender = _identity(service, pace, admin=True)
         body = _json_body(service)
         room = _string_field(body, "room", required=False)
@@ -167,6 +175,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
 
     @bp.post("/api/send")
     def send() -> Response | tuple[Response, int]:
+        not_draining()
         sender = _identity(service, pace, admin=False)
         body = _json_body(service)
         to = _string_field(body, "to", required=True)
@@ -200,7 +209,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
         if len(epoch) > MAX_EPOCH_CHARS:
             raise ApiError("bad_request", f"'epoch' is at most {MAX_EPOCH_CHARS} characters")
         cap = settings.history_read_limit
-        limit = _whole(args.get("limit", str(cap)), "limit", 2**31)
+        limit = min(_whole(args.get("limit", str(cap)), "limit", 2**31), cap)
         position = None if since is None else Position(since, epoch)  # None: the latest messages
         page = hub.history(stream_of(room, to, named == ["broadcast"]), position, limit)
         head = protocol.encode({"stream": page.stream, "recovered": page.recovered, "offset": page.offset,

@@ -249,9 +249,7 @@ class RedisBackplane(Backplane):
 
     # ---- history: one script per message keeps it and publishes it to every receiver ----
 
-    def publish_kept(
-        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = ""
-    ) -> Published:
+    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
         """This node's peers get the message from the stream's channel too, so every node
         delivers a stream's messages in offset order (one channel per stream, ordered).
         While Redis is away the message goes to this node's peers only, without a
