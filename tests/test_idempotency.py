@@ -99,9 +99,8 @@ def test_keys_per_client_id_are_bounded_then_429_with_retry_after(nodes: list[Se
     assert http(nodes[0].url, "POST", "/api/broadcast", {"data": 1}, make_token("busy", admin=True)).status == 200
 
 
+@pytest.mark.parametrize("nodes", ["redis"], indirect=True)  # Redis keys: no in-process variant
 def test_redis_keeps_one_ttld_key_per_target_and_key(redis_server: RedisProcess, nodes: list[Server]) -> None:
-    if len(nodes) == 1:
-        pytest.skip("Redis only")
     client = redis_server.client()
     before = set(client.scan_iter("wsapp:*:ik:*"))
     http(nodes[0].url, "POST", "/api/broadcast", {"room": "t1", "data": 1}, ADMIN, headers={"Idempotency-Key": "z"})

@@ -147,6 +147,12 @@ class WSApp:
 
     # ---- the background tasks: started when the worker first serves -------------------
 
+    def start(self) -> None:
+        """Start the app's background tasks now (the heartbeat; with Redis, this process
+        becomes a node: presence, subscriptions, liveness), as the first request, handshake
+        or push would. A gunicorn gevent worker calls it for each app as it begins serving."""
+        self._start_background()
+
     # "idle" after init_app (which starts nothing: `flask routes`, or importing the app in
     # a test, joins no cluster), "started" by the first handshake or HTTP request, "closed"
     _background = "idle"
@@ -159,10 +165,10 @@ class WSApp:
             if self._background == "started":
                 self._started.wait()
             return
+        service = self.service  # raises before anything changes when no app is served yet
         self._background = "started"
         self._started = gevent.event.Event()
         try:
-            service = self.service
             self._heartbeat = heartbeat.start(service.registry, service.settings, service.metrics)
             service.backplane.start()  # catches Redis errors itself: the supervisor reconnects
         finally:

@@ -44,6 +44,7 @@ class Drainable(Protocol):
     @property
     def settings(self) -> Settings: ...
     def close(self) -> None: ...
+    def start(self) -> None: ...
 
 
 # every live WSApp of this process, for the drain; weak: an app that is gone is not kept
@@ -112,6 +113,8 @@ def install(worker: Any) -> None:
     if getattr(worker, "_wsapp_drain", False):  # installed already (`init_app`, then the hook)
         return
     worker._wsapp_drain = True
+    for ext in list(_apps):  # the worker serves from now on: each app is a node (Redis) at once
+        gevent.spawn(ext.start)
     apps = list(_apps)
     shutdown_s = apps[0].settings.shutdown_timeout_s if apps else 10.0
     # leave room for gunicorn's 1 s loop tick and an idle keep-alive request to end
