@@ -352,8 +352,9 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class RedisProcess:
     """A redis-server on one port that a test may stop and start again (same port, empty data)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.port = free_port()
+        self.args = args  # more redis-server settings, e.g. "--maxmemory", "8mb"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -364,7 +365,8 @@ class RedisProcess:
         import redis
 
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 10
