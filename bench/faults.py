@@ -459,12 +459,14 @@ class Publishers:
         self.stop = [True]
         self.greenlets: list[gevent.Greenlet] = []
 
-    def post(self, path: str, body: dict[str, Any]) -> bool:
+    def post(self, path: str, body: dict[str, Any], key: str) -> bool:
+        """POST to one node, the other if that fails; the same `Idempotency-Key` each time, so a
+        retry of a publish whose answer was lost (a node killed, a slow answer) is not a duplicate."""
+        headers = {"Authorization": f"Bearer {self.admin}", "Content-Type": "application/json", "Idempotency-Key": key}
         for port in random.sample(self.ports, len(self.ports)):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
             try:
-                conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {self.admin}",
-                                                              "Content-Type": "application/json"})  # fmt: skip
+                conn.request("POST", path, json.dumps(body), headers)
                 status = conn.getresponse().status
                 if status in (200, 202):
                     return True
@@ -487,7 +489,7 @@ class Publishers:
         else:
             to = random.choice(self.clients).cid
             stream, path, body = f"direct:{to}", "/api/send", {"to": to, "data": {"n": n}}
-        if self.post(path, body):
+        if self.post(path, body, f"faults-{n}"):
             self.log.append(Published(kind, stream, n, t))
         else:
             self.refused[kind] += 1
@@ -572,6 +574,7 @@ def main() -> int:
     ap.add_argument("--silence", type=float, default=3, help="seconds without a frame: the connection is dead")
     ap.add_argument("--history", type=int, default=5000, help="WSAPP_HISTORY_SIZE (each gap fits in it)")
     ap.add_argument("--json", action="store_true", help="one JSON line per fault on stdout as well")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the nodes' and Redis's logs (the folder is printed)")
     args = ap.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     if unknown := set(faults) - set(FAULTS):
@@ -670,7 +673,10 @@ def main() -> int:
         if proxy is not None:
             proxy.stop()
         end_all()
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep_logs:
+            log(f"logs kept in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_for_back(clients: list[Client], since: float, timeout: float) -> float | None:

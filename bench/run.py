@@ -1,6 +1,6 @@
-"""Benchmark wsapp against its peers with one command; print one Markdown table.
+"""Benchmark wsapp against its peers with one command; print Markdown tables (figures, ratios, CPU).
 
-    bench/run.sh              # full run: every workload 2 times per stack, medians (~25 min)
+    bench/run.sh              # full run: every workload 2 times per stack, medians (~45 min)
     bench/run.sh --quick      # smoke run: 1 time, short windows, fan-out and storm to 2,000
     bench/run.sh --profile    # also py-spy wsapp's worker under echo, fan-out and handshakes
 
@@ -15,6 +15,16 @@ Stacks, each one process pinned to core 0 with taskset:
                   compression off, max_size 65536, no checks
   flask-sock      bench/peers/flask_sock_app.py: the plain dict-of-sockets app
   Flask-SocketIO  bench/peers/socketio_app.py
+  picows          bench/peers/picows_app.py: picows' asyncio server (Cython framing)
+  Granian         bench/peers/granian_app.py: an RSGI app on Granian (Rust), 1 worker,
+                  1 runtime thread
+  Bun             bench/peers/bun_app.js: Bun.serve's WebSocket server, the ceiling
+  Socket.IO-node  bench/peers/socketio_node.js: socket.io 4 on Node
+  Socket.IO-node+Redis  the same with @socket.io/redis-adapter on the run's redis-server:
+                  the reconnect storm only
+Only wsapp verifies a token (an HS256 JWT) on every handshake; no peer checks anything
+(the tables say so). A stack that cannot run a workload gets an empty cell, and the
+reason is printed under the tables.
 The load generator (bench/loadgen, Go + gorilla/websocket) runs pinned to core 1 and
 reports its own CPU use and the server worker's over each measured window: a figure
 with the generator near 100% and the server well below it is client-bound.
@@ -27,11 +37,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import importlib.util
 import json
 import os
 import re
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -52,7 +64,8 @@ PYTHON = sys.executable
 SECRET = "bench-" + secrets.token_hex(24)  # 54 bytes: HS256 wants 32+
 SERVER_CORE, CLIENT_CORE = "0", "1"
 _LISTENING = re.compile(r"Listening at: http://[^:\s]+:(\d+)")
-_WORKER = re.compile(r"Booting worker with pid: (\d+)")
+# gunicorn's and our peers' wording, and Granian's (its worker process is the one measured)
+_WORKER = re.compile(r"(?:Booting worker with pid|Spawning worker-1 with PID): (\d+)")
 
 
 # ---- the stacks ---------------------------------------------------------------------------
@@ -65,10 +78,24 @@ class Stack:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     extra: bool = False  # runs only the workloads that name it (Workload.stacks)
+    auth: str = "none"  # what it checks on every handshake (printed with the tables)
+    redis: bool = False  # needs the run's redis-server
+    ours: str = "wsapp"  # the wsapp stack its ratio is taken against
+
+
+NODE_BIN = BENCH / "node_modules" / ".bin"
+# the stack every ratio is also given against, marked in the tables
+CEILING = "Bun"
 
 
 def stacks(redis_url: str) -> list[Stack]:
     gunicorn = [PYTHON, "-m", "gunicorn"]
+    granian = [PYTHON, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1", "--port", "{port}"]
+    # one worker process with one runtime thread, like one gevent worker; limits as wsapp's
+    granian += ["--workers", "1", "--runtime-threads", "1", "--backlog", "2048", "--backpressure", "25000"]
+    granian += ["--loop", "asyncio"]  # the other asyncio peers' loop (auto would pick uvloop if it were installed)
+    granian += ["--no-access-log", "--log-level", "info", "bench.peers.granian_app:app"]
+    jwt = "HS256 JWT verified, Host, Origin, admission"
     peer_opts = ["-c", "bench/peers/gunicorn.conf.py"]
     wsapp_env = {
         "WSAPP_HOST": "127.0.0.1",
@@ -85,17 +112,32 @@ def stacks(redis_url: str) -> list[Stack]:
         "WSAPP_INSTANCE_PATH": tempfile.mkdtemp(prefix="wsapp-bench-"),
     }
     return [
-        Stack("wsapp", "wsapp", gunicorn + ["-c", "gunicorn.conf.py", "app:app"], wsapp_env),
+        Stack("wsapp", "wsapp", gunicorn + ["-c", "gunicorn.conf.py", "app:app"], wsapp_env, auth=jwt),
         Stack(
             "wsapp+Redis",
             "wsapp",
             gunicorn + ["-c", "gunicorn.conf.py", "app:app"],
             {**wsapp_env, "WSAPP_REDIS_URL": redis_url},
             extra=True,
+            auth=jwt,
+            redis=True,
         ),
         Stack("websockets", "plain", [PYTHON, "bench/peers/websockets_app.py"]),
         Stack("flask-sock", "plain", gunicorn + peer_opts + ["bench.peers.flask_sock_app:app"]),
         Stack("Flask-SocketIO", "sio", gunicorn + peer_opts + ["bench.peers.socketio_app:app"]),
+        Stack("picows", "plain", [PYTHON, "bench/peers/picows_app.py"]),
+        Stack("Granian", "plain", granian),
+        Stack("Bun", "plain", [str(NODE_BIN / "bun"), "bench/peers/bun_app.js"]),
+        Stack("Socket.IO-node", "sio", ["node", "bench/peers/socketio_node.js"]),
+        Stack(
+            "Socket.IO-node+Redis",
+            "sio",
+            ["node", "bench/peers/socketio_node.js"],
+            {"REDIS_URL": redis_url},
+            extra=True,
+            redis=True,
+            ours="wsapp+Redis",
+        ),
     ]
 
 
@@ -152,9 +194,12 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WSAPP_")}
         env.update(self.stack.env)
         env["PYTHONUNBUFFERED"] = "1"
+        argv = self.stack.argv
+        if "{port}" in argv:  # a server that cannot pick its own port (Granian)
+            argv = [a.replace("{port}", str(free_port())) for a in argv]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                taskset(SERVER_CORE) + self.stack.argv,
+                taskset(SERVER_CORE) + argv,
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -176,8 +221,9 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.05)
+        text = self.log()  # before stop() removes the log
         self.stop()
-        raise RuntimeError(f"{self.stack.name} did not start:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"{self.stack.name} did not start:\n{text[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -231,12 +277,17 @@ class Workload:
     # stack when they differ (python websockets has no HTTP API, its storm checks an echo)
     stacks: tuple[str, ...] | None = None
     args_for: dict[str, list[str]] = field(default_factory=dict)
+    # why a stack sits out (printed under the tables; the `extra` stacks have one line)
+    why_not: dict[str, str] = field(default_factory=dict)
 
     def runs_on(self, stack: Stack) -> bool:
         return stack.name in self.stacks if self.stacks is not None else not stack.extra
 
     def argv(self, stack: Stack) -> list[str]:
         return self.args_for.get(stack.name, self.args)
+
+
+ISSUE14 = "not run in this row since it was added (issue 14 compared wsapp and python websockets)"
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -285,7 +336,11 @@ def workloads(quick: bool) -> list[Workload]:
             "ms",
             False,
             fan + ["-subs", "1000", "-via", "http"] + rounds,
-            stacks=("wsapp", "flask-sock", "Flask-SocketIO"),
+            stacks=("wsapp", "flask-sock", "Flask-SocketIO", "Granian", "Bun", "Socket.IO-node"),
+            why_not={
+                "websockets": "no HTTP API: its server answers GET upgrades (and /healthz) only",
+                "picows": "no HTTP API: picows answers GET upgrade requests only, no request body",
+            },
         ),
         Workload(
             "fanout_stuck",
@@ -319,7 +374,11 @@ def workloads(quick: bool) -> list[Workload]:
             True,
             ["-workload", "echo", "-conns", "10", "-size", "65000"] + d,
             "≥ 1.0× websockets",
-            stacks=("wsapp", "websockets", "flask-sock"),
+            stacks=("wsapp", "websockets", "flask-sock", "picows", "Granian", "Bun"),
+            why_not={
+                "Flask-SocketIO": 'a raw-framing row: Socket.IO wraps the text in an event (42["echo",…])',
+                "Socket.IO-node": 'a raw-framing row: Socket.IO wraps the text in an event (42["echo",…])',
+            },
         ),
         Workload(
             "storm",
@@ -328,9 +387,22 @@ def workloads(quick: bool) -> list[Workload]:
             False,
             storm,
             "websockets: until all echo once",
-            stacks=("wsapp", "wsapp+Redis", "websockets"),
+            stacks=(
+                "wsapp",
+                "wsapp+Redis",
+                "websockets",
+                "picows",
+                "Granian",
+                "Bun",
+                "Socket.IO-node",
+                "Socket.IO-node+Redis",
+            ),
             args_for={"websockets": storm + ["-storm-route", "echo"]},
             timeout=400,
+            why_not={
+                "flask-sock": ISSUE14,
+                "Flask-SocketIO": ISSUE14,
+            },
         ),
         Workload(
             "idle",
@@ -511,23 +583,77 @@ def fmt_cpu(s: dict[str, Any]) -> str:
     return f"{s['gen_cpu']:.0f} / {s['srv_cpu']:.0f}"
 
 
-def table(wls: list[Workload], names: list[str], summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    peers = [n for n in names if not n.startswith("wsapp")]
-    head = ["workload", "unit", *names]
-    head += [f"wsapp vs {p}" for p in peers]
-    head += ["issue target"]
-    head += [f"CPU % gen / server ({n})" for n in names]
+def label(name: str) -> str:
+    return f"{name} (ceiling)" if name == CEILING else name
+
+
+def table(
+    wls: list[Workload], sts: list[Stack], summary: dict[str, dict[str, dict[str, Any]]], what: str = "figures"
+) -> str:
+    """One of three tables: the figures, wsapp's ratio to every peer, or the CPU use."""
+    names = [s.name for s in sts]
+    peers = [s for s in sts if not s.name.startswith("wsapp")]
+    if what == "figures":
+        head = ["workload", "unit", *map(label, names), "issue target"]
+    elif what == "ratios":
+        head = ["workload", *(f"{'wsapp+Redis' if p.ours != 'wsapp' else 'wsapp'} vs {label(p.name)}" for p in peers)]
+    else:
+        head = ["workload", *(f"{n}: gen / server" for n in names)]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for wl in wls:
-        cells = [wl.label, wl.unit]
-        cells += [fmt_value(summary[n][wl.key], wl.unit) for n in names]
-        if "wsapp" in names:
-            ours = summary["wsapp"][wl.key]
-            cells += [fmt_ratio(ours, summary[p][wl.key], wl.higher_is_better) for p in peers]
-        cells += [wl.target]
-        cells += [fmt_cpu(summary[n][wl.key]) for n in names]
+        cells = [wl.label]
+        if what == "figures":
+            cells += [wl.unit, *(fmt_value(summary[n][wl.key], wl.unit) for n in names), wl.target]
+        elif what == "ratios":
+            for p in peers:
+                ours = summary.get(p.ours, {}).get(wl.key, {"not_run": True})
+                cells.append(fmt_ratio(ours, summary[p.name][wl.key], wl.higher_is_better))
+        else:
+            cells += [fmt_cpu(summary[n][wl.key]) for n in names]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+CROSS_NODE_SIO = (
+    "bench/cross_node_fanout.py's subscribers and publisher speak wsapp's contract (a JWT, /ws/chat JSON, an "
+    "admin POST /api/broadcast) and the load generator dials one URL, so neither can put subscribers on two "
+    "Socket.IO nodes (@socket.io/redis-adapter); Socket.IO-node+Redis runs the single-node storm row instead"
+)
+
+
+def empty_cells(wls: list[Workload], sts: list[Stack], missing: dict[str, str]) -> str:
+    """Why a cell is empty: every stack that sits out a workload, with the reason."""
+    out = []
+    if any(s.name == "Socket.IO-node+Redis" for s in sts):
+        out.append(f"- Socket.IO-node+Redis, the cross-node rows: {CROSS_NODE_SIO}")
+    for name, reason in missing.items():
+        out.append(f"- {name}: every row: {reason}")
+    extras = [s.name for s in sts if s.extra and s.name not in missing]
+    for wl in wls:
+        for s in sts:
+            if s.name in missing or s.extra or wl.runs_on(s):
+                continue
+            out.append(f"- {s.name}, {wl.key}: {wl.why_not.get(s.name, 'not run in this row')}")
+    for name in extras:
+        rows = [w.key for w in wls if w.runs_on(next(s for s in sts if s.name == name))]
+        out.append(f"- {name}: runs {', '.join(rows) or 'none of the rows selected'} only (the Redis rows)")
+    return "\n".join(out)
+
+
+def missing_stacks(sts: list[Stack]) -> dict[str, str]:
+    """Stacks whose server is not installed (bench/run.sh installs them), with the reason."""
+    out: dict[str, str] = {}
+    for s in sts:
+        exe = s.argv[0]
+        if (os.sep in exe and not Path(exe).exists()) or (os.sep not in exe and shutil.which(exe) is None):
+            out[s.name] = f"{exe} not installed (bash bench/run.sh installs it)"
+        elif exe == PYTHON and s.argv[1] == "-m" and importlib.util.find_spec(s.argv[2]) is None:
+            out[s.name] = f"python module {s.argv[2]} not installed (pip install -r bench/requirements.txt)"
+        elif exe == "node" and not (BENCH / "node_modules" / "socket.io").exists():
+            out[s.name] = "bench/node_modules/socket.io missing (npm ci in bench/)"
+        elif exe == PYTHON and s.argv[1].endswith("picows_app.py") and importlib.util.find_spec("picows") is None:
+            out[s.name] = "python module picows not installed (pip install -r bench/requirements.txt)"
+    return out
 
 
 def notes(
@@ -688,7 +814,11 @@ def main() -> int:
         help="comma list of workload keys (echo,echo_pipelined,latency,fanout1k,fanout_http,"
         "fanout_stuck,fanout_big,handshake,echo_big,storm,idle)",
     )
-    ap.add_argument("--stacks", help="comma list of stacks (wsapp,wsapp+Redis,websockets,flask-sock,Flask-SocketIO)")
+    ap.add_argument(
+        "--stacks",
+        help="comma list of stacks (wsapp,wsapp+Redis,websockets,flask-sock,Flask-SocketIO,picows,Granian,Bun,"
+        "Socket.IO-node,Socket.IO-node+Redis)",
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy wsapp under echo, fan-out, handshakes (first run)")
     ap.add_argument("--no-cross-node", action="store_true", help="skip bench/cross_node_fanout.py")
     args = ap.parse_args()
@@ -708,8 +838,11 @@ def main() -> int:
         keep = set(args.stacks.split(","))
         sts = [s for s in sts if s.name in keep]
     names = [s.name for s in sts]
+    missing = missing_stacks(sts)
+    for name, reason in missing.items():
+        print(f"{name}: not run: {reason}", file=sys.stderr)
     profiled = {"echo_pipelined", "echo_big", "fanout1k", "fanout_big", "handshake", "storm"}
-    if any(w.runs_on(s) for w in wls for s in sts if s.name == "wsapp+Redis"):
+    if any(w.runs_on(s) for w in wls for s in sts if s.redis and s.name not in missing):
         redis.start()
         atexit.register(redis.stop)
 
@@ -718,7 +851,7 @@ def main() -> int:
     # interleave the stacks rep by rep, so a burst of noise hits all of them alike
     for wl in wls:
         for rep in range(reps):
-            for st in (st for st in sts if wl.runs_on(st)):
+            for st in (st for st in sts if wl.runs_on(st) and st.name not in missing):
                 t0 = time.monotonic()
                 profile = args.profile and st.name == "wsapp" and rep == 0 and wl.key in profiled
                 try:
@@ -728,7 +861,7 @@ def main() -> int:
                 raw[st.name][wl.key].append(res)
                 shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in res.items()}
                 print(
-                    f"[{time.time() - started:6.0f}s] {wl.key:13} {st.name:15} run {rep + 1}/{reps} "
+                    f"[{time.time() - started:6.0f}s] {wl.key:13} {st.name:20} run {rep + 1}/{reps} "
                     f"({time.monotonic() - t0:.0f}s): {json.dumps(shown)}",
                     file=sys.stderr,
                     flush=True,
@@ -746,11 +879,33 @@ def main() -> int:
     header = (
         f"wsapp benchmark ({rev}), {time.strftime('%Y-%m-%d %H:%M')}, {'quick' if args.quick else 'full'} run, "
         f"median of {reps} run(s) per cell; {cpu} cores, server pinned to core {SERVER_CORE}, "
-        f"load generator to core {CLIENT_CORE}; one process per stack (a gunicorn gevent worker; "
-        f"python websockets: its asyncio server). "
-        f"Ratios: > 1× means wsapp is better (higher throughput, or lower latency/memory)."
+        f"load generator to core {CLIENT_CORE}; one server process per stack (a gunicorn gevent worker; "
+        f"python websockets, picows: an asyncio server; Granian: 1 worker, 1 runtime thread; Bun, Node: one "
+        f"process). Ratios: > 1× means wsapp is better (higher throughput, or lower latency/memory); "
+        f"{CEILING} is the ceiling, its column is wsapp's share of it."
     )
-    report = [header, "", table(wls, names, summary), ""]
+    checks = "; ".join(f"{s.name}: {s.auth}" for s in sts if not s.name.endswith("+Redis"))
+    report = [
+        header,
+        "",
+        f"Checked on every handshake: {checks}. Only wsapp verifies a token: the peers' figures are without one.",
+        "",
+        "Figures:",
+        "",
+        table(wls, sts, summary, "figures"),
+        "",
+    ]
+    if any(not s.name.startswith("wsapp") for s in sts) and any(s.name.startswith("wsapp") for s in sts):
+        report += [
+            "Ratios (wsapp to each peer; > 1× means wsapp is better):",
+            "",
+            table(wls, sts, summary, "ratios"),
+            "",
+        ]
+    report += ["CPU % over the measured window, load generator / server:", "", table(wls, sts, summary, "cpu"), ""]
+    empty = empty_cells(wls, sts, missing)
+    if empty:
+        report += ["Empty cells, and why:", empty, ""]
     n = notes(wls, names, summary, raw)
     if n:
         report += ["Notes:", n, ""]
@@ -761,6 +916,8 @@ def main() -> int:
             "```",
             cross_node(args.quick),
             "```",
+            "",
+            f"Socket.IO-node+Redis, cross-node: not run: {CROSS_NODE_SIO}.",
             "",
         ]
     if args.profile:

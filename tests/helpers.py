@@ -506,3 +506,12 @@ def delivery(body: Any) -> Any:
     if isinstance(body, dict) and "delivered" in body and "error" not in body:
         return {key: body[key] for key in ("delivered", "stored") if key in body}
     return body
+
+
+def wait_for(check: Any, what: str, timeout: float = 15) -> None:
+    """Poll `check()` until it is true, or fail naming `what` (a deadline, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)

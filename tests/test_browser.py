@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, Server, delivery, free_port, http, make_token, unavailable
+from helpers import ROOT, RedisProcess, Server, delivery, free_port, http, make_token, unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 # every run saves its screenshots here (git ignores it); to refresh the README's copies:
@@ -481,3 +481,56 @@ def test_the_page_resumes_after_a_reconnect_and_says_what_it_recovered(
     expect(lost).to_have_text(re.compile("could not recover #lobby: reloaded"), timeout=20_000)
     expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
     expect(members(bob, "lobby")).to_contain_text(["bob (you)"])
+
+
+def test_a_restarted_server_the_page_reconnects_and_shows_every_missed_message_once(
+    start_server: Callable[..., Server], new_page: Callable[..., Page], redis_server: RedisProcess
+) -> None:
+    """Issue 19: bob's page is on node A, alice's on node B (one Redis); they talk in a room;
+    A goes down; alice's page and the HTTP API send to the room and to bob; A comes back on
+    its port; bob's page reconnects by itself and shows each missed message exactly once,
+    in order, with nothing lost."""
+    port = free_port()  # fixed, so bob's page finds node A where it was
+    env = {
+        "WSAPP_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+        "WSAPP_DEMO_TOKENS": "1",
+        "WSAPP_RATE_LIMIT": "0",
+        "WSAPP_SHUTDOWN_TIMEOUT": "2",
+    }
+    node_a = start_server(WSAPP_PORT=str(port), **env)
+    node_b = start_server(**env)
+    bob, alice = new_page(), new_page()
+    for page, name, node in ((bob, "bob", node_a), (alice, "alice", node_b)):
+        open_page(page, node)
+        get_demo_token(page, name)
+        connect_chat(page, name)
+        join_room(page, "lobby")
+    expect(members(bob, "lobby")).to_have_text(["alice", "bob (you)"])  # across the nodes
+    send_chat(alice, "room", "hi bob", room="lobby")
+    send_chat(bob, "room", "hi alice", room="lobby")
+    expect(messages(alice, "room").filter(has_text="hi alice")).to_have_count(1)
+    expect(messages(bob, "room")).to_have_text([re.compile("hi bob"), re.compile("hi alice")])
+
+    node_a.stop()
+    expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", re.compile("retrying|connecting|refused"))
+    expect(members(alice, "lobby")).to_have_text(["alice (you)"])  # bob's connection is gone
+    send_chat(alice, "room", "away 1", room="lobby")
+    send_chat(alice, "direct", "for when you are back", to="bob")
+    expect(messages(alice, "direct-out").get_by_test_id("delivery")).to_have_text("kept for when they come back")
+    admin = make_token("ops", admin=True)
+    res = http(node_b.url, "POST", "/api/broadcast", {"room": "lobby", "data": "away 2"}, token=admin)
+    assert res.status == 200, res.body
+    send_chat(alice, "room", "away 3", room="lobby")
+    node_a.start()
+
+    recovery = bob.locator('[data-testid="chat-msg"][data-kind="recovery"]')
+    expect(recovery).to_have_text([re.compile("recovered 4 messages")], timeout=40_000)
+    expect(bob.get_by_test_id("chat-state")).to_have_attribute("data-state", "open")
+    expect(messages(bob, "room")).to_have_text(
+        [re.compile(t) for t in ("hi bob", "hi alice", "away 1", "away 2", "away 3")]
+    )
+    expect(messages(bob, "direct").filter(has_text="for when you are back")).to_have_count(1)
+    expect(members(bob, "lobby")).to_have_text(["alice", "bob (you)"])
+    send_chat(bob, "room", "back", room="lobby")  # and live again, both ways
+    expect(messages(alice, "room").filter(has_text="back")).to_have_count(1)
+    expect(messages(bob, "room")).to_have_count(6)

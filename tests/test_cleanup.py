@@ -21,6 +21,7 @@ from helpers import Server, chat_client, http, make_token, recv_json, recv_until
 from wsapp.backplane import InProcessBackplane
 from wsapp.hub import Hub
 from wsapp.registry import Peer, Registry
+from wsapp.testing import HandshakeRefused, connect
 
 ADMIN = make_token("ops", admin=True)
 
@@ -36,10 +37,10 @@ def inproc() -> Iterator[InProcess]:
 def test_a_session_holds_its_slot_until_it_ends(inproc: InProcess) -> None:
     slots = inproc.service.metrics.connection_slots._value.get()
     client = inproc.connect()
-    assert client.json()["type"] == "welcome"
+    assert client.receive()["type"] == "welcome"
     assert inproc.service.registry.held == 1 and inproc.service.metrics.connection_slots._value.get() == slots + 1
     client.close()
-    assert client.close_code() == 1000
+    assert client.wait_closed() == 1000
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
     assert inproc.service.metrics.connection_slots._value.get() == slots
     assert inproc.lines("no session greenlet") == []
@@ -54,11 +55,10 @@ def test_a_route_whose_handler_cannot_be_called_gives_its_slot_back(inproc: InPr
 
     slots = inproc.service.metrics.connection_slots._value.get()
     client = inproc.connect("/ws/flask-sock-style")
-    assert client.close_code() == 1011
+    assert client.wait_closed() == 1011
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
     assert inproc.service.metrics.connection_slots._value.get() == slots
     assert len(inproc.lines("error in flask_sock_style session")) == 1
-    client.sock.close()
 
 
 def test_a_route_that_raises_gives_its_slot_back(inproc: InProcess) -> None:
@@ -70,8 +70,7 @@ def test_a_route_that_raises_gives_its_slot_back(inproc: InProcess) -> None:
 
     for _ in range(inproc.service.settings.max_connections_per_client + 1):  # a leak would 429 the last
         client = inproc.connect("/ws/raises")
-        assert client.close_code() == 1011
-        client.sock.close()
+        assert client.wait_closed() == 1011
         until(lambda: inproc.service.registry.held == 0, "the slot is back")
     assert len(inproc.lines("error in raises session")) == inproc.service.settings.max_connections_per_client + 1
 
@@ -82,13 +81,12 @@ def test_a_session_error_closes_1011_cleans_up_and_logs_once(inproc: InProcess, 
 
     monkeypatch.setattr(inproc.service.hub, "broadcast", broken)
     client = inproc.connect()
-    assert client.json()["type"] == "welcome"
+    assert client.receive()["type"] == "welcome"
     client.send({"type": "join", "room": "r"})
-    assert client.json()["type"] == "joined"
+    assert client.receive()["type"] == "joined"
     client.send({"type": "broadcast", "data": 1})
-    assert client.close_code() == 1011
+    assert client.wait_closed() == 1011
     client.close()
-    client.sock.close()
     until(lambda: inproc.service.registry.held == 0, "the slot is back")
     assert inproc.service.registry.peers() == [] and inproc.service.registry.room_members("r") == []
     assert len(inproc.lines("error in chat session")) == 1
@@ -103,15 +101,15 @@ def test_a_failing_cleanup_step_skips_none_of_the_others(inproc: InProcess, monk
     monkeypatch.setattr(inproc.service.backplane, "disconnected", broken)
     watcher, leaver = inproc.connect(client_id="watcher"), inproc.connect(client_id="leaver")
     for client in (watcher, leaver):
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         client.send({"type": "join", "room": "r"})
-        assert client.json()["type"] == "joined"
-    assert watcher.json()["event"] == "join"
+        assert client.receive()["type"] == "joined"
+    assert watcher.receive()["event"] == "join"
     leaver.close()
-    assert leaver.close_code() == 1000
-    assert leaver.at_eof()  # the socket step ran
+    assert leaver.wait_closed() == 1000
+    assert leaver.hung_up  # the socket step ran: the server closed its end
     # the presence step ran after the failing backplane step
-    assert watcher.json() == {"type": "presence", "room": "r", "event": "leave", "client_id": "leaver"}
+    assert watcher.receive() == {"type": "presence", "room": "r", "event": "leave", "client_id": "leaver"}
     until(lambda: inproc.service.registry.held == 1, "the leaver's slot is back")
     assert [p.client_id for p in inproc.service.registry.peers()] == ["watcher"]
     assert len(inproc.lines("cleanup of conn=.*registry failed")) == 1  # logged once
@@ -203,7 +201,8 @@ def test_a_client_id_the_server_cannot_encode_is_refused_and_holds_nothing(inpro
     401 before the 101, every time, and reserves nothing: the id never reaches a session."""
     token = make_token("\ud800")
     for _ in range(inproc.service.settings.max_connections_per_client + 1):
-        resp = inproc.handshake("/ws/chat", {"Authorization": f"Bearer {token}"})
-        assert resp.status_code == 401 and resp.json["error"] == "invalid_token"
+        with pytest.raises(HandshakeRefused) as refused:
+            connect(inproc.ws, "/ws/chat", token=token)
+        assert refused.value.status == 401 and refused.value.error == "invalid_token"
         assert inproc.service.registry.held == 0
         assert inproc.service.registry.peers() == []

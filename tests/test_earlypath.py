@@ -21,6 +21,7 @@ from wsapp.handshake import head as httphead
 from wsapp.handshake import takeover
 from wsapp.handshake.early import EarlyHandshakes
 from wsapp.handshake.fast import FastHandshakes
+from wsapp.testing import WebSocketTestClient
 
 LIMITS = httphead.Limits()
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -189,13 +190,10 @@ def test_an_accepted_upgrade_is_served_before_gunicorn_and_its_bytes_consumed(in
     client_end = early.serve()
     rest = read_101(client_end)
     assert early.given_to_gunicorn == [] and early.worker.nr == 1
-    from inprocess import Client
-
-    client = Client(client_end)
-    client.buf = rest
-    assert client.json()["type"] == "welcome"  # the session read no byte of the request as a frame
+    client = WebSocketTestClient(client_end, rest)  # the public client, on a socket upgraded by hand
+    assert client.receive()["type"] == "welcome"  # the session read no byte of the request as a frame
     client.send({"type": "join", "room": "lobby"})
-    assert client.json()["type"] == "joined"
+    assert client.receive()["type"] == "joined"
 
 
 @pytest.mark.parametrize(

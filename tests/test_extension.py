@@ -22,12 +22,13 @@ from inprocess import InProcess, in_process, until
 from helpers import ROOT, SECRET, free_port, make_token, raw_handshake
 from wsapp import Connection, FrameError, Identity, Sock, WSApp
 from wsapp.settings import Settings, SettingsError
+from wsapp.testing import HandshakeRefused, connect
 
 
 def joined(client: Any, room: str, msg_id: str | None = None) -> dict[str, Any]:
     """Send a join (with `msg_id`, an ack follows the `joined`); the answer."""
     client.send({"type": "join", "room": room, **({"id": msg_id} if msg_id else {})})
-    return client.json()
+    return client.receive()
 
 
 # ---- routes --------------------------------------------------------------------------
@@ -43,10 +44,10 @@ def test_a_route_added_the_flask_sock_way_gets_a_connection() -> None:
                 ws.send(message.upper())
 
         client = inproc.connect("/ws/upper")
-        client.sock.sendall(_text("shout"))
-        assert client.frame() == (0x1, b"SHOUT")
+        client.send("shout")
+        assert client.receive() == "SHOUT"
         client.close()
-        assert client.close_code() == 1000
+        assert client.wait_closed() == 1000
         until(lambda: inproc.service.registry.held == 0, "the slot is back")
 
 
@@ -61,8 +62,8 @@ def test_sock_then_route_before_init_app_needs_no_app_context() -> None:
     sock.init_app(app)
     with in_process(app) as inproc:
         client = inproc.connect("/ws/early/kim", client_id="bo")
-        assert client.json() == {"name": "kim", "client": "bo"}
-        assert client.close_code() == 1000  # the handler returned: a normal close
+        assert client.receive() == {"name": "kim", "client": "bo"}
+        assert client.wait_closed() == 1000  # the handler returned: a normal close
 
 
 def test_ws_route_before_init_app_and_on_a_blueprint() -> None:
@@ -82,11 +83,11 @@ def test_ws_route_before_init_app_and_on_a_blueprint() -> None:
     ws.init_app(app)
     app.register_blueprint(bp)
     try:
-        for path, frame in (("/ws/first", (0x1, b"first")), ("/things/ws/second", (0x2, b"\x00second"))):
+        for path, message in (("/ws/first", "first"), ("/things/ws/second", b"\x00second")):  # text, binary
             resp = app.test_client().get(path)  # no handshake: answered as JSON by the route itself
             assert (resp.status_code, resp.json["error"]) == (400, "not_websocket")  # type: ignore[index]
             with _serve(app) as inproc:
-                assert inproc.connect(path).frame() == frame
+                assert inproc.connect(path).receive() == message
     finally:
         ws.close()
 
@@ -103,8 +104,7 @@ def test_every_route_is_checked_before_the_101() -> None:
             ({"Authorization": "Bearer nonsense"}, (401, "invalid_token")),
             ({"Authorization": f"Bearer {make_token()}", "Origin": "http://evil.example"}, (403, "origin_not_allowed")),
         ):
-            resp = inproc.handshake("/ws/private", headers)
-            assert (resp.status_code, resp.json["error"]) == refusal  # type: ignore[index]
+            assert _refusal(inproc, "/ws/private", headers) == refusal
         assert inproc.service.registry.held == 0
         assert len(inproc.lines(r"^refused GET /ws/private status=40")) == 3
 
@@ -119,8 +119,7 @@ def test_a_handler_that_raises_is_closed_1011_logged_once_and_gives_everything_b
 
         for _ in range(inproc.service.settings.max_connections_per_client + 1):  # a leak would 429 the last
             client = inproc.connect("/ws/boom")
-            assert client.close_code() == 1011
-            client.sock.close()
+            assert client.wait_closed() == 1011
             until(lambda: inproc.service.registry.held == 0, "the slot is back")
         assert inproc.service.registry.peers() == [] and inproc.ws.members("r") == []
         assert len(inproc.lines("error in boom session")) == inproc.service.settings.max_connections_per_client + 1
@@ -136,9 +135,9 @@ def test_receive_with_a_timeout_returns_none_and_the_connection_stays_open() -> 
             conn.send({"then": conn.receive(timeout=5)})
 
         client = inproc.connect("/ws/patient")
-        assert client.json() == {"first": None, "open": True}
-        client.sock.sendall(_text("late"))
-        assert client.json() == {"then": "late"}
+        assert client.receive() == {"first": None, "open": True}
+        client.send("late")
+        assert client.receive() == {"then": "late"}
 
 
 def test_connect_and_disconnect_hooks_see_the_connection() -> None:
@@ -154,10 +153,10 @@ def test_connect_and_disconnect_hooks_see_the_connection() -> None:
             seen.append(("disconnect", conn.client_id, conn.rooms))
 
         client = inproc.connect(client_id="hooked")
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         assert joined(client, "lobby")["type"] == "joined"
         client.close()
-        assert client.close_code() == 1000
+        assert client.wait_closed() == 1000
         until(lambda: len(seen) == 2, "both hooks ran")
     assert seen == [("connect", "hooked", frozenset()), ("disconnect", "hooked", frozenset({"lobby"}))]
 
@@ -177,30 +176,30 @@ def test_an_app_adds_a_frame_type_beside_the_built_in_ones() -> None:
 
         alice, bob = inproc.connect(client_id="alice"), inproc.connect(client_id="bob")
         for client in (alice, bob):
-            assert client.json()["type"] == "welcome"
+            assert client.receive()["type"] == "welcome"
             assert joined(client, "r")["type"] == "joined"
-        assert alice.json()["event"] == "join"  # bob came in
+        assert alice.receive()["event"] == "join"  # bob came in
         alice.send({"type": "typing", "room": "r", "id": 7})
         for client in (alice, bob):
-            got = client.json()
+            got = client.receive()
             assert (got["type"], got["room"], got["from"], got["data"]) == (
                 "room",
                 "r",
                 "server",
                 {"type": "typing", "from": "alice"},
             )
-        assert alice.json() == {"type": "ack", "id": 7, "delivered": 2}
+        assert alice.receive() == {"type": "ack", "id": 7, "delivered": 2}
         alice.send({"type": "typing", "id": "no-room"})
-        assert alice.json() == {
+        assert alice.receive() == {
             "type": "error",
             "code": "missing_field",
             "message": "'room' is required",
             "id": "no-room",
         }
         alice.send({"type": "reading", "id": 8})  # nobody registered it
-        assert alice.json()["code"] == "unknown_type"
+        assert alice.receive()["code"] == "unknown_type"
         alice.send({"type": "broadcast", "data": "still open", "id": 9})  # the built-ins still work
-        assert alice.json()["data"] == "still open"
+        assert alice.receive()["data"] == "still open"
 
 
 def test_an_app_may_replace_a_built_in_frame_type() -> None:
@@ -211,9 +210,14 @@ def test_an_app_may_replace_a_built_in_frame_type() -> None:
             raise FrameError("forbidden", "broadcasts are off here")
 
         client = inproc.connect()
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         client.send({"type": "broadcast", "data": 1, "id": "b"})
-        assert client.json() == {"type": "error", "code": "forbidden", "message": "broadcasts are off here", "id": "b"}
+        assert client.receive() == {
+            "type": "error",
+            "code": "forbidden",
+            "message": "broadcasts are off here",
+            "id": "b",
+        }
 
 
 # ---- room rules ----------------------------------------------------------------------
@@ -229,7 +233,7 @@ def test_authorize_join_refuses_with_forbidden_and_the_connection_stays_open() -
             return room in identity.claims.get("rooms", []) or identity.is_admin
 
         client = inproc.connect(token=make_token("carol", rooms=["team"]))
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         assert joined(client, "team", "j-team") == {
             "type": "joined",
             "room": "team",
@@ -237,7 +241,7 @@ def test_authorize_join_refuses_with_forbidden_and_the_connection_stays_open() -
             "offset": 0,
             "epoch": "",
         }
-        assert client.json() == {"type": "ack", "id": "j-team", "delivered": 0}
+        assert client.receive() == {"type": "ack", "id": "j-team", "delivered": 0}
         assert joined(client, "board", "j-board") == {
             "type": "error",
             "code": "forbidden",
@@ -245,13 +249,13 @@ def test_authorize_join_refuses_with_forbidden_and_the_connection_stays_open() -
             "id": "j-board",
         }
         client.send({"type": "room", "room": "board", "data": 1, "id": "r"})
-        assert client.json()["code"] == "not_in_room"
+        assert client.receive()["code"] == "not_in_room"
         admin = inproc.connect(token=make_token("root", admin=True))
-        assert admin.json()["type"] == "welcome"
+        assert admin.receive()["type"] == "welcome"
         assert joined(admin, "board")["type"] == "joined"
         # the server's own rights: ws.broadcast reaches a room whatever the rule says
         assert inproc.ws.broadcast("notice", room="board") == 1
-        assert admin.json()["data"] == "notice"
+        assert admin.receive()["data"] == "notice"
     assert asked == [("carol", "team"), ("carol", "board"), ("root", "board")]
 
 
@@ -278,12 +282,12 @@ def test_the_rooms_claim_rule(claim: Any, room: str, allowed: bool) -> None:
 def test_the_rooms_claim_on_the_wire() -> None:
     with in_process(WSAPP_ROOMS_CLAIM="rooms") as inproc:
         client = inproc.connect(token=make_token("dee", rooms=["shop:*"]))
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         assert joined(client, "shop:lyon")["type"] == "joined"
         assert joined(client, "staff")["code"] == "forbidden"
     with in_process() as inproc:  # no claim setting, no hook: any room, as before
         client = inproc.connect(token=make_token("dee"))
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         assert joined(client, "staff")["type"] == "joined"
 
 
@@ -311,12 +315,12 @@ def test_pushes_from_a_view_a_greenlet_and_a_cli_command_are_the_contracts_frame
         alice1, alice2, bob = (inproc.connect(client_id=c) for c in ("alice", "alice", "bob"))
         quiet_alice = inproc.connect("/ws/quiet", client_id="alice")
         for client in (alice1, alice2, bob):
-            assert client.json()["type"] == "welcome"
+            assert client.receive()["type"] == "welcome"
         assert ws.clients() == {"alice": 2, "bob": 1}
 
         assert app.test_client().post("/ship/alice").json == {"delivered": 2}
         for client in (alice1, alice2):
-            got = client.json()
+            got = client.receive()
             assert {k: got[k] for k in ("type", "from", "to", "data")} == {
                 "type": "direct",
                 "from": "server",
@@ -327,13 +331,13 @@ def test_pushes_from_a_view_a_greenlet_and_a_cli_command_are_the_contracts_frame
 
         pushed = gevent.spawn(ws.send, "bob", "from a greenlet", sender="billing")
         assert pushed.get(timeout=5) == 1
-        got = bob.json()
+        got = bob.receive()
         assert (got["type"], got["from"], got["data"]) == ("direct", "billing", "from a greenlet")
 
         result = app.test_cli_runner().invoke(args=["announce"])
         assert result.output.strip() == "3"
         for client in (alice1, alice2, bob):
-            got = client.json()
+            got = client.receive()
             assert (got["type"], got["from"], got["data"]) == ("broadcast", "server", "from the cli")
 
         assert joined(bob, "r")["type"] == "joined"
@@ -345,13 +349,13 @@ def test_pushes_from_a_view_a_greenlet_and_a_cli_command_are_the_contracts_frame
         # revoking access: every connection of the client, any route
         assert ws.disconnect("alice", 4403, "revoked") == 3
         for client in (alice1, alice2, quiet_alice):
-            assert client.close_code() == 4403
+            assert client.wait_closed() == 4403
         until(lambda: ws.clients() == {"bob": 1}, "alice is gone")
         assert ws.disconnect("alice") == 0
 
 
 def recv_type(client: Any, kind: str) -> dict[str, Any]:
-    while (got := client.json())["type"] != kind:
+    while (got := client.receive())["type"] != kind:
         pass
     return got
 
@@ -390,10 +394,10 @@ def test_bad_config_values_are_one_line_each() -> None:
 
 def test_the_chat_route_path_is_a_setting_and_can_be_off() -> None:
     with in_process(WSAPP_CHAT_PATH="/live") as inproc:
-        assert inproc.connect("/live").json()["type"] == "welcome"
-        assert inproc.handshake("/ws/chat", {}).status_code == 404
+        assert inproc.connect("/live").receive()["type"] == "welcome"
+        assert _refusal(inproc, "/ws/chat", {})[0] == 404
     with in_process(WSAPP_CHAT_PATH="") as inproc:
-        assert inproc.handshake("/ws/chat", {}).status_code == 404
+        assert _refusal(inproc, "/ws/chat", {})[0] == 404
         assert not any(rule.rule == "/ws/chat" for rule in inproc.app.url_map.iter_rules())
 
 
@@ -404,11 +408,11 @@ def test_two_apps_in_one_process_keep_apart() -> None:
     with in_process() as one, in_process(WSAPP_MAX_ROOMS="1") as two:
         a = one.connect(client_id="same")
         b = two.connect(client_id="same")
-        assert a.json()["type"] == "welcome" and b.json()["type"] == "welcome"
+        assert a.receive()["type"] == "welcome" and b.receive()["type"] == "welcome"
         assert one.ws.send("same", "to one") == 1
-        assert a.json()["data"] == "to one"
+        assert a.receive()["data"] == "to one"
         assert two.ws.broadcast("to two") == 1
-        assert b.json()["data"] == "to two"
+        assert b.receive()["data"] == "to two"
         assert one.service.registry is not two.service.registry
         assert one.service.metrics.registry is not two.service.metrics.registry
         assert one.service.metrics.connection_slots._value.get() == 1
@@ -418,7 +422,7 @@ def test_two_apps_in_one_process_keep_apart() -> None:
         assert joined(a, "x")["type"] == "joined"
         assert joined(a, "y")["type"] == "joined"  # not one's
         a.close()
-        assert a.close_code() == 1000
+        assert a.wait_closed() == 1000
         until(lambda: one.service.registry.held == 0, "one's slot is back")
         assert two.service.registry.held == 1
 
@@ -458,7 +462,7 @@ def test_close_stops_the_heartbeat_and_a_second_init_app_is_refused() -> None:
 
 def test_a_library_user_s_app_still_logs_nothing_of_wsapp_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="wsapp"), in_process() as inproc:
-        inproc.connect().json()
+        inproc.connect().receive()
     assert any(r.name == "wsapp.connections" and r.getMessage().startswith("connect ") for r in caplog.records)
 
 
@@ -471,7 +475,11 @@ def test_a_server_without_gevent_sockets_gets_501_and_one_sentence(caplog: pytes
     with in_process() as inproc:
         server_end, client_end = socket.socketpair()  # a plain socket: Werkzeug's threaded server
         with caplog.at_level(logging.ERROR):
-            resp = inproc.handshake("/ws/chat", {"Authorization": f"Bearer {make_token()}"}, server_end)
+            resp = inproc.app.test_client().get(  # by hand: wsapp.testing's sockets are gevent's
+                "/ws/chat",
+                headers={**UPGRADE, "Authorization": f"Bearer {make_token()}"},
+                environ_overrides={"werkzeug.socket": server_end},
+            )
         server_end.close()
         client_end.close()
         assert (resp.status_code, resp.json["error"]) == (501, "unsupported_server")  # type: ignore[index]
@@ -512,10 +520,19 @@ def test_flask_run_answers_501_and_says_to_use_gunicorn() -> None:
 # ---- helpers -------------------------------------------------------------------------
 
 
-def _text(payload: str) -> bytes:
-    from inprocess import client_frame
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
 
-    return client_frame(payload.encode())
+
+def _refusal(inproc: InProcess, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    """A handshake that must be refused (`headers` added, no token of its own): its status and error."""
+    with pytest.raises(HandshakeRefused) as refused:
+        connect(inproc.ws, path, headers=headers)
+    return refused.value.status, refused.value.error
 
 
 def _serve(app: Flask) -> Any:
@@ -622,7 +639,7 @@ def test_gunicorn_config_imports_no_flask_in_the_master() -> None:
 def test_a_close_code_a_server_may_not_send_fails_where_it_is_asked_for(code: int) -> None:
     with in_process() as inproc:
         client = inproc.connect(client_id="alice")
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         with pytest.raises(ValueError, match="not a close code"):
             inproc.ws.disconnect("alice", code)
         assert inproc.ws.send("alice", "still open") == 1
@@ -632,9 +649,9 @@ def test_a_close_code_a_server_may_not_send_fails_where_it_is_asked_for(code: in
 def test_close_codes_a_server_may_send(code: int) -> None:
     with in_process() as inproc:
         client = inproc.connect(client_id="alice")
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         assert inproc.ws.disconnect("alice", code, "bye") == 1
-        assert client.close_code() == code
+        assert client.wait_closed() == code
 
 
 def test_a_frame_handler_returning_something_else_than_a_count_acks_0() -> None:
@@ -645,6 +662,6 @@ def test_a_frame_handler_returning_something_else_than_a_count_acks_0() -> None:
             return {"not": "a count"}
 
         client = inproc.connect()
-        assert client.json()["type"] == "welcome"
+        assert client.receive()["type"] == "welcome"
         client.send({"type": "odd", "id": 1})
-        assert client.json() == {"type": "ack", "id": 1, "delivered": 0}
+        assert client.receive() == {"type": "ack", "id": 1, "delivered": 0}

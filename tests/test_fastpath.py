@@ -13,6 +13,7 @@ from inprocess import InProcess, in_process
 from wsapp.handshake.fast import FastHandshakes
 from wsapp.handshake.request import EnvironRequest
 from wsapp.handshake.upgrade import Upgrader
+from wsapp.testing import HandshakeRefused, connect
 
 
 @pytest.fixture
@@ -38,13 +39,14 @@ def inproc() -> Iterator[InProcess]:
 def test_an_accepted_handshake_skips_flask(inproc: InProcess, seen: list[str]) -> None:
     assert isinstance(inproc.app.wsgi_app, FastHandshakes)
     client = inproc.connect()
-    assert client.json()["type"] == "welcome"
+    assert client.receive()["type"] == "welcome"
     assert seen == ["fast"]
 
 
 def test_a_refusal_is_checked_and_answered_once_by_the_fast_path(inproc: InProcess, seen: list[str]) -> None:
-    resp = inproc.handshake("/ws/chat", {"Origin": "https://evil.example"})
-    assert resp.status_code == 403 and resp.get_json()["error"] == "origin_not_allowed"
+    with pytest.raises(HandshakeRefused) as refused:
+        connect(inproc.ws, "/ws/chat", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403 and refused.value.error == "origin_not_allowed"
     assert seen == ["fast"]  # refused there and answered as Flask's view would
     assert len(inproc.lines(r"^refused GET /ws/chat status=403")) == 1
 
@@ -52,7 +54,7 @@ def test_a_refusal_is_checked_and_answered_once_by_the_fast_path(inproc: InProce
 def test_a_refusal_with_a_cookie_is_answered_by_flask(inproc: InProcess, seen: list[str]) -> None:
     """Flask's answer may refresh a permanent session's cookie: a request with one is Flask's."""
     server_end, _client_end = inproc.pair()
-    client = inproc.app.test_client()
+    client = inproc.app.test_client()  # Flask's own, for its cookie jar
     client.set_cookie("session", "x")
     headers = {
         "Upgrade": "websocket",
@@ -108,9 +110,9 @@ def test_a_route_with_a_converter_goes_through_flask(seen: list[str]) -> None:
             conn.send({"room": name})
 
         client = inproc.connect("/ws/rooms/lobby")
-        assert client.json() == {"room": "lobby"}
+        assert client.receive() == {"room": "lobby"}
         client = inproc.connect("/ws/rooms/<name>")  # the rule's own text is a room name too
-        assert client.json() == {"room": "<name>"}
+        assert client.receive() == {"room": "<name>"}
     assert seen == ["flask", "flask"]
 
 

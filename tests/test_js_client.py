@@ -274,3 +274,248 @@ def test_under_node_with_a_refresh_before_expiry(start_server: Callable[..., Ser
         {"ack": "ack", "delivered": 1},
         {"status": "closed", "code": 1000},
     ], done.stdout + done.stderr
+
+
+# ---- wsapp.js's rules, one at a time, under Node with a stand-in WebSocket ---------------
+# No server: the test plays the server's side of each socket (open, frames, close), so a
+# rule is checked exactly (what the client offered, sent, and reported), with no timing.
+
+FAKE = """
+import { WsappClient } from "%(module)s";
+class FakeWS {
+  static all = [];
+  constructor(url, protocols) {
+    this.url = url; this.protocols = protocols; this.readyState = 0; this.sent = []; FakeWS.all.push(this);
+  }
+  send(data) { this.sent.push(data); }
+  close(code = 1000, reason = "") { this.drop(code, reason); }
+  open() { this.readyState = 1; this.onopen && this.onopen(); }
+  frame(obj) { this.onmessage && this.onmessage({ data: typeof obj === "string" ? obj : JSON.stringify(obj) }); }
+  drop(code = 1006, reason = "") {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose && this.onclose({ code, reason }));
+  }
+}
+const jwt = (claims) => "eyJhbGciOiJIUzI1NiJ9." + Buffer.from(JSON.stringify(claims)).toString("base64url") + ".sig";
+const LATER = Math.floor(Date.now() / 1000) + 3600;
+const until = async (check, what) => {
+  const deadline = Date.now() + 5000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("not within 5 s: " + what);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+};
+const statuses = [];
+const make = (options) => new WsappClient("ws://127.0.0.1:1/ws/chat", {
+  WebSocket: FakeWS, backoffBaseMs: 1, backoffMaxMs: 2,
+  onStatus: (s) => statuses.push({ status: s.status, code: s.code, error: s.error, retry: s.delay !== undefined }),
+  ...options,
+});
+const socket = async (n) => { await until(() => FakeWS.all.length >= n, `socket ${n}`); return FakeWS.all[n - 1]; };
+const welcome = (ws, extra = {}) => {
+  ws.open();
+  ws.frame({ type: "welcome", client_id: "ann", conn_id: "c" + FakeWS.all.length, ...extra });
+};
+const out = (o) => { console.log(JSON.stringify({ ...o, statuses, sockets: FakeWS.all.length })); process.exit(0); };
+const scenarios = {
+  async unsolicited_joined() {
+    const c = make({ getToken: () => jwt({ sub: "ann", exp: LATER }) });
+    let ws = await socket(1);
+    welcome(ws, { streams: { broadcast: { offset: 0, epoch: "e" }, direct: { offset: 0, epoch: "e" } } });
+    ws.frame({ type: "joined", room: "ops", members: ["ann"], offset: 5, epoch: "e" }); // no join was asked
+    const rooms = [...c.rooms];
+    ws.drop(1006);
+    ws = await socket(2);
+    welcome(ws);
+    await until(() => ws.sent.length > 0, "the resume frame");
+    out({ rooms, url: ws.url, resume: JSON.parse(ws.sent[0]) });
+  },
+  async members_cleared_on_close() {
+    const c = make({ getToken: () => null, reconnect: false });
+    const ws = await socket(1);
+    welcome(ws);
+    ws.frame({ type: "joined", room: "ops", members: ["ann", "bo"] });
+    const before = [...c.members.keys()];
+    ws.drop(1001);
+    await until(() => c.status === "closed", "closed");
+    out({ before, after: [...c.members.keys()], rooms: [...c.rooms] });
+  },
+  async refusal_hook_stops() {
+    const calls = [];
+    make({ getToken: () => "opaque", onRefusal: (d) => { calls.push([d.code, d.token]); return calls.length < 2; } });
+    (await socket(1)).drop(1006);
+    (await socket(2)).drop(1006);
+    await until(() => statuses.some((s) => s.status === "refused"), "refused");
+    out({ calls });
+  },
+  async token_expired_same_token() {
+    const token = jwt({ sub: "ann", exp: LATER });
+    const c = make({ getToken: () => token });
+    const ws = await socket(1);
+    welcome(ws);
+    ws.drop(4401, "token expired");
+    await until(() => c.status === "closed", "closed");
+    out({});
+  },
+  async token_expired_new_token() {
+    const tokens = [jwt({ sub: "ann", exp: LATER }), jwt({ sub: "ann", exp: LATER + 1 })];
+    let i = 0;
+    make({ getToken: () => tokens[Math.min(i++, 1)] });
+    const ws = await socket(1);
+    welcome(ws);
+    ws.drop(4401, "token expired");
+    const next = await socket(2);
+    out({ offered: next.protocols, second: next.protocols[0] === tokens[1] });
+  },
+  async bearer() {
+    make({ getToken: () => "opaque-token", bearer: true });
+    const ws = await socket(1);
+    out({ offered: ws.protocols });
+  },
+  async raw() {
+    const c = make({ getToken: () => null, raw: true });
+    const data = [];
+    const frames = [];
+    c.on("data", (d) => data.push(d));
+    c.on("message", (m) => frames.push(m));
+    let ws = await socket(1);
+    ws.open();
+    const open = c.status;
+    ws.frame("plain text");
+    ws.frame({ type: "room", room: "r", data: 1, offset: 3, epoch: "e" });
+    const sent = c.sendRaw("as is");
+    ws.drop(1006);
+    ws = await socket(2);
+    ws.open();
+    const wrote = FakeWS.all[0].sent;
+    out({ open, data, frames, sent, wrote, url: ws.url, offered: ws.protocols, positions: c.positions.size });
+  },
+  async close_before_open() {
+    const c = make({ getToken: () => "t" });
+    await socket(1);
+    c.close();
+    await until(() => statuses.length >= 2, "a status after close()");
+    out({});
+  },
+  async no_reconnect() {
+    const c = make({ getToken: () => null, reconnect: false });
+    welcome(await socket(1));
+    FakeWS.all[0].drop(Number(process.argv[3]), "the server ended it");
+    await until(() => c.status === "closed", "closed");
+    out({});
+  },
+  async refresh_with_a_token() {
+    const c = make({ getToken: () => { throw new Error("not asked: refresh() was given the token"); } });
+    c.getToken = () => jwt({ sub: "ann", exp: LATER });
+    const ws = await socket(1);
+    welcome(ws);
+    let refreshed = 0;
+    c.on("refreshed", () => (refreshed += 1));
+    const promise = c.refresh("eyJ.new.token");
+    const frame = JSON.parse(ws.sent[ws.sent.length - 1]);
+    ws.frame({ type: "ack", id: frame.id, delivered: 0 });
+    const ack = await promise;
+    out({ frame: { type: frame.type, token: frame.token }, ack: ack.type, refreshed });
+  },
+  async expired_first_then_retry() {
+    make({ getToken: () => jwt({ sub: "ann", exp: 1 }) });
+    (await socket(1)).drop(1006); // the server refused it (the client does not decide the first time)
+    await until(() => statuses.some((s) => s.status === "refused"), "refused");
+    out({});
+  },
+};
+await scenarios[process.argv[2]]();
+"""
+
+
+def _node() -> tuple[str, list[str]]:
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is not installed (apt-get install nodejs)")
+    assert node is not None
+    return node, []
+
+
+def run_scenario(tmp_path: Any, name: str, *args: str) -> dict[str, Any]:
+    node, flags = _node()
+    script = tmp_path / "fake.mjs"
+    script.write_text(FAKE % {"module": (ROOT / "wsapp" / "static" / "wsapp.js").as_uri()})
+    done = subprocess.run([node, *flags, str(script), name, *args], capture_output=True, text=True, timeout=30)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, done.stdout + done.stderr
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def kinds(got: dict[str, Any]) -> list[str]:
+    return [s["status"] + ("+retry" if s["retry"] else "") for s in got["statuses"]]
+
+
+def test_a_join_the_server_made_is_a_room_the_client_is_in_and_resumes(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "unsolicited_joined")
+    assert got["rooms"] == ["ops"]
+    assert got["url"].endswith("/ws/chat?resume=1")
+    assert got["resume"]["type"] == "resume"
+    assert got["resume"]["rooms"] == {"ops": {"offset": 5, "epoch": "e"}}
+
+
+def test_a_close_empties_the_member_lists_but_keeps_the_rooms_to_resume(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "members_cleared_on_close")
+    assert (got["before"], got["after"], got["rooms"]) == (["ops"], [], ["ops"])
+
+
+def test_on_refusal_false_stops_the_retries(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "refusal_hook_stops")
+    assert got["calls"] == [[1006, "opaque"], [1006, "opaque"]]
+    assert kinds(got) == ["connecting", "reconnecting+retry", "reconnecting", "refused"]
+    assert got["sockets"] == 2
+
+
+def test_a_4401_with_no_new_token_stops_at_once(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "token_expired_same_token")
+    assert kinds(got) == ["connecting", "open", "closed"]
+    assert got["statuses"][-1] == {"status": "closed", "code": 4401, "error": "token_expired", "retry": False}
+    assert got["sockets"] == 1
+
+
+def test_a_4401_with_a_new_token_reconnects_with_it(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "token_expired_new_token")
+    assert got["second"] is True and len(got["offered"]) == 1
+    assert kinds(got)[:3] == ["connecting", "open", "reconnecting+retry"]
+
+
+def test_bearer_offers_the_token_after_the_bearer_subprotocol(tmp_path: Any) -> None:
+    assert run_scenario(tmp_path, "bearer")["offered"] == ["bearer", "opaque-token"]
+
+
+def test_raw_mode_hands_messages_over_as_they_are_and_never_resumes(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "raw")
+    assert got["open"] == "open"  # open at the socket's open: a raw route sends no welcome
+    assert got["data"] == ["plain text", '{"type":"room","room":"r","data":1,"offset":3,"epoch":"e"}']
+    assert got["frames"] == [] and got["positions"] == 0  # not read as chat frames
+    assert got["sent"] is True and got["wrote"] == ["as is"]
+    assert got["url"] == "ws://127.0.0.1:1/ws/chat" and got["offered"] == []  # reconnected, no ?resume=1
+
+
+def test_close_before_the_open_is_closed_not_refused(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "close_before_open")
+    assert kinds(got) == ["connecting", "closed"]
+
+
+@pytest.mark.parametrize("code", ["1001", "1000"])  # 1000 from the server is retried otherwise
+def test_reconnect_false_does_not_come_back(tmp_path: Any, code: str) -> None:
+    got = run_scenario(tmp_path, "no_reconnect", code)
+    assert kinds(got) == ["connecting", "open", "closed"] and got["sockets"] == 1
+
+
+def test_refresh_with_a_token_sends_that_token(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "refresh_with_a_token")
+    assert got["frame"] == {"type": "refresh", "token": "eyJ.new.token"}
+    assert (got["ack"], got["refreshed"]) == ("ack", 1)
+
+
+def test_an_expired_token_goes_to_the_server_once_then_is_not_retried(tmp_path: Any) -> None:
+    got = run_scenario(tmp_path, "expired_first_then_retry")
+    assert got["sockets"] == 1  # the first connection asked the server
+    assert kinds(got) == ["connecting", "reconnecting+retry", "reconnecting", "refused"]
+    assert got["statuses"][-1]["error"] == "token_expired"

@@ -539,13 +539,13 @@ def test_ws_send_returns_0_for_a_stored_message_and_bad_resume_frames_get_errors
 
     with in_process() as inproc:
         away = inproc.connect(client_id="away")
-        position = away.json()["streams"]["direct"]
+        position = away.receive()["streams"]["direct"]
         away.close()
         until(lambda: "away" not in inproc.ws.clients(), "the server to drop 'away'")
         assert inproc.ws.send("away", "kept") == 0  # stored, not delivered
         assert inproc.ws.send("never-seen", "dropped") == 0
         back = inproc.connect("/ws/chat?resume=1", client_id="away")
-        assert back.json()["type"] == "welcome"
+        assert back.receive()["type"] == "welcome"
         for bad, code in (
             ({"type": "resume", "id": 1, "direct": {"offset": "1", "epoch": ""}}, "missing_field"),
             ({"type": "resume", "id": 2, "direct": {"offset": -1, "epoch": ""}}, "missing_field"),
@@ -555,11 +555,11 @@ def test_ws_send_returns_0_for_a_stored_message_and_bad_resume_frames_get_errors
             ({"type": "refresh", "id": 6, "token": "not.a.jwt"}, "invalid_token"),
         ):
             back.send(bad)
-            err = back.json()
+            err = back.receive()
             assert (err["type"], err["code"], err["id"]) == ("error", code, bad["id"])
         # the first frame was not a valid resume: the held streams were let go, then a good resume
         back.send({"type": "resume", "id": 7, "direct": position})
-        got = [back.json() for _ in range(3)]
+        got = [back.receive() for _ in range(3)]
         assert [f["type"] for f in got] == ["direct", "resumed", "ack"] and got[0]["data"] == "kept"
         assert not inproc.lines("Traceback|error in chat session")
 
@@ -579,7 +579,7 @@ def test_resume_1_on_an_app_route_holds_nothing() -> None:
         client = inproc.connect("/ws/feed?resume=1", client_id="reader")
         until(lambda: "reader" in inproc.ws.clients(), "the connection registered")
         assert inproc.ws.send("reader", "live") == 1
-        msg = client.json()
+        msg = client.receive()
         assert (msg["type"], msg["data"]) == ("direct", "live")
 
 

@@ -18,7 +18,18 @@ from typing import Any
 
 import pytest
 
-from helpers import REDIS_SERVER, Server, free_port, http, make_token, recv_json, recv_until, unavailable, ws_connect
+from helpers import (
+    REDIS_SERVER,
+    Server,
+    free_port,
+    http,
+    make_token,
+    read_close,
+    recv_json,
+    recv_until,
+    unavailable,
+    ws_connect,
+)
 from wsapp.redis.url import SentinelTarget, sentinel_target
 
 SERVICE = "wsappmain"
@@ -158,6 +169,11 @@ def test_a_failover_is_followed_and_replicated_history_survives(sentinels: Senti
         for server in (a, b):
             wait_for(lambda s=server: http(s.url, "GET", "/readyz").status == 200, "the node is ready again", 60)
 
+        # the chat connections the nodes served through the failover are told to resume (1012)
+        assert read_close(alice)[0] == 1012 and read_close(bob)[0] == 1012
+        alice, bob = chat(a, "alice"), chat(b, "bob")
+        for ws in (alice, bob):
+            assert call(ws, type="join", room="ops")["type"] == "ack"
         # across nodes again, through the new primary (both resubscribed, presence re-written)
         late = chat(b, "carol")
         assert call(late, type="join", room="ops")["type"] == "ack"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.socket
 import pytest
 from flask import Flask
 
@@ -234,6 +235,42 @@ def test_close_sends_the_code_and_the_server_answers_it(app_ws: tuple[Flask, WSA
     alice = connect(ws, "/ws/feed", client_id="alice")
     assert alice.close(4000, "bye") == 4000
     assert alice.closed
+
+
+def test_hung_up_says_the_server_closed_the_tcp_connection_after_its_close_frame(
+    app_ws: tuple[Flask, WSApp],
+) -> None:
+    _, ws = app_ws
+    alice = connect(ws, "/ws/feed", client_id="alice")
+    alice.receive()
+    assert not alice.hung_up
+    ws.disconnect("alice", 4403, "access revoked")
+    assert alice.wait_closed() == 4403 and alice.hung_up  # RFC 6455 §7.1.1: the server closes first
+
+
+def test_a_socket_upgraded_by_hand_can_be_wrapped() -> None:
+    """`WebSocketTestClient(sock, buffered)`: the test plays the server on the other end,
+    so what the client reads after the 101 and whether the server hung up are exact."""
+    server_end, client_end = gevent.socket.socketpair()
+    text = b"\x81\x05hello"  # an unmasked server text frame
+    client = WebSocketTestClient(client_end, text[:3])  # part of it read with the 101's head
+    server_end.sendall(text[3:] + b"\x88\x02\x0f\xa0")  # then a close frame, 4000; the TCP stays open
+    assert client.receive() == "hello"
+    with pytest.raises(ConnectionClosed):
+        client.receive(timeout=0.2)
+    assert (client.close_code, client.hung_up) == (4000, False)
+    assert server_end.recv(64)[:2] == b"\x88\x82"  # the close was answered, masked
+    server_end.close()
+
+    server_end, client_end = gevent.socket.socketpair()
+    client = WebSocketTestClient(client_end)
+    server_end.sendall(b"\x88\x02\x03\xe8")
+    server_end.close()  # the close frame, then the TCP close
+    assert client.wait_closed() == 1000 and client.hung_up
+    server_end, client_end = gevent.socket.socketpair()
+    client = WebSocketTestClient(client_end)
+    server_end.close()  # no close frame at all
+    assert client.wait_closed() == 1006 and client.hung_up
 
 
 def test_receive_times_out_when_nothing_comes(app_ws: tuple[Flask, WSApp]) -> None:

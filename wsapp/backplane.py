@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .history import MemoryHistory, Position, Published, Replay, body_prefix
@@ -110,9 +111,28 @@ class Backplane(ABC):
         """Connections `client_id` holds on other nodes (for the per-client limit)."""
         return 0
 
+    # server-side subscriptions (`WSApp.join`/`leave`): the hub acts on this node's
+    # connections, then the backplane carries the same to the client's other nodes, the way
+    # `disconnect` travels (a control message on the client's channel), where the hub's
+    # `on_control` acts on theirs
+    on_control: Callable[[str, str, str], int] | None = None  # (client id, "join"/"leave", room)
+
+    def control(self, client_id: str, op: str, room: str) -> int:
+        """Have the other nodes `op` ("join" or "leave") `client_id`'s connections to `room`;
+        returns how many connections they hold for it (join: the client's addressable ones;
+        leave: its ones in the room), as `disconnect` counts. No other node here: 0."""
+        return 0
+
+    def member_info(self, room: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The presence entries (`WSAPP_PRESENCE_CLAIMS`) of `client_ids` in `room`, cluster-wide."""
+        return self.registry.member_info(room, client_ids)
+
     # presence bookkeeping; the in-process registry already holds it all
-    def connected(self, peer: Peer) -> None:
-        """`peer` was added to the local registry."""
+    def connected(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
+        """`peer` was added to the local registry. Returns where `streams` stand, read once
+        the connection counts (so nothing published after the read misses it); `touch` as
+        in `positions`. Redis: one round trip for both, shared with other connects."""
+        return self.positions(list(streams), touch) if streams else []
 
     def disconnected(self, peer: Peer, rooms: list[str]) -> None:
         """`peer` was removed from the local registry, and with it from `rooms`."""

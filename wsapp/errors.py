@@ -66,6 +66,7 @@ class CloseCode:
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # reconnect and resume: the node's backplane came back (`RedisBackplane._after_outage`)
     TOKEN_EXPIRED = 4401
 
 

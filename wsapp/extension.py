@@ -30,7 +30,7 @@ import gevent
 import gevent.event
 from flask import Flask, Response, current_app, request
 
-from . import demo_secret, devserver, heartbeat, server, startup
+from . import demo_secret, devserver, heartbeat, protocol, server, startup
 from .auth import Identity
 from .backplane import Backplane, InProcessBackplane
 from .chat import builtins as chat
@@ -100,7 +100,8 @@ class WSApp:
             )
         registry = Registry(settings.max_connections, settings.max_connections_per_client)
         backplane = _make_backplane(settings, registry)
-        hub = Hub(registry, backplane, store_offline=settings.store_offline)
+        hub = Hub(registry, backplane, store_offline=settings.store_offline, max_rooms=settings.max_rooms,
+                  members_limit=settings.members_limit, presence_info=bool(settings.presence_claims))  # fmt: skip
         self.hooks.rooms_claim = settings.rooms_claim
         self._service = Service(settings, registry, backplane, hub, Metrics(), self.hooks)
         # every handshake path (Flask's view, fast, early, the test client) asks the upgrader
@@ -285,6 +286,38 @@ class WSApp:
         """The client ids in `room`, cluster-wide."""
         return self.service.hub.room_members(room)
 
+    def member_info(self, room: str) -> dict[str, dict[str, Any]]:
+        """The members of `room` and their presence entries (`WSAPP_PRESENCE_CLAIMS`: those
+        claims of each member's token; `{}` when it had none or they were over
+        `WSAPP_PRESENCE_INFO_BYTES`), cluster-wide, at most `WSAPP_MEMBERS_LIMIT` members
+        (the first by client id). Empty when `WSAPP_PRESENCE_CLAIMS` is."""
+        self._start_background()
+        hub = self.service.hub
+        return hub.member_info(room, hub.room_members(room)) or {}
+
+    def join(self, client_id: str, room: str) -> int:
+        """Put every open addressable connection of `client_id` (the chat route's, on every
+        node) in `room`, as if each had sent `join`: it gets `joined` (members, position),
+        the room's others `presence` when the client id is new in it. The server decides:
+        the room rule (`authorize_join`, `WSAPP_ROOMS_CLAIM`) is not asked; `WSAPP_MAX_ROOMS`
+        holds (a full connection gets the `too_many_rooms` error and is not counted).
+        Connections opened later are not joined (`WSAPP_AUTOJOIN_CLAIM` is for that).
+        Returns the connections reached: this node's, plus the client's addressable
+        connections on the other nodes (as `disconnect` counts). ValueError for a bad name."""
+        _check_name(client_id, "client id", 256)
+        _check_name(room, "room", protocol.MAX_ROOM_CHARS)
+        self._start_background()
+        return self.service.hub.server_join(client_id, room)
+
+    def leave(self, client_id: str, room: str) -> int:
+        """Take every addressable connection of `client_id`, on every node, out of `room`:
+        each gets a `left` frame (`code` "forbidden"), the room `presence` leave once its
+        last connection has gone. Returns how many were in it. ValueError for a bad name."""
+        _check_name(client_id, "client id", 256)
+        _check_name(room, "room", protocol.MAX_ROOM_CHARS)
+        self._start_background()
+        return self.service.hub.server_leave(client_id, room)
+
     def disconnect(self, client_id: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "") -> int:
         """Close every connection of `client_id` (any route), on every node: revoking access."""
         return self.service.backplane.disconnect(client_id, code, reason)
@@ -339,6 +372,12 @@ class _StartingUpgrader(Upgrader):
     def upgrade(self, *args: Any, **kwargs: Any) -> None:
         self._start_app()
         super().upgrade(*args, **kwargs)
+
+
+def _check_name(value: Any, what: str, most: int) -> None:
+    """A client id or room name `WSApp.join`/`leave` take, or ValueError."""
+    if not isinstance(value, str) or not 0 < len(value) <= most:
+        raise ValueError(f"a {what} is a non-empty string of at most {most} characters")
 
 
 def _make_backplane(settings: Settings, registry: Registry) -> Backplane:

@@ -59,6 +59,10 @@ class Position(NamedTuple):
 
 
 EMPTY = Position(0, "")
+# where a stream stands when it cannot be read (the Redis backplane is away): not EMPTY,
+# which says "no message yet" and would let a resume from it replay the whole stream as
+# `recovered: true`; no real epoch is this, so a resume from it answers `recovered: false`
+UNKNOWN = Position(0, "unknown")
 
 
 class Published(int):

@@ -14,6 +14,7 @@ peer's rooms once, and their number is capped by `WSAPP_MAX_ROOMS`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,16 +80,31 @@ class Page:
 
 
 class Hub:
-    def __init__(self, registry: Registry, backplane: Backplane, store_offline: bool = False) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        backplane: Backplane,
+        store_offline: bool = False,
+        *,
+        max_rooms: int = 100,
+        members_limit: int = 1000,
+        presence_info: bool = False,
+    ) -> None:
         self.registry = registry
         self.backplane = backplane
         self.store_offline = store_offline  # WSAPP_STORE_OFFLINE: keep directs to any client id
+        self.max_rooms = max_rooms  # WSAPP_MAX_ROOMS, for the server's own joins (`server_join`)
+        self.members_limit = members_limit  # WSAPP_MEMBERS_LIMIT: the most `info` entries a read carries
+        self.presence_info = presence_info  # WSAPP_PRESENCE_CLAIMS set: member lists carry `info`
+        backplane.on_control = self._on_control  # another node's server_join / server_leave
 
     # ---- connections ----------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> None:
+    def connect(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
+        """Add `peer` here and everywhere; returns where `streams` stand once it counts
+        (`Backplane.connected`)."""
         self.registry.add(peer)
-        self.backplane.connected(peer)
+        return self.backplane.connected(peer, streams, touch)
 
     def disconnect(self, peer: Peer) -> None:
         """Take the peer out everywhere at once; tell its rooms if its client id left them.
@@ -223,13 +239,91 @@ class Hub:
         if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION):
             new_everywhere = self.backplane.joined(peer, room)
             if result is Join.NEW_CLIENT and new_everywhere:
-                frame = protocol.text_frame(protocol.presence(room, "join", peer.client_id))
+                info = (peer.info or {}) if self.presence_info else None  # {}: a route that took none
+                frame = protocol.text_frame(protocol.presence(room, "join", peer.client_id, info))
                 self.backplane.publish(Target("room", room, exclude_client=peer.client_id), frame)
         return result
 
     def room_members(self, room: str) -> list[str]:
         """The room's client ids, cluster-wide."""
         return self.backplane.room_members(room)
+
+    def member_info(self, room: str, members: list[str]) -> dict[str, dict[str, Any]] | None:
+        """The presence entries of the first `WSAPP_MEMBERS_LIMIT` of `members` (a member
+        whose token had none of the claims: `{}`), cluster-wide; None when
+        `WSAPP_PRESENCE_CLAIMS` is empty (frames and answers then carry no `info`)."""
+        if not self.presence_info:
+            return None
+        shown = members[: self.members_limit]
+        found = self.backplane.member_info(room, shown) if shown else {}
+        return {cid: found.get(cid, {}) for cid in shown}
+
+    def joined_frame(self, room: str) -> dict[str, Any]:
+        """The `joined` frame of a connection new in `room`: its members (cluster-wide), the
+        room stream's position (history on), and their presence entries (`info`)."""
+        members = self.room_members(room)
+        position = None
+        if self.backplane.history_on:
+            position = self.backplane.positions([history.stream_room(room)])[0].wire()
+        return protocol.joined(room, members, position, self.member_info(room, members))
+
+    # ---- the server's own joins (`WSApp.join` / `leave`, the HTTP API) ----------------------
+
+    def server_join(self, client_id: str, room: str) -> int:
+        """Put every addressable connection of `client_id`, on every node, in `room`, with the
+        frames a chat `join` gets (no room rule: the server decides; `WSAPP_MAX_ROOMS` still
+        holds). Returns the connections reached: here, those in the room after it (a full
+        one got the `too_many_rooms` error and is not counted), plus the client's
+        addressable connections on the other nodes."""
+        return self.join_here(client_id, room) + self.backplane.control(client_id, "join", room)
+
+    def server_leave(self, client_id: str, room: str) -> int:
+        """Take every connection of `client_id`, on every node, out of `room` (each gets a
+        `left` frame). Returns how many were in it (the other nodes' as presence counts them)."""
+        return self.leave_here(client_id, room) + self.backplane.control(client_id, "leave", room)
+
+    def _on_control(self, client_id: str, op: str, room: str) -> int:
+        if op == "join":
+            return self.join_here(client_id, room)
+        if op == "leave":
+            return self.leave_here(client_id, room)
+        return 0
+
+    def join_here(self, client_id: str, room: str) -> int:
+        """`server_join` on this node's connections only."""
+        reached = 0
+        new: list[Peer] = []
+        for peer in self.registry.targets(Target("client", client_id)):
+            result = self.join(peer, room, self.max_rooms)
+            if result is Join.FULL:
+                # the very frame a client's `join` gets (`Connection.join_result`)
+                message = (
+                    f"this connection is in {self.max_rooms} rooms, the most allowed (WSAPP_MAX_ROOMS): leave one first"
+                )
+                peer.ws.send_frame(protocol.text_frame(protocol.error("too_many_rooms", message)))
+            elif result is Join.ALREADY:  # as a repeated `join` answers: no member list again
+                peer.ws.send_frame(protocol.text_frame(protocol.joined(room, None)))
+                reached += 1
+            elif result is not Join.GONE:
+                new.append(peer)
+        if new:  # one member read for all of them, after they are all in
+            frame = protocol.text_frame(self.joined_frame(room))
+            for peer in new:
+                peer.ws.send_frame(frame)
+        return reached + len(new)
+
+    def leave_here(self, client_id: str, room: str) -> int:
+        """`server_leave` on this node's connections only."""
+        left = 0
+        frame = protocol.text_frame(
+            {"type": "left", "room": room, "code": "forbidden", "message": f"the server took you out of {room!r}"}
+        )
+        for peer in self.registry.targets(Target("client", client_id)):
+            if room in peer.rooms:
+                self.leave(peer, room)
+                peer.ws.send_frame(frame)
+                left += 1
+        return left
 
     def leave(self, peer: Peer, room: str) -> None:
         if room not in peer.rooms:

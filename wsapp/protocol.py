@@ -17,6 +17,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,19 +203,50 @@ def room_message(room: str, sender: str, data: Any) -> dict[str, Any]:
     return {"type": "room", "room": room, "from": sender, "data": data, "ts": now()}
 
 
-def joined(room: str, members: list[str] | None, position: dict[str, Any] | None = None) -> dict[str, Any]:
+def joined(
+    room: str,
+    members: list[str] | None,
+    position: dict[str, Any] | None = None,
+    info: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """`members` None: the connection was in the room already and has the list (no resend).
-    `position` (history on): the room stream's `offset` and `epoch`."""
+    `position` (history on): the room stream's `offset` and `epoch`. `info`
+    (`WSAPP_PRESENCE_CLAIMS`): client id -> its presence claims, beside `members`."""
     out: dict[str, Any] = {"type": "joined", "room": room}
     if members is not None:
         out["members"] = members
+        if info is not None:
+            out["info"] = info
     if position is not None:
         out.update(position)
     return out
 
 
-def presence(room: str, event: str, client_id: str) -> dict[str, Any]:
-    return {"type": "presence", "room": room, "event": event, "client_id": client_id}
+def presence(room: str, event: str, client_id: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`info`: the joining member's presence claims (`WSAPP_PRESENCE_CLAIMS`; join events only)."""
+    out: dict[str, Any] = {"type": "presence", "room": room, "event": event, "client_id": client_id}
+    if info is not None:
+        out["info"] = info
+    return out
+
+
+def presence_info(claims: Any, names: tuple[str, ...], max_bytes: int) -> dict[str, Any] | None:
+    """A member's presence entry: the claims `names` that the token has (`WSAPP_PRESENCE_CLAIMS`).
+    None when no claim is configured; `{}` when the entry's JSON would be longer than
+    `max_bytes` (`WSAPP_PRESENCE_INFO_BYTES`: the claims are left out, never cut) or a claim
+    holds a value the server could not carry."""
+    if not names:
+        return None
+    if not isinstance(claims, Mapping):
+        return {}
+    info = {name: claims[name] for name in names if name in claims}
+    try:
+        text = encode(info)
+    except (TypeError, ValueError):
+        return {}
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes or _SURROGATE.search(text):
+        return {}
+    return info
 
 
 class Stored(int):

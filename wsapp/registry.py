@@ -38,11 +38,17 @@ class Peer:
     # a route option: messages to everyone or to a client id (send/broadcast) reach
     # addressable connections only; room messages reach whoever joined the room
     addressable: bool = True
+    # a route option: answers `resume` (the built-in chat); such a connection is closed with
+    # 1012 when this node's backplane comes back after an outage, so its client resumes
+    resumable: bool = False
     # streams whose live messages are held while a resume replays them (`wsapp.chat.resume`):
     # None (the usual case: one check per delivery) or stream -> its Gate. Written by the
     # connection's own greenlet (and by its resume timer, only while no `resume` frame has
     # begun: `Held.waiting`), read by whoever delivers; no switch in between.
     gates: dict[str, Gate] | None = None
+    # the member entry rooms show for it (`WSAPP_PRESENCE_CLAIMS`: its token's claims, bounded;
+    # `protocol.presence_info`), None when no claim is configured. Set by the route before it joins.
+    info: dict[str, Any] | None = None
 
     @property
     def conn_id(self) -> str:
@@ -317,6 +323,18 @@ class Registry:
     def room_members(self, room: str) -> list[str]:
         with self._lock:
             return sorted(self._rooms.get(room, {}))
+
+    def member_info(self, room: str, client_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The presence entries (`Peer.info`) of those of `client_ids` in `room` on this worker,
+        one connection's each (the newest with one). O(len(client_ids))."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            members = self._rooms.get(room, {})
+            for cid in client_ids:
+                infos = [(p.connected_at, p.info) for p in members.get(cid, ()) if p.info is not None]
+                if infos:
+                    out[cid] = max(infos, key=lambda pair: pair[0])[1]
+        return out
 
     def clients(self) -> dict[str, int]:
         """Addressable client ids on this worker and how many connections each holds."""

@@ -33,6 +33,7 @@ from .chat.gates import hold_streams, release
 from .connection import RateLimited, WebSocket
 from .errors import CloseCode
 from .handshake.checks import Accepted
+from .history import Position, stream_broadcast, stream_direct
 from .metrics import close_code_label
 from .protocol import FrameError
 from .registry import Join, Peer
@@ -62,13 +63,16 @@ class Connection:
     `send` may be called from any greenlet; `receive` and iteration belong to the
     handler's greenlet."""
 
-    __slots__ = ("_peer", "_service", "_ws", "identity")
+    __slots__ = ("_peer", "_service", "_ws", "identity", "streams")
 
     def __init__(self, peer: Peer, identity: Identity, service: Service) -> None:
         self._peer = peer
         self._ws = peer.ws
         self._service = service
         self.identity = identity
+        # where its broadcast and direct streams stood as it began to count (history on, an
+        # addressable route): stream -> Position, for a welcome; read with its presence write
+        self.streams: dict[str, Position] = {}
 
     def replace_identity(self, identity: Identity) -> None:
         """The token now in force (a chat `refresh`, same client id): its rights (admin,
@@ -206,6 +210,12 @@ def _check_room(room: Any) -> None:
         raise ValueError(f"a room is a non-empty string of at most {protocol.MAX_ROOM_CHARS} characters")
 
 
+def own_streams(client_id: str) -> list[str]:
+    """The streams every addressable connection of `client_id` receives: the broadcast, then
+    its direct stream (kept for another history window from each connect: offline messages)."""
+    return [stream_broadcast(), stream_direct(client_id)]
+
+
 def run_session(
     service: Service,
     raw: socket.socket,
@@ -241,6 +251,7 @@ def run_session(
         accepted.remote_addr,
         route.name,
         addressable=route.addressable,
+        resumable=route.resumable,
     )
     # an evicted slow consumer leaves the registry and its rooms at once (a partial, not a
     # closure: smaller, and it is kept for the connection's whole life)
@@ -264,7 +275,8 @@ def run_session(
             peer.remote_addr,
             accepted.token_source,
         )
-        hub.connect(peer)
+        own = own_streams(peer.client_id) if route.addressable and service.backplane.history_on else []
+        conn.streams = dict(zip(own, hub.connect(peer, own, touch=own[-1] if own else ""), strict=True))
         for hook in service.hooks.connect_hooks:
             hook(conn)
         handler(conn, *args, **kwargs)

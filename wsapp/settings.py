@@ -473,6 +473,29 @@ OPTIONS: tuple[Option, ...] = (
         "Token claim listing the rooms (names or fnmatch patterns) a client may join, when "
         "no `authorize_join` hook is set. Empty: any room.",
     ),
+    Option(
+        "WSAPP_AUTOJOIN_CLAIM",
+        "autojoin_claim",
+        "",
+        _str,
+        "Token claim listing rooms the built-in chat joins at connect, after `welcome`, each under the room "
+        "rule and `WSAPP_MAX_ROOMS` (a refused one: the `error` frame a refused `join` gets). Empty: off.",
+    ),
+    Option(
+        "WSAPP_PRESENCE_CLAIMS",
+        "presence_claims",
+        "",
+        _csv,
+        "Comma list of token claims a room member's entry carries (`info` in `joined`, `presence` and "
+        "`GET /api/rooms/<room>`). Empty: none.",
+    ),
+    Option(
+        "WSAPP_PRESENCE_INFO_BYTES",
+        "presence_info_bytes",
+        "256",
+        _int(2, 4096),
+        "Most bytes of JSON one member's `info` may take; over it the member's claims are left out (`{}`).",
+    ),
 )
 
 
@@ -526,6 +549,9 @@ class Settings:
     log_level: str = "INFO"
     chat_path: str = "/ws/chat"
     rooms_claim: str = ""
+    autojoin_claim: str = ""
+    presence_claims: tuple[str, ...] = ()
+    presence_info_bytes: int = 256
     fast_handshakes: str = "early"
     generated_secret: bool = False  # set by the app in demo mode, not an environment option
 

@@ -131,9 +131,15 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
 
 class WebSocketTestClient:
     """The client end of one in-process connection (from `connect`). A context manager:
-    leaving the block closes it (1000) if the server has not."""
+    leaving the block closes it (1000) if the server has not.
 
-    def __init__(self, sock: gevent.socket.socket, buffered: bytes, subprotocol: str | None, timeout: float) -> None:
+    `WebSocketTestClient(sock, buffered)` also wraps the client end of a socket whose
+    handshake you made yourself (hand-written request bytes, say): `buffered` holds any
+    bytes read after the 101's head."""
+
+    def __init__(
+        self, sock: gevent.socket.socket, buffered: bytes = b"", subprotocol: str | None = None, timeout: float = 5.0
+    ) -> None:
         self._sock = sock
         self._buf = bytearray(buffered)
         self._fragments: list[bytes] = []
@@ -142,6 +148,9 @@ class WebSocketTestClient:
         self.timeout = timeout  # the default for `receive`, `receive_until`, `close`
         self.close_code: int | None = None  # set once the server's close frame (or EOF) is read
         self.close_reason: str = ""
+        # the server closed the TCP connection too (after its close frame, as RFC 6455 §7.1.1
+        # has it, within the wait that read that frame; or without one: 1006)
+        self.hung_up = False
         self._sent_close = False
 
     # ---- sending ----------------------------------------------------------------------
@@ -232,6 +241,26 @@ class WebSocketTestClient:
             self.close_code, self.close_reason = code, reason
         self._sock.close()
 
+    def _eof(self) -> None:
+        """The server closed the socket without a close frame: 1006."""
+        self.hung_up = True
+        self._ended(ABNORMAL, "")
+
+    def _await_hangup(self, deadline: float) -> None:
+        """After the closing handshake, the server closes the TCP connection first (RFC
+        6455 §7.1.1): wait for that until `deadline`, then the client closes its end."""
+        while (left := deadline - time.monotonic()) > 0:
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.hung_up = True
+                return
+
     def _fill(self, n: int, deadline: float) -> bool:
         while len(self._buf) < n:
             left = deadline - time.monotonic()
@@ -253,24 +282,24 @@ class WebSocketTestClient:
         """One server frame, control frames handled; a whole message's (opcode, payload),
         or None (a control frame, a fragment). At EOF the connection ends with 1006."""
         if not self._fill(2, deadline):
-            self._ended(ABNORMAL, "")
+            self._eof()
             return None
         b0, b1 = self._buf[0], self._buf[1]
         n, head = b1 & 0x7F, 2
         if n == 126:
             if not self._fill(4, deadline):
-                self._ended(ABNORMAL, "")
+                self._eof()
                 return None
             n, head = struct.unpack_from("!H", self._buf, 2)[0], 4
         elif n == 127:
             if not self._fill(10, deadline):
-                self._ended(ABNORMAL, "")
+                self._eof()
                 return None
             n, head = struct.unpack_from("!Q", self._buf, 2)[0], 10
         if b1 & 0x80:
             raise AssertionError("the server sent a masked frame (RFC 6455 §5.1 forbids it)")
         if not self._fill(head + n, deadline):
-            self._ended(ABNORMAL, "")
+            self._eof()
             return None
         payload = bytes(self._buf[head : head + n])
         del self._buf[: head + n]
@@ -284,6 +313,7 @@ class WebSocketTestClient:
                 except OSError:
                     pass
                 self._sent_close = True
+            self._await_hangup(deadline)
             self._ended(code, reason)
             return None
         if opcode == OP_PING:

@@ -26,7 +26,13 @@ def serve_chat(conn: Connection) -> None:
     peer = conn.peer  # the hot path: one frame in, its answers out
     send = conn.send_server_frame
     handlers = conn.service.hooks.frame_handlers
+    settings = conn.service.settings
+    # its entry in member lists (WSAPP_PRESENCE_CLAIMS), before it can join anything
+    peer.info = protocol.presence_info(conn.identity.claims, settings.presence_claims, settings.presence_info_bytes)
+    resuming = peer.gates is not None  # ?resume=1: the `resume` frame joins its rooms again
     send(protocol.welcome(conn.client_id, conn.conn_id, _streams(conn)))
+    if settings.autojoin_claim and not resuming:
+        autojoin(conn, settings.autojoin_claim)
     while (msg := conn.next_message(with_ids=True)) is not None:
         if isinstance(msg, bytes):
             conn.close(CloseCode.UNSUPPORTED_DATA, "chat takes JSON text frames, not binary")
@@ -52,12 +58,50 @@ def serve_chat(conn: Connection) -> None:
 def _streams(conn: Connection) -> dict[str, Any] | None:
     """The welcome's positions (history on): broadcast, and the client's direct stream,
     which this connection keeps for another history window (offline messages)."""
-    backplane = conn.service.backplane
-    if not backplane.history_on:
+    if not conn.streams:
         return None
-    direct = history.stream_direct(conn.client_id)
-    b, d = backplane.positions([history.stream_broadcast(), direct], touch=direct)
+    b, d = conn.streams[history.stream_broadcast()], conn.streams[history.stream_direct(conn.client_id)]
     return {"broadcast": b.wire(), "direct": d.wire()}
+
+
+def autojoin(conn: Connection, claim: str) -> None:
+    """`WSAPP_AUTOJOIN_CLAIM`: join the rooms the token's `claim` lists, in order, each as a
+    `join` frame would (the room rule, `WSAPP_MAX_ROOMS`); a refused one gets the `error`
+    frame a refused `join` gets (no `id`). A string is one room. A claim of another type,
+    or an entry that is not a room name, gets one `missing_field` error and is skipped;
+    at most `WSAPP_MAX_ROOMS` entries are read (more: one `too_many_rooms` error)."""
+    send, settings = conn.send_server_frame, conn.service.settings
+    listed = conn.identity.claims.get(claim)
+    if listed is None:
+        return
+    if isinstance(listed, str):
+        listed = [listed]
+    if not isinstance(listed, list):
+        send(protocol.error("missing_field", f"the token's {claim!r} claim is not a list of rooms: none joined"))
+        return
+    most = settings.max_rooms
+    if len(listed) > most:
+        message = f"the token's {claim!r} claim lists more than {most} rooms (WSAPP_MAX_ROOMS): the first {most} read"
+        send(protocol.error("too_many_rooms", message))
+    bad = False
+    for name in listed[:most]:
+        if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_ROOM_CHARS:
+            bad = True
+            continue
+        if name not in conn.peer.rooms and not conn.service.hooks.may_join(conn.identity, name):
+            send(protocol.error("forbidden", f"you may not join {name!r}"))
+            continue
+        try:
+            result = conn.join_result(name)
+        except FrameError as err:  # full: every later one would be too
+            send(protocol.error(err.code, err.message))
+            break
+        if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION):
+            send(conn.service.hub.joined_frame(name))
+    if bad:
+        most_chars = protocol.MAX_ROOM_CHARS
+        message = f"the token's {claim!r} claim holds entries that are not room names (1 to {most_chars} characters)"
+        send(protocol.error("missing_field", message))
 
 
 def _left(room: str, code: str, message: str) -> dict[str, Any]:
@@ -97,12 +141,12 @@ def join(conn: Connection, frame: dict[str, Any]) -> int:
     if cmd.room not in conn.peer.rooms and not conn.service.hooks.may_join(conn.identity, cmd.room):
         raise FrameError("forbidden", f"you may not join {cmd.room!r}")
     result = conn.join_result(cmd.room)
-    # a repeated join changes nothing: no member list again (the client has it, and presence)
-    members = hub.room_members(cmd.room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
-    position = None  # where the room's stream stands, for a connection new in it
-    if members is not None and hub.backplane.history_on:
-        position = hub.backplane.positions([history.stream_room(cmd.room)])[0].wire()
-    conn.send_server_frame(protocol.joined(cmd.room, members, position))
+    # a repeated join changes nothing: no member list again (the client has it, and presence);
+    # a connection new in it gets the members (and their `info`) and the room's position
+    if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION):
+        conn.send_server_frame(hub.joined_frame(cmd.room))
+    else:
+        conn.send_server_frame(protocol.joined(cmd.room, None))
     return 0
 
 

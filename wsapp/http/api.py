@@ -50,7 +50,7 @@ def _identity(service: Service, pace: RateTable, admin: bool) -> auth.Identity:
     return identity
 
 
-def _json_body(service: Service) -> dict[str, Any]:
+def _json_body(service: Service, data: bool = True) -> dict[str, Any]:
     """The request's JSON object, decoded by the chat frames' rules (`protocol.loads`):
     413 over the message size limit (declared, or found reading a chunked body),
     400 without `Content-Type: application/json` or for a body we could not carry."""
@@ -71,7 +71,7 @@ def _json_body(service: Service) -> dict[str, Any]:
         raise ApiError("bad_request", f"the body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
-    if "data" not in body:
+    if data and "data" not in body:
         raise ApiError("bad_request", "the body needs a 'data' field")
     return body
 
@@ -84,8 +84,8 @@ def _string_field(body: dict[str, Any], name: str, required: bool) -> str | None
         raise ApiError("bad_request", f"{name!r} must be a non-empty string")
     if name == "room" and len(value) > protocol.MAX_ROOM_CHARS:
         raise ApiError("bad_request", f"'room' is longer than {protocol.MAX_ROOM_CHARS} characters")
-    if name == "to" and len(value) > MAX_CLIENT_ID_CHARS:
-        raise ApiError("bad_request", f"'to' is longer than {MAX_CLIENT_ID_CHARS} characters, a client id's limit")
+    if name in ("to", "client_id") and len(value) > MAX_CLIENT_ID_CHARS:
+        raise ApiError("bad_request", f"{name!r} is longer than {MAX_CLIENT_ID_CHARS} characters, a client id's limit")
     return value
 
 
@@ -226,8 +226,32 @@ def add_routes(bp: Blueprint, service: Service) -> None:
         members = hub.room_members(room)  # cluster-wide, sorted
         shown = members[: settings.members_limit]
         position = hub.position(history.stream_room(room))
+        info = hub.member_info(room, shown)  # WSAPP_PRESENCE_CLAIMS: each listed member's entry
+        extra = {} if info is None else {"info": info}
         return jsonify(room=room, members=shown, count=len(members), truncated=len(shown) < len(members),
-                       offset=position.offset, epoch=position.epoch)  # fmt: skip
+                       offset=position.offset, epoch=position.epoch, **extra)  # fmt: skip
+
+    def server_subscription(room: str, op: str) -> Response:
+        """`POST /api/rooms/<room>/join` and `/leave` (admin): the server's own join or leave of
+        every connection of the body's `client_id`, on every node (`WSApp.join`/`leave`)."""
+        not_draining()
+        _identity(service, pace, admin=True)
+        if not 0 < len(room) <= protocol.MAX_ROOM_CHARS:
+            raise ApiError("bad_request", f"a room name is 1 to {protocol.MAX_ROOM_CHARS} characters")
+        body = _json_body(service, data=False)
+        client_id = _string_field(body, "client_id", required=True)
+        assert client_id is not None
+        if op == "join":
+            return jsonify(joined=hub.server_join(client_id, room))
+        return jsonify(left=hub.server_leave(client_id, room))
+
+    @bp.post("/api/rooms/<path:room>/join")
+    def room_join(room: str) -> Response:
+        return server_subscription(room, "join")
+
+    @bp.post("/api/rooms/<path:room>/leave")
+    def room_leave(room: str) -> Response:
+        return server_subscription(room, "leave")
 
     @bp.get("/api/clients")
     def clients() -> Response:

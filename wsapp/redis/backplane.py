@@ -32,6 +32,7 @@ The key layout, wire format and Lua scripts live in `wsapp.redis.bus`, shared wi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -39,7 +40,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gevent
@@ -48,8 +50,9 @@ from gevent.event import Event
 
 from .. import protocol
 from ..backplane import Backplane, close_local, close_payload
+from ..errors import CloseCode
 from ..frames import OP_TEXT, encode_frame
-from ..history import EMPTY, ENTRY_COST, Position, Published, Replay, body_prefix
+from ..history import ENTRY_COST, UNKNOWN, Position, Published, Replay, body_prefix
 from ..logsafe import safe
 from ..metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
 from ..registry import Peer, Registry, Target, deliver, receiving
@@ -65,6 +68,11 @@ ERRORS = (*REDIS_ERRORS, SubscribeTimeout)
 BATCH_MAX = 500  # presence requests written in one round trip
 POSITION_COST = 64  # bytes a kept message's text grows by (offset, epoch), counted in its budget
 LOST_LOG_EVERY_S = 10.0  # history writes Redis refused: one log line at most this often
+MAX_CONTROLS = 10_000  # other nodes' server joins/leaves waiting here; past it one is dropped (logged)
+# streams one node may deliver to while Redis is away (each is marked lost when it is back:
+# `_unkept`); past it a message is delivered to nobody rather than leave a gap no one hears of
+UNKEPT_MAX = 100_000
+RESUME_CLOSE_REASON = "backplane reconnected: resume"  # close 1012 at a reconnect (`_after_outage`)
 
 
 class _Request:
@@ -198,12 +206,20 @@ class RedisBackplane(Backplane):
         self._lock = threading.Lock()
         self._mirror = _Mirror()
         self._healthy = False  # True only while subscribed and presence is registered
+        # streams this node delivered to while Redis was away, without a position and unkept:
+        # their epochs are ended when it is back, so no resume elsewhere claims to recover
+        # across those messages (an ordered set; written by publishers, drained by `_connect`)
+        self._unkept: dict[str, None] = {}
+        self._unkept_refused = 0  # publishes delivered to nobody: `_unkept` was full
         self._stopping = False
         self.subscriber = Subscriber(self.bus, self._on_message, self._lost)
         self.subscriber.wanted.add(self._channel(Target("all")))  # broadcasts: every node
         self._supervisor: gevent.Greenlet | None = None
         self._requests: list[_Request] = []  # presence writes waiting for the writer
         self._writer: gevent.Greenlet | None = None
+        self.presence_on = bool(settings.presence_claims)  # member entries carry info (`<room tag>:i`)
+        self._controls: deque[tuple[str, str, str]] = deque()  # other nodes' joins/leaves, in order
+        self._controller: gevent.Greenlet | None = None
 
     def _channel(self, target: Target) -> str:
         return self.bus.channel(target_tag(target))
@@ -273,6 +289,21 @@ class RedisBackplane(Backplane):
                 return Published(self._publish_lost(target, stream, obj, exc)[0], stream)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
+        return self._publish_unkept(target, stream, obj)
+
+    def _publish_unkept(self, target: Target, stream: str, obj: dict[str, Any]) -> Published:
+        """Redis is away: deliver to this node's receivers only, without a position, and
+        remember the stream so its epoch ends when Redis is back (`_connect`): receivers on
+        other nodes missed this message, and a resume must not say `recovered: true` across it."""
+        if stream not in self._unkept:
+            if len(self._unkept) >= UNKEPT_MAX:
+                self._unkept_refused += 1
+                if self._unkept_refused == 1:
+                    log.warning("redis backplane down: %d streams had messages delivered on this node only; "
+                                "further messages to other streams are delivered to nobody until Redis is back",
+                                UNKEPT_MAX)  # fmt: skip
+                return Published(0, stream)
+            self._unkept[stream] = None
         return Published(deliver(self.registry.targets(target), protocol.text_frame(obj)), stream)
 
     def _within_budget(self, sender: Any, prefix: str, stream: str) -> bool:
@@ -315,14 +346,14 @@ class RedisBackplane(Backplane):
         """Read with the writer's next batch (one round trip for a storm of welcomes). Only
         a touch (a disconnect renewing its direct stream) does not wait for its answer."""
         if not self._healthy:
-            return [EMPTY for _ in streams]
+            return [UNKNOWN for _ in streams]
         ops, decode = self.bus.position_ops(streams, touch, self.history_ttl_s)
         request = _Request("", (), None, ops)
         self._enqueue(request)
         if not streams:
             return []
         request.done.wait()
-        return decode(request.results) if request.results is not None else [EMPTY for _ in streams]
+        return decode(request.results) if request.results is not None else [UNKNOWN for _ in streams]
 
     def replay(self, stream: str, pos: Position) -> Replay:
         if self._healthy:
@@ -330,7 +361,7 @@ class RedisBackplane(Backplane):
                 return self.bus.since(stream, pos, self.history_ttl_s)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
-        return Replay(False, [], EMPTY)
+        return Replay(False, [], UNKNOWN)
 
     def tail(self, stream: str, n: int) -> Replay:
         if self._healthy:
@@ -338,7 +369,7 @@ class RedisBackplane(Backplane):
                 return self.bus.tail(stream, n, self.history_ttl_s)
             except REDIS_ERRORS as exc:
                 self._lost(exc)
-        return Replay(False, [], EMPTY)
+        return Replay(False, [], UNKNOWN)
 
     def disconnect(self, client_id: str, code: int, reason: str) -> int:
         payload = close_payload(code, reason)
@@ -350,6 +381,62 @@ class RedisBackplane(Backplane):
         except REDIS_ERRORS as exc:
             self._lost(exc)
             return local
+
+    # ---- server-side subscriptions: carried like `disconnect`, on the client's channel ----
+
+    def control(self, client_id: str, op: str, room: str) -> int:
+        """A `control` envelope ([op, room]) to the client's other nodes, which act on their
+        connections (`on_control`, in order, in a greenlet of their own). Returns what they
+        hold: join, the client's addressable connections; leave, its connections in the room."""
+        if not self._healthy:
+            return 0
+        payload = json.dumps([op, room]).encode()
+        try:  # a leave's count is read first: the other nodes may act on it before the publish returns
+            in_room = self.bus.room_count_elsewhere(room, client_id) if op == "leave" else 0
+            reached = self.bus.publish(Target("control", client_id), payload)
+            return in_room if op == "leave" else reached
+        except REDIS_ERRORS as exc:
+            self._lost(exc)
+            return 0
+
+    def _on_control(self, client_id: str, payload: bytes) -> None:
+        """Queue another node's join/leave for this node's connections; the control
+        greenlet runs them one after another (a join then a leave stay in that order),
+        never in the reader (they make round trips)."""
+        op, room = json.loads(payload)
+        if op not in ("join", "leave") or not isinstance(room, str) or not room:
+            raise ValueError("not a join or leave")
+        if len(self._controls) >= MAX_CONTROLS:
+            log.warning("redis backplane: dropped a server %s of %s to %s: %d waiting already",
+                        op, safe(client_id), safe(room), MAX_CONTROLS)  # fmt: skip
+            return
+        self._controls.append((client_id, str(op), room))
+        if self._controller is None:
+            self._controller = gevent.spawn(self._run_controls)
+
+    def _run_controls(self) -> None:
+        try:
+            while self._controls:
+                client_id, op, room = self._controls.popleft()
+                handler = self.on_control
+                if handler is None:
+                    continue
+                try:
+                    handler(client_id, op, room)
+                except Exception:
+                    log.exception("redis backplane: a server %s of %s to %s failed", op, safe(client_id), safe(room))
+        finally:
+            self._controller = None
+
+    def member_info(self, room: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = self.registry.member_info(room, client_ids)
+        rest = [cid for cid in client_ids if cid not in found]
+        if rest and self._healthy:
+            try:
+                found.update(self.bus.member_info(room, rest))
+            except REDIS_ERRORS as exc:
+                self._lost(exc)
+        return found
 
     def room_members(self, room: str) -> list[str]:
         members = set(self.registry.room_members(room))
@@ -382,10 +469,20 @@ class RedisBackplane(Backplane):
     # ---- interest and presence ----------------------------------------------------------
     # Subscribe before presence counts a connection; unsubscribe after it stops counting.
 
-    def connected(self, peer: Peer) -> None:
-        self._interest(Target("close", peer.client_id))
-        if peer.addressable:
+    def connected(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
+        self._interest(Target("close", peer.client_id))  # first: whoever counts it, reaches it
+        if not peer.addressable:
+            return self.positions(list(streams), touch) if streams else []
+        if not streams:
             self._write(peer.client_id, ())
+            return []
+        # the presence write and the read in one batch of the writer (one round trip): the
+        # write is queued first, so the read sees the connection counted
+        write = self._enqueue_write(peer.client_id, ())
+        positions = self.positions(list(streams), touch)
+        if write is not None:
+            write.done.wait()
+        return positions
 
     def disconnected(self, peer: Peer, rooms: list[str]) -> None:
         if peer.addressable:
@@ -423,12 +520,19 @@ class RedisBackplane(Backplane):
 
         The request joins the next batch of the writer greenlet: in a reconnect storm,
         thousands of connects share a few round trips instead of queueing for one each."""
-        if not self._healthy:
+        request = self._enqueue_write(cid, rooms, ask)
+        if request is None:
             return False
-        request = _Request(cid, tuple(rooms), ask)
-        self._enqueue(request)
         request.done.wait()
         return request.answer
+
+    def _enqueue_write(self, cid: str, rooms: Iterable[str], ask: str | None = None) -> _Request | None:
+        """`_write` without the wait: None while unhealthy."""
+        if not self._healthy:
+            return None
+        request = _Request(cid, tuple(rooms), ask)
+        self._enqueue(request)
+        return request
 
     def _enqueue(self, request: _Request) -> None:
         self._requests.append(request)
@@ -470,7 +574,7 @@ class RedisBackplane(Backplane):
                     self._mirror.set_room(cid, room, self.registry.room_count(room, cid), writes)
                 if request.ask is not None:
                     asks.append((request.ask, cid))
-            ops, decode = self.bus.presence_ops(writes, asks)
+            ops, decode = self.bus.presence_ops(writes, asks, self._infos(writes))
             first = len(ops)
             for request in batch:
                 if request.ops is not None:
@@ -507,12 +611,25 @@ class RedisBackplane(Backplane):
                 self._mirror.set(cid, *self._local_state(cid), writes)
             self._execute(writes)
 
+    def _infos(self, writes: dict[tuple[str, str], int]) -> dict[str, str]:
+        """Client id -> its presence entry's JSON, for the clients whose room counts `writes`
+        sets above 0 (from their connections here: the newest with one). Empty when off."""
+        if not self.presence_on:
+            return {}
+        out: dict[str, str] = {}
+        for (suffix, cid), n in writes.items():
+            if n and suffix.startswith("r:") and cid not in out:
+                infos = [(p.connected_at, p.info) for p in self.registry.targets(Target("client", cid))
+                         if p.info is not None]  # fmt: skip
+                out[cid] = protocol.encode(max(infos, key=lambda pair: pair[0])[1]) if infos else ""
+        return out
+
     def _execute(self, writes: dict[tuple[str, str], int]) -> None:
         """Send `writes`; under `_lock`."""
         if not writes:
             return
         try:
-            self.bus.write_presence(writes)
+            self.bus.write_presence(writes, infos=self._infos(writes))
         except REDIS_ERRORS as exc:
             self._lost(exc)
 
@@ -525,7 +642,7 @@ class RedisBackplane(Backplane):
             for cid in {p.client_id for p in self.registry.peers() if p.addressable}:
                 mirror.set(cid, *self._local_state(cid), writes)
             if writes:
-                self.bus.write_presence(writes)
+                self.bus.write_presence(writes, infos=self._infos(writes))
             self._mirror = mirror
             self._healthy = True  # inside the lock: presence events waiting on it now write
 
@@ -569,9 +686,45 @@ class RedisBackplane(Backplane):
         self.bus.detect()
         self._check_memory_policy()
         self._wanted_now()
+        self.bus.client.ping()  # Redis answers again: only now is a resume worth it
+        # before the first message is heard: a live message after the gap would move the
+        # client's position past what it missed, and its resume would skip that
+        self._after_outage()
         self.subscriber.open()  # before presence: whoever counts us, we hear
+        ended = self._end_unkept()  # before this node publishes with a position again
         self._rewrite()
+        ended += self._end_unkept()  # delivered while the rewrite waited on Redis
+        if ended or self._unkept_refused:
+            log.warning("redis backplane: ended the epoch of %d streams this node delivered to while Redis was "
+                        "away (a resume across those messages says recovered: false); %d messages were "
+                        "delivered to nobody", ended, self._unkept_refused)  # fmt: skip
+        self._unkept_refused = 0
         log.info("redis backplane up: node=%s, %d clients registered", self.node_id, len(self._mirror.clients))
+
+    def _end_unkept(self) -> int:
+        """End the epochs of the streams in `_unkept` (`Bus.forget`); how many."""
+        streams = list(self._unkept)
+        if streams:
+            self.bus.forget(streams)
+            for stream in streams:
+                del self._unkept[stream]
+        return len(streams)
+
+    def _after_outage(self) -> None:
+        """The connections served while the backplane was down (none at the first start)
+        heard nothing from other nodes meanwhile: what those published is in the history but
+        never reached them. Each connection of a resumable route is closed with 1012, so its
+        client resumes from the positions it kept and gets exactly that (or `recovered: false`)."""
+        if not self.history_on:
+            return
+        closed = 0
+        for peer in self.registry.peers():
+            if peer.resumable and peer.ws.open:
+                peer.ws.close(CloseCode.SERVICE_RESTART, RESUME_CLOSE_REASON)
+                closed += 1
+        if closed:
+            log.info("redis backplane: closed %d resumable connections (1012) so they resume what they missed "
+                     "while Redis was away", closed)  # fmt: skip
 
     def _supervise(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -632,6 +785,12 @@ class RedisBackplane(Backplane):
                 close_local(self.registry, target.key, frame)
             except (ValueError, TypeError) as exc:
                 log.warning("redis backplane: dropped a malformed disconnect: %s", exc)
+            return
+        if target.kind == "control":
+            try:
+                self._on_control(target.key, frame)
+            except (ValueError, TypeError) as exc:
+                log.warning("redis backplane: dropped a malformed join/leave: %s", safe(exc))
             return
         deliver(self.registry.targets(target), frame)
 

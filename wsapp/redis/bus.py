@@ -36,7 +36,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -151,7 +151,7 @@ def target_tag(target: Target) -> str:
     """The hash tag of everything about `target` (a `close` goes to the client's channel)."""
     if target.kind == "all":
         return "{all}"
-    if target.kind in ("client", "close"):
+    if target.kind in ("client", "close", "control"):  # a server join/leave goes to the client's channel too
         return name_tag("c", target.key)
     return name_tag("r", target.key)
 
@@ -193,11 +193,14 @@ def encode_envelope(origin: str, target: Target, frame: bytes) -> bytes:
     return header.encode("ascii") + b"\n" + frame
 
 
+KINDS = ("all", "client", "room", "close", "control")  # "control": a server join/leave (`Bus.control`)
+
+
 def decode_envelope(payload: bytes) -> tuple[str, Target, bytes]:
     """A `w1` envelope (frame bytes), or a `w2` one (a kept message: see `decode_kept`)."""
     head, sep, frame = payload.partition(b"\n")
     version, origin, kind, key, exclude, *_rest = json.loads(head)
-    if not sep or version not in (WIRE_VERSION, KEPT_VERSION) or kind not in ("all", "client", "room", "close"):
+    if not sep or version not in (WIRE_VERSION, KEPT_VERSION) or kind not in KINDS:
         raise ValueError(f"not a {WIRE_VERSION} envelope")
     return str(origin), Target(kind, key, exclude), frame
 
@@ -466,6 +469,20 @@ class Bus:
                 encode_envelope(self.node_id, target, frame), *self._dead()]  # fmt: skip
         return max(0, int(self._publish_lost(keys=keys, args=args)))
 
+    def forget(self, streams: list[str]) -> None:
+        """End the epoch of each of `streams`: their history is deleted, so the next message
+        starts a new epoch and a resume across the gap says `recovered: false`. For messages
+        this node delivered while Redis was away (`RedisBackplane._unkept`). One pipeline
+        on one Redis; on a cluster one DEL per stream (its two keys share a slot)."""
+        if not self.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.delete(*self._history_keys(stream))
+            pipe.execute()
+            return
+        for stream in streams:
+            self.client.delete(*self._history_keys(stream))
+
     def charge(self, client_id: str, want: int, need: int, budget: int, ttl_s: float) -> tuple[int, float]:
         """Take up to `want` bytes (at least `need`, or none) of `client_id`'s history budget
         for the current window (`_CHARGE`). Returns (bytes granted, seconds left in the window)."""
@@ -551,19 +568,53 @@ class Bus:
         live = set(self._live(sorted({n for nodes in spread.values() for n in nodes})))
         return {cid for cid, nodes in spread.items() if live.intersection(nodes)}
 
+    def member_info(self, room: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The presence entries (`<room tag>:i`, client id -> JSON) of `client_ids`, those that have one."""
+        if not client_ids:
+            return {}
+        values = self.client.hmget(self.key(target_tag(Target("room", room)), "i"), client_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for cid, value in zip(client_ids, values, strict=True):
+            try:
+                info = json.loads(value) if value else None
+            except ValueError:
+                continue
+            if isinstance(info, dict):
+                out[cid] = info
+        return out
+
+    def room_count_elsewhere(self, room: str, client_id: str) -> int:
+        """Connections `client_id` has in `room` on the other live nodes (`<room tag>:m`)."""
+        value = self.client.hget(self.key(target_tag(Target("room", room)), "m"), client_id)
+        if not value:
+            return 0
+        counts = {node: int(c) for node, _, c in (part.partition("=") for part in _text(value).split())}
+        return sum(counts[node] for node in self._live(sorted(counts)))
+
     # ---- writing presence --------------------------------------------------------------------
 
-    def write_presence(self, writes: dict[tuple[str, str], int], asks: Sequence[tuple[str, str]] = ()) -> list[bool]:
+    def write_presence(
+        self,
+        writes: dict[tuple[str, str], int],
+        asks: Sequence[tuple[str, str]] = (),
+        infos: Mapping[str, str] | None = None,
+    ) -> list[bool]:
         """Write this node's presence changes; for each (room, client id) in `asks`, answer
         (atomically with the room's write) whether the client is in the room on another
-        live node."""
-        ops, decode = self.presence_ops(writes, asks)
+        live node. `infos`: client id -> its presence entry (JSON), written with each of its
+        room counts above 0 (`<room tag>:i`; the entry goes when the client leaves the room
+        everywhere, or with a dead node, in the same script)."""
+        ops, decode = self.presence_ops(writes, asks, infos)
         return decode(self.run(ops))
 
     def presence_ops(
-        self, writes: dict[tuple[str, str], int], asks: Sequence[tuple[str, str]] = ()
+        self,
+        writes: dict[tuple[str, str], int],
+        asks: Sequence[tuple[str, str]] = (),
+        infos: Mapping[str, str] | None = None,
     ) -> tuple[list[Op], Callable[[list[Any]], list[bool]]]:
         """The steps of `write_presence`, and how to read their results (for `run`)."""
+        infos = infos or {}
         me = self.node_id
         ops: list[Op] = []
         rooms: dict[str, tuple[str, list[Any]]] = {}  # room -> (its total here or '', [cid, n, ...])
@@ -580,14 +631,14 @@ class Bus:
             else:
                 room = suffix[2:]
                 total, pairs = rooms.get(room, ("", []))
-                rooms[room] = (total, [*pairs, field, value])
+                rooms[room] = (total, [*pairs, field, value, infos.get(field, "") if value else ""])
         asked: dict[str, list[str]] = {}
         for room, cid in asks:
             asked.setdefault(room, []).append(cid)
             rooms.setdefault(room, ("", []))
         first = len(ops)
         for room, (total, pairs) in rooms.items():
-            keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m")]
+            keys = [self.key(target_tag(Target("room", room)), s) for s in ("n", "m", "i")]
             cids = asked.get(room, [])
             ops.append((self._room_set, keys, [me, total, len(cids), *cids, *pairs]))
 
@@ -654,7 +705,7 @@ class Bus:
         ops: list[Op] = [(self._count_set, [self.key(target_tag(Target("client", c.decode())), "n")], [node, 0])
                          for c in held]  # fmt: skip
         ops.append((self._count_set, [self.key("{all}", "n")], [node, 0]))
-        ops += [(self._room_drop, [self.key(target_tag(Target("room", r)), s) for s in ("n", "m")], [node])
+        ops += [(self._room_drop, [self.key(target_tag(Target("room", r)), s) for s in ("n", "m", "i")], [node])
                 for r in rooms]  # fmt: skip
         results = self.run(ops)[len(held) + 1 :]
         departed: list[tuple[str, str]] = []

@@ -12,10 +12,12 @@
 //   await client.join("ops"); await client.room("ops", "hello"); await client.direct("bob", {hi: 1});
 //
 // Reconnects with exponential backoff and jitter (not after a close it cannot fix: 1000
-// by us, 1002/1003/1007/1009/1010, 4400-4499 but 4401 with a new token); every reconnect
-// opens ?resume=1 and hands back the last position of each stream (broadcast, direct, each
-// room), so what was sent while away arrives once; the token is refreshed (a `refresh`
-// frame) before its `exp`.
+// by us, 1002/1003/1007/1009/1010, 4400-4499 but 4401 with a new token, a refusal that
+// `onRefusal` says is final); every reconnect opens ?resume=1 and hands back the last
+// position of each stream (broadcast, direct, each room), so what was sent while away
+// arrives once; the token is refreshed (a `refresh` frame) before its `exp`. With
+// `raw: true` it keeps a connection to a route that is not chat (echo, your own
+// `@ws.route`) open the same way, and hands its messages over as they are (`data` events).
 
 const NO_RETRY = new Set([1002, 1003, 1007, 1009, 1010]);
 const EMPTY = Object.freeze({ offset: 0, epoch: "" });
@@ -42,11 +44,21 @@ export class WsappError extends Error {
   }
 }
 
+/** True when the token's `exp` (read, not verified) has passed. */
+function expired(token) {
+  const claims = token ? decodeJwt(token) : null;
+  return !!claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
+}
+
 export class WsappClient {
   constructor(url, options = {}) {
     this.url = url;
     this.getToken = options.getToken || (() => null);
     this.onStatus = options.onStatus || null;
+    this.onRefusal = options.onRefusal || null; // a close before the open: (detail) => false stops retrying
+    this.raw = options.raw === true; // not a chat route: no chat frames, messages as `data` events
+    this.bearer = options.bearer === true; // offer ["bearer", token] instead of [token]
+    this.reconnect = options.reconnect !== false; // false: no retry after any close
     this.ackTimeoutMs = options.ackTimeoutMs ?? 10000;
     this.backoffBaseMs = options.backoffBaseMs ?? 1000;
     this.backoffMaxMs = options.backoffMaxMs ?? 30000;
@@ -70,13 +82,15 @@ export class WsappClient {
     this._refreshTimer = null;
     this._openedAt = 0;
     this._resuming = false;
+    this._gen = 0; // counts connection attempts: a late answer about an older one is ignored
     if (options.autoConnect !== false) this.connect();
   }
 
   // ---- events ------------------------------------------------------------------------
 
   /** `message` (every frame), `welcome`, `broadcast`, `direct`, `room`, `joined`, `left`,
-   * `presence`, `resumed`, `gap` ({stream}), `status`, `error` (frames without an id). */
+   * `presence`, `resumed`, `gap` ({stream}), `status`, `error` (frames without an id),
+   * `refreshed`; `data` (every message as received, with `raw: true`). */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -120,61 +134,103 @@ export class WsappClient {
   /** Close for good (1000): no reconnect; pending promises are rejected. */
   close(code = 1000, reason = "") {
     this._wanted = false;
+    this._gen += 1; // a getToken() or onRefusal() still running is forgotten
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
     if (this._ws) this._ws.close(code, reason);
-    else this._setStatus("closed", { code, reason });
+    else this._setStatus("closed", { opened: false }); // nothing was open: no close to report
   }
 
   async _open() {
     clearTimeout(this._retryTimer);
+    const gen = ++this._gen;
     this._setStatus(this.attempt ? "reconnecting" : "connecting");
     let token;
     try {
-      token = await this.getToken();
+      token = await this.getToken({ purpose: "connect" });
     } catch (err) {
-      return this._closed({ code: 1006, reason: `getToken failed: ${err && err.message}` }, false);
+      if (gen !== this._gen) return;
+      return this._closed({ code: 1006, reason: `getToken failed: ${err && err.message}` }, false, gen);
     }
-    if (!this._wanted) return;
-    const claims = token ? decodeJwt(token) : null;
-    if (claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
-      // the same expired token would be refused again: a refusal we cannot fix
+    if (!this._wanted || gen !== this._gen) return;
+    if (this.attempt > 0 && expired(token)) {
+      // a retry with a token whose exp has passed would be refused again: a refusal we
+      // cannot fix (a first connection asks the server, whose clock and leeway decide)
       this._wanted = false;
-      return this._setStatus("refused", { code: 4401, reason: "token expired", error: "token_expired" });
+      return this._setStatus("refused", { code: 4401, reason: "token expired", error: "token_expired", opened: false });
     }
     this._token = token;
     // a first connection joins its rooms from now; every later one resumes from its positions
-    this._resuming = this.positions.size > 0;
+    this._resuming = !this.raw && this.positions.size > 0;
     const url = this._resuming ? this.url + (this.url.includes("?") ? "&" : "?") + "resume=1" : this.url;
-    const ws = token ? new this.WebSocket(url, [token]) : new this.WebSocket(url);
+    let ws;
+    try {
+      const protocols = !token ? [] : this.bearer ? ["bearer", token] : [token];
+      ws = new this.WebSocket(url, protocols);
+    } catch (err) {
+      // a SyntaxError: the token has characters a subprotocol may not hold; it never will
+      this._wanted = false;
+      return this._setStatus("refused", { code: 1006, reason: String((err && err.message) || err), error: "bad_token", opened: false });
+    }
     this._ws = ws;
     let opened = false;
     ws.onopen = () => {
       opened = true;
       this._openedAt = Date.now();
+      if (this.raw) this._setStatus("open", {});
     };
-    ws.onmessage = (ev) => this._onFrame(ev.data);
+    ws.onmessage = (ev) => (this.raw ? this._emit("data", ev.data) : this._onFrame(ev.data));
     ws.onclose = (ev) => {
       if (this._ws === ws) this._ws = null;
-      this._closed(ev, opened);
+      if (gen !== this._gen && this._wanted) return; // close() then connect(): a newer attempt owns the state
+      this._closed(ev, opened, gen, token);
     };
   }
 
-  _closed(ev, opened) {
+  async _closed(ev, opened, gen, token) {
     clearTimeout(this._refreshTimer);
     for (const [id, p] of this._pending) {
       clearTimeout(p.timer);
       p.reject(new WsappError("closed", `the connection closed (${ev.code}) before an answer`));
       this._pending.delete(id);
     }
+    this.members.clear(); // the server dropped this connection from every room; a resume brings them back
     const code = ev.code;
     const reason = ev.reason || "";
+    if (!this._wanted) return this._setStatus("closed", { code, reason, opened }); // close() asked for it
     if (opened && Date.now() - this._openedAt >= this.stableMs) this.attempt = 0;
-    let retry = this._wanted && !NO_RETRY.has(code) && !(code >= 4400 && code <= 4499 && code !== 4401);
-    if (code === 1000 && opened) retry = this._wanted; // the server ended it normally: come back
+    let retry = this.reconnect && !NO_RETRY.has(code) && !(code >= 4400 && code <= 4499 && code !== 4401);
+    if (code === 1000 && opened) retry = this.reconnect; // the server ended it normally: come back
+    let error;
+    if (retry && code === 4401) {
+      // the token expired: come back only with a new one (asked now, not after a delay)
+      let next = null;
+      try {
+        next = await this.getToken({ purpose: "connect" });
+      } catch (_e) {
+        next = null;
+      }
+      if (gen !== this._gen || !this._wanted) return;
+      if (!next || next === token || expired(next)) {
+        retry = false;
+        error = "token_expired";
+      }
+    }
+    if (retry && !opened && this.onRefusal) {
+      // a browser is not shown why a handshake was refused: let the app find out (and stop)
+      let verdict;
+      try {
+        verdict = await this.onRefusal({ code, reason, token, attempt: this.attempt });
+      } catch (_e) {
+        verdict = undefined;
+      }
+      if (gen !== this._gen || !this._wanted) return;
+      if (verdict === false) retry = false;
+      retry = retry && this.reconnect;
+    }
     if (!retry) {
       this._wanted = false;
-      return this._setStatus(opened ? "closed" : "refused", { code, reason });
+      return this._setStatus(opened ? "closed" : "refused", error ? { code, reason, opened, error } : { code, reason, opened });
     }
     // exponential backoff with jitter: half the ceiling plus a random half
     const ceiling = Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** this.attempt);
@@ -187,8 +243,13 @@ export class WsappClient {
   }
 
   _sendFrame(frame) {
+    return this.sendRaw(JSON.stringify(frame));
+  }
+
+  /** Send `data` (text, or binary) as it is, on any route; false when not open. */
+  sendRaw(data) {
     if (!this._ws || this._ws.readyState !== 1) return false;
-    this._ws.send(JSON.stringify(frame));
+    this._ws.send(data);
     return true;
   }
 
@@ -262,6 +323,8 @@ export class WsappClient {
         this._onResumed(msg);
         break;
       case "joined":
+        // the answer to our join, or a join the server made for us: a room we are in either way
+        this.rooms.add(msg.room);
         if (msg.offset !== undefined) this._remember(`room:${msg.room}`, msg);
         if (msg.members || !this.members.has(msg.room)) this.members.set(msg.room, new Set(msg.members || []));
         this._emit("joined", msg);
@@ -269,6 +332,7 @@ export class WsappClient {
       case "left":
         this.rooms.delete(msg.room);
         this.members.delete(msg.room);
+        this.positions.delete(`room:${msg.room}`);
         this._emit("left", msg);
         break;
       case "presence": {
@@ -309,7 +373,7 @@ export class WsappClient {
       for (const [key, pos] of Object.entries(msg.streams || {})) this._remember(key, pos);
       for (const room of this.rooms) this.request({ type: "join", room }).catch((err) => this._emit("error", err.frame || err));
     }
-    this._setStatus("open", { clientId: msg.client_id, connId: msg.conn_id });
+    this._setStatus("open", { clientId: msg.client_id, connId: msg.conn_id, resuming: this._resuming });
     this._emit("welcome", msg);
     this._scheduleRefresh();
   }
@@ -344,6 +408,7 @@ export class WsappClient {
 
   _scheduleRefresh() {
     clearTimeout(this._refreshTimer);
+    if (this.raw) return; // `refresh` is a chat frame
     const claims = this._token ? decodeJwt(this._token) : null;
     if (!claims || typeof claims.exp !== "number") return;
     const left = claims.exp * 1000 - Date.now();
@@ -351,9 +416,10 @@ export class WsappClient {
     this._refreshTimer = setTimeout(() => this.refresh().catch(() => {}), wait);
   }
 
-  /** Ask `getToken()` for a new token and swap it in without reconnecting (`refresh`). */
-  async refresh() {
-    const token = await this.getToken();
+  /** Swap `token` (by default a new one from `getToken({purpose: "refresh"})`) in without
+   * reconnecting (a `refresh` frame); null when there is no new token. */
+  async refresh(token) {
+    if (token === undefined) token = await this.getToken({ purpose: "refresh" });
     if (!token || token === this._token) return null;
     const ack = await this.request({ type: "refresh", token });
     this._token = token;
