@@ -502,3 +502,165 @@ def test_the_reader_yields_between_batches(pair: Any) -> None:
 
 def test_close_handshake_timeout_constant_is_sane() -> None:
     assert 0 < CLOSE_HANDSHAKE_TIMEOUT_S <= 5
+
+
+# ---- large frames: written as header + payload, read in big chunks (issue 22) -----------------
+
+
+class GatherSocket(TrickleSocket):
+    """TrickleSocket whose non-blocking writes (the sender's own: `send(timeout=0.0)`,
+    `sendmsg(MSG_DONTWAIT)`) take the byte counts in `takes`, one per call (0: the kernel
+    is full, BlockingIOError), then everything; the writer's blocking writes trickle."""
+
+    def __init__(self, takes: list[int]) -> None:
+        super().__init__()
+        self.takes = list(takes)
+        self.gathered: list[Any] = []  # the buffers of the last non-blocking sendmsg
+
+    def _now(self, data: bytes) -> int:
+        n = min(self.takes.pop(0), len(data)) if self.takes else len(data)
+        if n == 0:
+            raise BlockingIOError
+        self.out += data[:n]
+        return n
+
+    def send(self, data: Any, flags: int = 0, timeout: float | None = None) -> int:
+        return self._now(bytes(data)) if timeout == 0.0 else super().send(data)
+
+    def sendmsg(self, buffers: list[Any], ancdata: Any = (), flags: int = 0) -> int:
+        if flags & socket.MSG_DONTWAIT:
+            self.gathered = list(buffers)
+            return self._now(b"".join(bytes(b) for b in buffers))
+        return super().sendmsg(buffers)
+
+
+def gather_ws(sock: GatherSocket, **kw: Any) -> WebSocket:
+    opts: dict[str, Any] = {"max_message_bytes": 100_000, "send_queue": 64, "compression": False}
+    opts.update(kw)
+    ws = WebSocket(sock, conn_id="g", **opts)  # type: ignore[arg-type]
+    ws._can_try_send = True  # it behaves as a gevent socket's non-blocking calls do
+    return ws
+
+
+def test_a_large_frame_is_handed_to_the_kernel_as_its_header_and_the_payload_itself() -> None:
+    sock = GatherSocket([])
+    ws = gather_ws(sock)
+    payload = os.urandom(connection.GATHER_BYTES)
+    before = Traffic.messages_out
+    assert ws.send_binary(payload) is True
+    assert ws._writer is None and ws.queued_bytes == 0
+    assert len(sock.gathered) == 2 and sock.gathered[1] is payload  # not a joined copy
+    assert bytes(sock.out) == frames.encode_frame(frames.OP_BINARY, payload)
+    assert Traffic.messages_out == before + 1
+    # below the threshold: one joined frame in one send
+    small = os.urandom(connection.GATHER_BYTES - 1)
+    sock.gathered = []
+    assert ws.send_binary(small) is True and sock.gathered == []
+    assert bytes(sock.out) == frames.encode_frame(frames.OP_BINARY, payload) + frames.encode_frame(
+        frames.OP_BINARY, small
+    )
+
+
+SPLIT_PAYLOAD = 20_000  # its header: 4 bytes
+SPLITS = [0, 1, 3, 4, 5, 4_000, 20_003, 20_004]
+
+
+@pytest.mark.parametrize("took", SPLITS)
+def test_a_gathered_write_cut_anywhere_is_finished_whole_and_in_order(took: int) -> None:
+    """The kernel takes `took` bytes of header + payload (0: none, inside the header, at its
+    end, inside the payload, all): the writer sends exactly the rest, before what follows."""
+    sock = GatherSocket([took])
+    ws = gather_ws(sock)
+    payload, text = os.urandom(SPLIT_PAYLOAD), "é" * 6_000  # 12,000 bytes of UTF-8
+    frame = frames.encode_frame(frames.OP_BINARY, payload)
+    assert ws.send_binary(payload) is True
+    assert ws.queued_bytes == len(frame) - took and bytes(sock.out) == frame[:took]
+    assert ws._partial is (0 < took < len(frame))
+    assert ws.send_text(text) is True  # behind the rest of the first (queued, or at once)
+    for _ in range(4):
+        sock.allow.put(10**9)
+    wait_for(lambda: ws._writer is None and ws.queue_depth == 0)
+    assert bytes(sock.out) == frame + frames.encode_frame(frames.OP_TEXT, text.encode())
+    assert ws.queued_bytes == 0
+
+
+@pytest.mark.parametrize("took", [1, 3, 4, 5, 4_000])
+def test_eviction_finishes_a_gathered_frame_in_progress(took: int) -> None:
+    sock = GatherSocket([took])
+    ws = gather_ws(sock, send_queue=2)
+    payload = os.urandom(SPLIT_PAYLOAD)
+    assert ws.send_binary(payload)  # partly written: the writer has the rest
+    small = frames.encode_frame(frames.OP_BINARY, b"s" * 10)
+    assert ws.send_frame(small)  # queued: two frames
+    assert ws.send_frame(small) is False and ws.evicted  # a third: over the bound
+    for _ in range(40):
+        sock.allow.put(10**9)
+    wait_for(lambda: ws._writer is None)
+    # the frame in progress is finished (never cut), the one not begun dropped, then the close
+    assert bytes(sock.out) == frames.encode_frame(frames.OP_BINARY, payload) + frames.encode_close(
+        1008, "slow consumer"
+    )
+    assert ws.queued_bytes == 0 and ws.queue_depth == 0
+
+
+def test_gathered_writes_over_a_real_socket_with_a_small_buffer_stay_whole(pair: Any) -> None:
+    ws, client = pair(small_buffers=True, max_message_bytes=200_000, send_queue=1000, send_queue_bytes=10_000_000)
+    got = Stream(client)
+    for n in (connection.GATHER_BYTES, 9_000, 65_000, 65_535, 65_536, 70_000, 150_000):
+        wait_for(lambda: ws._writer is None)  # the sender writes itself: the gathered path
+        payload = os.urandom(n)
+        assert ws.send_binary(payload) is True
+        assert ws.send_text("next") is True  # queued behind the rest, or written at once
+        assert got.frame() == (frames.OP_BINARY, payload)
+        assert got.frame() == (frames.OP_TEXT, b"next")
+    wait_for(lambda: ws._writer is None)
+    assert ws.queued_bytes == 0
+
+
+class RecvSpy:
+    """Delegates to the real socket; records each recv's size asked and bytes read before it."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.asked: list[tuple[int, int]] = []
+        self.got = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recv(self, n: int) -> bytes:
+        self.asked.append((n, self.got))
+        data: bytes = self._sock.recv(n)
+        self.got += len(data)
+        return data
+
+
+def test_a_frame_larger_than_one_read_is_read_in_big_chunks_bounded_by_what_it_lacks(pair: Any) -> None:
+    size = 3_000_000
+    ws, client = pair(max_message_bytes=size)
+    spy = ws.sock = RecvSpy(ws.sock)  # type: ignore[assignment]
+    payload, key = os.urandom(size), os.urandom(4)
+    raw = struct.pack("!BBQ", 0x82, 0xFF, size) + key + frames.unmask(payload, key)
+    sender = gevent.spawn(client.sendall, raw + masked(frames.OP_TEXT, b"after"))
+    assert ws.receive() == payload
+    assert ws.receive() == "after"
+    sender.get(timeout=10)
+    sizes = [n for n, _ in spy.asked]
+    assert sizes[0] == connection.RECV_BYTES  # the header's read: nothing known yet
+    assert max(sizes) == connection.BIG_RECV_BYTES  # then chunks of up to 1 MiB
+    # never more than the frame still lacked (or one ordinary read): memory stays bounded
+    assert all(n <= max(connection.RECV_BYTES, len(raw) - got) for n, got in spy.asked), spy.asked
+
+
+def test_a_mutable_payload_is_copied_into_its_frame_not_kept() -> None:
+    # only bytes are written gathered: a bytearray's unsent rest would be a view the
+    # caller could change (or could no longer resize) after send_binary returned
+    sock = GatherSocket([10])
+    ws = gather_ws(sock)
+    data = bytearray(b"m" * 20_000)
+    assert ws.send_binary(data) is True  # type: ignore[arg-type]
+    assert sock.gathered == []  # joined into a frame of its own
+    data[:] = b"x" * 30_000  # the caller reuses its buffer at once
+    sock.allow.put(10**9)
+    wait_for(lambda: ws._writer is None)
+    assert bytes(sock.out) == frames.encode_frame(frames.OP_BINARY, b"m" * 20_000)

@@ -581,3 +581,125 @@ def test_every_continuation_adds_to_what_the_header_check_counts() -> None:
     with pytest.raises(ProtocolError) as info:
         reader.feed(third[:8])
     assert (info.value.code, info.value.reason) == TOO_BIG
+
+
+# ---- the read path: a read parsed in place, the rest kept (issue 22) -------------------------
+
+# every kind of frame, each length encoding, a fragmented text message with a ping inside
+MIXED = [
+    client_frame(9, b"p"),
+    client_frame(1, "héllo".encode()),
+    client_frame(2, bytes(range(256)) * 2),  # 512 bytes: the 16-bit length
+    client_frame(1, "κό".encode(), fin=False),
+    client_frame(9, b""),
+    client_frame(0, "σμε".encode()),
+    client_frame(2, b""),
+    client_frame(8, struct.pack("!H", 1000) + b"bye"),
+]
+MIXED_EVENTS = [
+    Ping(b"p"),
+    Message("héllo"),
+    Message(bytes(range(256)) * 2),
+    FRAGMENT,
+    Ping(b""),
+    Message("κόσμε"),
+    Message(b""),
+    Close(1000, "bye"),
+]
+
+
+def test_a_stream_split_at_every_byte_boundary_gives_the_same_events() -> None:
+    raw = b"".join(MIXED)
+    assert FrameReader(LIMIT).feed(raw) == MIXED_EVENTS
+    for cut in range(1, len(raw)):
+        reader = FrameReader(LIMIT)
+        assert reader.feed(raw[:cut]) + reader.feed(raw[cut:]) == MIXED_EVENTS, cut
+    # and in three pieces: the middle one starts and ends anywhere
+    for a in range(1, len(raw), 7):
+        for b in range(a + 1, len(raw), 11):
+            reader = FrameReader(LIMIT)
+            assert reader.feed(raw[:a]) + reader.feed(raw[a:b]) + reader.feed(raw[b:]) == MIXED_EVENTS, (a, b)
+
+
+def test_a_stream_fed_byte_by_byte_gives_the_same_events() -> None:
+    raw = b"".join(MIXED)
+    reader = FrameReader(LIMIT)
+    events: list[frames.Event] = []
+    for i in range(len(raw)):
+        events += reader.feed(raw[i : i + 1])
+    assert events == MIXED_EVENTS
+
+
+def test_a_read_that_is_not_kept_is_not_copied_and_its_rest_is() -> None:
+    # whole frames only: nothing is held afterwards; a read ending inside a frame keeps
+    # exactly that frame's bytes, and the next read completes it
+    reader = FrameReader(LIMIT)
+    whole = client_frame(1, b"one") + client_frame(2, b"two")
+    assert reader.feed(whole) == [Message("one"), Message(b"two")]
+    assert reader._buf == b""
+    third = client_frame(2, b"x" * 300)
+    assert reader.feed(whole + third[:100]) == [Message("one"), Message(b"two")]
+    assert reader._buf == third[:100]
+    assert reader.feed(third[100:]) == [Message(b"x" * 300)] and reader._buf == b""
+
+
+def test_the_reader_keeps_a_read_it_was_given_as_a_bytearray_safe() -> None:
+    # a mutable read: what the reader keeps is its own copy, not a view of the caller's buffer
+    frame = client_frame(2, b"abcdef")
+    data = bytearray(frame[:5])
+    reader = FrameReader(LIMIT)
+    assert reader.feed(data) == []
+    data[:] = b"\x00" * 5
+    assert reader.feed(frame[5:]) == [Message(b"abcdef")]
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 300, 65_535, 65_536, 100_000])
+def test_wanted_is_what_the_frame_at_the_head_still_lacks(n: int) -> None:
+    raw = client_frame(2, b"w" * n)
+    head = len(raw) - n
+    for got in sorted({1, head - 1, head, head + 1, head + n // 2, len(raw) - 1} & set(range(1, len(raw)))):
+        reader = FrameReader(200_000)
+        assert reader.feed(raw[:got]) == []
+        # 0 until the length field is in (the header without its 4-byte mask)
+        assert reader.wanted == (len(raw) - got if got >= head - 4 else 0), got
+        assert reader.feed(raw[got:]) == [Message(b"w" * n)] and reader.wanted == 0
+
+
+def test_wanted_counts_only_the_frame_at_the_head_and_resets_on_errors() -> None:
+    reader = FrameReader(LIMIT)
+    big = client_frame(2, b"b" * 500)
+    assert reader.feed(client_frame(1, b"first") + big[:200]) == [Message("first")]
+    assert reader.wanted == len(big) - 200
+    with pytest.raises(ProtocolError):
+        reader.feed(big[200:] + client_frame(3, b""))  # a reserved opcode after it
+    assert reader.wanted == 0
+    # a frame refused from its header never asks for its payload
+    reader = FrameReader(LIMIT)
+    with pytest.raises(ProtocolError):
+        reader.feed(client_frame(2, b"z" * (LIMIT + 1))[:8])
+    assert reader.wanted == 0
+
+
+def test_a_text_frame_checked_in_pieces_leaves_no_decoder_behind() -> None:
+    # the prefix checked as it arrived ends inside a character (the decoder holds part of
+    # it); once the frame is whole it is decoded whole, and the next text message starts
+    # with a fresh check
+    payload = "a€".encode()  # 61 e2 82 ac
+    raw = client_frame(1, payload)
+    for cut in range(7, len(raw)):  # 6 header bytes, then 1 to 3 payload bytes
+        reader = FrameReader(LIMIT)
+        assert reader.feed(raw[:cut]) == []
+        assert reader.feed(raw[cut:]) == [Message("a€")]
+        nxt = client_frame(1, b"he", fin=False) + client_frame(0, b"llo")
+        assert reader.feed(nxt) == [FRAGMENT, Message("hello")], cut
+        assert reader.feed(raw) == [Message("a€")]
+
+
+def test_a_text_frame_checked_in_pieces_still_fails_on_a_cut_character_at_its_end() -> None:
+    raw = client_frame(1, b"abc" + "€".encode()[:2])  # the last character is incomplete
+    for cut in range(1, len(raw)):
+        reader = FrameReader(LIMIT)
+        with pytest.raises(ProtocolError) as info:
+            reader.feed(raw[:cut])
+            reader.feed(raw[cut:])
+        assert (info.value.code, info.value.reason) == BAD_UTF8, cut

@@ -4,17 +4,21 @@ Who may do what:
 - **reading**: only the greenlet that runs the route, through `receive()`. It reads,
   parses and handles one batch (one `recv`) at a time, so a client that floods faster
   than the app reads is held back by TCP, not buffered in our memory (a batch is at
-  most one read, parsed `frames.BATCH_FRAMES` frames at a time). Every frame the
-  client sends (data, continuation, ping, pong, close) is charged to the connection's
-  budget (`WSAPP_RATE_LIMIT`/`WSAPP_RATE_BURST`); between batches the reader yields to
-  the other greenlets, so a socket that always has data cannot starve the worker.
+  most one read, parsed `frames.BATCH_FRAMES` frames at a time; a read is 64 KiB, or up
+  to the rest of a larger frame already admitted, at most `BIG_RECV_BYTES`). Every
+  frame the client sends (data, continuation, ping, pong, close) is charged to the
+  connection's budget (`WSAPP_RATE_LIMIT`/`WSAPP_RATE_BURST`); between batches the
+  reader yields to the other greenlets, so a socket that always has data cannot
+  starve the worker.
 - **writing**: one writer at a time, in order, whole frames. Every sender (the route,
   the HTTP API, other clients' greenlets, the heartbeat, shutdown) calls
   `send_frame()`/`close()`, which never block: when nothing is queued and no writer
   runs, the caller makes one non-blocking write itself; whatever the kernel does not
   take, and everything sent meanwhile, goes to this connection's writer greenlet
   (spawned when needed, gone when there is nothing left, so an idle connection costs
-  no greenlet). Partial writes never lose bytes and concurrent senders never
+  no greenlet). A large data frame (`send_text`/`send_binary`, `GATHER_BYTES` and up)
+  is written that way as its header and the payload itself in one `sendmsg`, never
+  joined into a copy. Partial writes never lose bytes and concurrent senders never
   interleave.
 - **memory**: frames wait in `_queue` (not started: may be dropped) and then in
   `_started` (handed to the writer: always finished, so the stream is never cut inside
@@ -55,6 +59,14 @@ from .metrics import SLOW_CONSUMERS, Traffic
 log = logging.getLogger("wsapp.connections")
 
 RECV_BYTES = 65536
+# A frame larger than one read is read in reads of up to the bytes it still lacks (it was
+# admitted under the message limit from its header), at most this many at a time: fewer
+# reads and hub round trips per large message, memory still bounded by the limit.
+BIG_RECV_BYTES = 1 << 20
+# Data frames at least this large are written as header + payload in one `sendmsg`, when
+# the sender writes itself (nothing queued): no copy of the payload to build the frame.
+# Smaller ones are joined (a copy costs less than sendmsg's extra work).
+GATHER_BYTES = 8192
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0  # how long we wait for the peer's close reply
 _IOV_BATCH = 64  # frames per sendmsg (Linux allows 1024)
 _PING = frames.encode_frame(frames.OP_PING, b"")
@@ -209,6 +221,54 @@ class WebSocket:
         self._write(frame)
         return True
 
+    def _send_data(self, opcode: int, payload: bytes) -> bool:
+        """Queue one data frame made of `payload` (not copied: the caller must not mutate
+        it); never blocks. False if it was not queued.
+
+        When the sender may write itself (no writer, nothing queued), a large payload is
+        written with its header in one non-blocking `sendmsg`, without building the frame;
+        only what the kernel did not take is handed to the writer, as in `_write`. (Only
+        `bytes`: what is left of a mutable buffer would be a view the caller could change.)"""
+        n = len(payload)
+        if (
+            n < GATHER_BYTES
+            or self._writer is not None
+            or self._queue
+            or not self._can_try_send
+            or self._closing
+            or type(payload) is not bytes
+        ):
+            return self.send_frame(frames.encode_frame(opcode, payload))
+        head = frames.frame_header(opcode, n)
+        try:
+            sent = self.sock.sendmsg((head, payload), (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return True  # as `_write`: the frame was accepted, the connection is gone
+        Traffic.bytes_out += sent
+        total = len(head) + n
+        if sent == total:
+            Traffic.messages_out += 1
+            return True
+        # the rest goes to the writer, which finishes it before any other frame
+        if sent >= len(head):
+            self._hand_over(memoryview(payload)[sent - len(head) :], total - sent, partial=True)
+        else:  # not even the header went (a full socket): join them, the rare case
+            frame = head + payload
+            self._hand_over(memoryview(frame)[sent:] if sent else frame, total - sent, partial=sent > 0)
+        return True
+
+    def _hand_over(self, rest: bytes | memoryview, size: int, partial: bool) -> None:
+        """Give the writer the unsent `rest` (`size` bytes) of a frame the sender began."""
+        self._own_queues()
+        self._started.append(rest)
+        self._partial = partial
+        self._queued_bytes += size
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+
     def _write(self, frame: bytes) -> None:
         """Hand a frame to the socket in order, never blocking the caller.
 
@@ -230,17 +290,12 @@ class WebSocket:
             if sent == len(frame):
                 Traffic.messages_out += 1
                 return
-            self._own_queues()
-            if sent:  # the writer finishes this frame before any other
-                self._started.append(memoryview(frame)[sent:])
-                self._partial = True
-            else:
-                self._started.append(frame)
-            self._queued_bytes += len(frame) - sent
-        else:
-            self._own_queues()
-            self._queue.append(frame)
-            self._queued_bytes += len(frame)
+            # the writer finishes this frame before any other
+            self._hand_over(memoryview(frame)[sent:] if sent else frame, len(frame) - sent, partial=sent > 0)
+            return
+        self._own_queues()
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
         if self._writer is None:
             self._writer = gevent.spawn(self._write_loop)
 
@@ -250,10 +305,10 @@ class WebSocket:
             self._queue, self._started = deque(), deque()
 
     def send_text(self, text: str) -> bool:
-        return self.send_frame(frames.encode_frame(frames.OP_TEXT, text.encode("utf-8")))
+        return self._send_data(frames.OP_TEXT, text.encode("utf-8"))
 
     def send_binary(self, data: bytes) -> bool:
-        return self.send_frame(frames.encode_frame(frames.OP_BINARY, data))
+        return self._send_data(frames.OP_BINARY, data)
 
     def ping(self, now: float) -> None:
         """Send a ping (the heartbeat's); the pong clears `ping_sent_at`."""
@@ -426,8 +481,9 @@ class WebSocket:
             if self._reader.backlog:  # frames already read and not parsed yet: no recv
                 data = b""
             else:
+                wanted = self._reader.wanted  # the rest of a large frame: read it in big chunks
                 try:
-                    data = self.sock.recv(RECV_BYTES)
+                    data = self.sock.recv(RECV_BYTES if wanted <= RECV_BYTES else min(wanted, BIG_RECV_BYTES))
                 except OSError:
                     data = b""
                 if not data:

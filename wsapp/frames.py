@@ -124,6 +124,17 @@ def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     return struct.pack("!BBQ", first, 127, n) + payload
 
 
+def frame_header(opcode: int, n: int) -> bytes:
+    """The header of a final, unmasked frame of `n` payload bytes: `encode_frame` without
+    the payload, for a writer that sends header and payload together (`sendmsg`)."""
+    first = 0x80 | opcode
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n)
+    return struct.pack("!BBQ", first, 127, n)
+
+
 def encode_close(code: int, reason: str = "") -> bytes:
     raw = reason.encode("utf-8")[:123]  # control payloads are at most 125 bytes
     while raw:
@@ -195,14 +206,29 @@ class FrameReader:
         # frame at the head of `_buf` have been fed already.
         self._utf8: codecs.IncrementalDecoder | None = None
         self._checked = 0
+        self._wanted = 0  # see `wanted`
+
+    @property
+    def wanted(self) -> int:
+        """Bytes still missing from the frame at the head of the buffer (0: none begun, or
+        its length field is not in yet). The next read may be this large: it is part of a
+        frame already admitted from its header under `max_message_bytes`, so memory stays
+        bounded by the limit."""
+        return self._wanted
 
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes from the socket; return the events (one per frame) they complete,
         at most `batch_frames` of them (then `backlog` is set: `feed(b"")` goes on).
 
         Raises `ProtocolError` (with the events parsed before the bad frame)."""
-        buf = self._buf
-        buf += data
+        held = self._buf
+        # Nothing held back from the last read (the common case): parse the read itself and
+        # keep only what it leaves unparsed, instead of copying every read into the buffer.
+        buf: bytes | bytearray = data
+        if held:
+            held += data
+            buf = held
+        self._wanted = 0
         events: list[Event] = []
         pos = 0
         n = len(buf)
@@ -238,6 +264,7 @@ class FrameReader:
                 if n < end:
                     if n > start and not rsv1 and opcode in (OP_TEXT, OP_CONT):
                         self._check_partial(opcode, buf, start, n)
+                    self._wanted = end - n
                     break
                 with memoryview(buf) as view:  # released before `buf` is resized
                     payload = unmask(view[start:end], bytes(view[start - 4 : start]))
@@ -247,10 +274,14 @@ class FrameReader:
                 if isinstance(event, Close):
                     break
         except ProtocolError as exc:
-            buf.clear()
+            held.clear()
+            self._wanted = 0
             exc.events = events
             raise
-        del buf[:pos]
+        if buf is held:
+            del held[:pos]
+        elif pos < n:  # keep the unparsed rest of this read (one copy, as before)
+            held += memoryview(data)[pos:]
         return events
 
     def _check_header(self, opcode: int, fin: bool, rsv1: bool, length: int) -> None:
@@ -280,7 +311,7 @@ class FrameReader:
             return
         raise ProtocolError(1002, f"reserved opcode {opcode}")
 
-    def _check_partial(self, opcode: int, buf: bytearray, start: int, n: int) -> None:
+    def _check_partial(self, opcode: int, buf: bytes | bytearray, start: int, n: int) -> None:
         """Check the UTF-8 of the part of a text frame that has arrived (fail fast)."""
         if opcode == OP_CONT and (self._msg_op != OP_TEXT or self._msg_zlib is not None):
             return
@@ -292,7 +323,8 @@ class FrameReader:
         off = self._checked
         mask = bytes(buf[start - 4 : start])
         rotated = mask[off % 4 :] + mask[: off % 4]
-        self._feed_utf8(unmask(bytes(buf[start + off : n]), rotated), final=False)
+        with memoryview(buf) as view:  # released before `buf` is resized
+            self._feed_utf8(unmask(view[start + off : n], rotated), final=False)
         self._checked = got
 
     def _feed_utf8(self, chunk: bytes, final: bool) -> None:
@@ -311,7 +343,12 @@ class FrameReader:
             return _parse_close(payload)
         checked, self._checked = self._checked, 0
         if opcode != OP_CONT:
-            if fin and self._utf8 is None:  # the common case: a whole message in one frame
+            if fin:  # the common case: a whole message in one frame
+                # A text frame that arrived in pieces had its prefix checked as it came
+                # (to fail fast); decoding it whole checks every byte again, so the
+                # incremental decoder is dropped instead of being fed the rest and the
+                # payload copied into a message buffer first.
+                self._utf8 = None
                 return self._one_frame_message(opcode, rsv1, payload)
             self._msg_op = opcode
             if rsv1:
