@@ -7,7 +7,7 @@ Memory (no server needed but a redis-server for its half):
   in-process  `MemoryHistory` filled with N streams x M messages of a typical chat frame,
               measured with tracemalloc (Python's own allocations, frames included), next
               to what the store counts against `WSAPP_HISTORY_BYTES`
-  Redis       the same messages through the publish script (`Bus.publish_kept`), measured
+  Redis       the same messages through the publish script (`Bus.publish_at`), measured
               as the growth of Redis's `used_memory`
 Fan-out: `bench/cross_node_fanout.py`'s two setups (one node; two nodes on Redis), each with
 history on (the default) and off (`WSAPP_HISTORY_SIZE=0`): latency of paced broadcasts and
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cross_node_fanout as fanout  # noqa: E402  (patches gevent first)
 
 from wsapp import history, protocol  # noqa: E402
-from wsapp.redis.bus import Bus, connect  # noqa: E402
+from wsapp.redis.bus import Bus  # noqa: E402
+from wsapp.redis.connect import connect  # noqa: E402
 from wsapp.registry import Target  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog, a typical line of chat"  # 67 characters
@@ -66,7 +67,7 @@ def memory_redis(url: str, streams: int, per_stream: int) -> dict[str, float]:
     for s in range(streams):
         target = Target("room", f"r{s}")
         for prefix in prefixes:
-            bus.publish_kept(target, f"room:r{s}", prefix, 0, True, per_stream, 3600)
+            bus.publish_at(target, f"room:r{s}", prefix, 0, True, per_stream, 3600)
     after = int(client.info("memory")["used_memory"])
     client.close()
     n = streams * per_stream

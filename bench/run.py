@@ -117,7 +117,9 @@ def stacks(redis_url: str) -> list[Stack]:
             "wsapp+Redis",
             "wsapp",
             gunicorn + ["-c", "gunicorn.conf.py", "app:app"],
-            {**wsapp_env, "WSAPP_REDIS_URL": redis_url},
+            # one worker, as the wsapp row (with Redis the default is one per core, and the
+            # server's core is one: two workers would share it)
+            {**wsapp_env, "WSAPP_REDIS_URL": redis_url, "WSAPP_WORKERS": "1"},
             extra=True,
             auth=jwt,
             redis=True,

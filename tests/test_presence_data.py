@@ -147,7 +147,7 @@ def test_a_server_join_carries_the_members_info_too(nodes: list[Server]) -> None
 def test_redis_keeps_one_entry_per_member_in_the_rooms_slot_and_drops_it_when_the_member_leaves(
     redis_server: RedisProcess, nodes: list[Server]
 ) -> None:
-    from wsapp.redis.bus import name_tag
+    from wsapp.redis.keys import name_tag
 
     key = f"wsapp:{name_tag('r', 'p5')}:i"
     r = redis_server.client()
@@ -181,7 +181,7 @@ def test_a_node_killed_takes_its_members_entries_with_it(redis_server: RedisProc
         b.proc.wait(5)
         left = recv_until(watcher, lambda m: m["type"] == "presence", timeout=TTL_S + HEARTBEAT_S + 10)
         assert left == {"type": "presence", "room": "p6", "event": "leave", "client_id": "ghost"}
-        from wsapp.redis.bus import name_tag
+        from wsapp.redis.keys import name_tag
 
         key = f"wsapp:{name_tag('r', 'p6')}:i"
         eventually(lambda: not redis_server.client().hexists(key, "ghost"), 15, "the dead node's entries reaped")

@@ -36,16 +36,16 @@ from helpers import (
     ws_connect,
 )
 from wsapp.emitter import Emitter
-from wsapp.redis.bus import target_tag
+from wsapp.redis.keys import target_tag
 from wsapp.registry import Target
 
 HEARTBEAT_S, TTL_S = 0.5, 2.0
 AnyRedis = RedisProcess | RedisClusterProcess
-NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis.bus)
+NODES = "wsapp:{nodes}"  # node -> deadline (wsapp.redis.keys)
 
 
 def tag_key(kind: str, key: str, suffix: str) -> str:
-    """A client id's (`kind` "client") or a room's key: its tag is a hash of the name (wsapp.redis.bus)."""
+    """A client id's (`kind` "client") or a room's key: its tag is a hash of the name (wsapp.redis.keys)."""
     return "wsapp:" + target_tag(Target(kind, key)) + ":" + suffix
 
 
@@ -531,7 +531,8 @@ def _peer(client_id: str, conn_id: str) -> Any:
 def test_a_dead_node_stops_counting_at_its_deadline_before_anyone_reaps_it(redis_server: AnyRedis) -> None:
     """The maintained totals still hold a dead node's connections until a live heartbeat
     reaps it; every publish subtracts the nodes past their deadline meanwhile."""
-    from wsapp.redis.bus import Bus, connect
+    from wsapp.redis.bus import Bus
+    from wsapp.redis.connect import connect
 
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
@@ -591,6 +592,7 @@ def test_presence_written_step_by_step_equals_presence_written_whole(backplane: 
     """The O(1) writes and a full rewrite from the registry leave Redis in the same state."""
     from wsapp.hub import Hub
     from wsapp.redis.backplane import _Mirror
+    from wsapp.redis.keys import Writes
 
     hub = Hub(backplane.registry, backplane)
     peers = [_peer(cid, f"{cid}-{n}") for cid in ("p", "q") for n in range(2)]
@@ -606,7 +608,7 @@ def test_presence_written_step_by_step_equals_presence_written_whole(backplane: 
         return {k.decode(): r.hgetall(k) for k in r.scan_iter("wsapp:{[rn]*") if r.type(k) == b"hash"}
 
     def whole() -> _Mirror:
-        mirror, writes = _Mirror(), dict[tuple[str, str], int]()
+        mirror, writes = _Mirror(), Writes()
         for cid in ("p", "q"):
             mirror.set(cid, *backplane._local_state(cid), writes)
         return mirror

@@ -31,7 +31,9 @@ from helpers import (
     unavailable,
     ws_connect,
 )
-from wsapp.redis.bus import NODES_KEY, Bus, connect, name_tag, stream_tag, target_tag
+from wsapp.redis.bus import Bus
+from wsapp.redis.connect import connect
+from wsapp.redis.keys import NODES_KEY, name_tag, stream_tag, target_tag
 from wsapp.registry import Target
 
 LONG_BEAT = {"WSAPP_REDIS_HEARTBEAT": "30", "WSAPP_REDIS_PRESENCE_TTL": "90"}  # no heartbeat during a test
@@ -267,6 +269,24 @@ def test_a_client_past_its_history_budget_is_delivered_but_not_kept(
         ws.close()
 
 
+def test_the_servers_own_publishes_are_kept_past_any_client_budget(
+    plain_redis: RedisProcess, start_server: Callable[..., Server]
+) -> None:
+    """The budget is a client's: a backend publishing through the HTTP API (an admin token)
+    or `ws.send` is the service itself, and every message it publishes is kept (the fault
+    benchmark's publisher went past 1 MiB in a few minutes and its streams had gaps)."""
+    srv = start_server(**node_env(plain_redis.url, WSAPP_HISTORY_BYTES_PER_CLIENT="4000"))
+    bob = chat(srv, "bob")
+    join(bob, "r")
+    admin = make_token("backend", admin=True)
+    for _ in range(6):
+        assert http(srv.url, "POST", "/api/broadcast", {"room": "r", "data": BIG}, token=admin).status == 200
+    r = plain_redis.client()
+    assert [int(e[0].split(b"-")[0]) for e in r.xrange(room_key("r", "h"))] == [1, 2, 3, 4, 5, 6]
+    assert metric(srv, "wsapp_history_over_budget_total") == 0
+    bob.close()
+
+
 def test_one_client_flooding_new_rooms_keeps_at_most_its_budget(
     plain_redis: RedisProcess, start_server: Callable[..., Server]
 ) -> None:
@@ -292,7 +312,8 @@ def test_entries_older_than_the_ttl_are_deleted_by_later_writes(plain_redis: Red
     r = plain_redis.client()
     target, stream = Target("room", "kept"), "room:kept"
     key = room_key("kept", "h")
-    assert bus.publish_kept(target, stream, '{"type":"room","data":"old"', 1, True, 100, 10) == (0, True)
+    kept = bus.publish_at(target, stream, '{"type":"room","data":"old"', 1, True, 100, 10)
+    assert (kept.status, kept.others) == (1, 0)
 
     def redis_ms() -> int:
         s, us = r.time()
@@ -301,6 +322,7 @@ def test_entries_older_than_the_ttl_are_deleted_by_later_writes(plain_redis: Red
     written = int(r.xrange(key)[0][1][b"t"])
     wait_for(lambda: redis_ms() > written + 400, "the first message is older than the TTL")
     # the second write counts a TTL of 0.3 s: the first message is past it (the keys live on)
-    assert bus.publish_kept(target, stream, '{"type":"room","data":"new"', 1, True, 100, 0.3) == (0, True)
+    kept = bus.publish_at(target, stream, '{"type":"room","data":"new"', 1, True, 100, 0.3)
+    assert (kept.status, kept.others) == (1, 0)
     assert [e[0] for e in r.xrange(key)] == [b"2-0"]
     bus.client.close()

@@ -96,3 +96,44 @@ def test_the_test_helpers_import_neither_redis_nor_websocket_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# `X.backplane.<attribute>` outside the hub: the life-cycle only (the extension starts the
+# backplane once the worker serves and stops it with the app)
+BACKPLANE_LIFE_CYCLE = {("wsapp.extension", "start"), ("wsapp.extension", "stop")}
+
+
+def backplane_uses() -> set[tuple[str, str, int]]:
+    """(module, the attribute used on it or "" when it is handed on, line) of every
+    `<something>.backplane` in wsapp outside wsapp/hub.py."""
+    found: set[tuple[str, str, int]] = set()
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name == "wsapp.hub":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        used_on: set[int] = set()  # ids of the `.backplane` nodes an attribute is read from
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "backplane"
+            ):
+                used_on.add(id(node.value))
+                found.add((name, node.attr, node.lineno))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "backplane" and id(node) not in used_on:
+                found.add((name, "", node.lineno))
+    return found
+
+
+def test_the_backplane_scan_reads_the_source() -> None:
+    assert ("wsapp.extension", "stop") in {(m, a) for m, a, _line in backplane_uses()}
+
+
+def test_only_the_hub_talks_to_the_backplane() -> None:
+    """Sessions, resume, the HTTP API and the extension ask the hub (`hub.history_on`,
+    `hub.replay`, `hub.healthy`, `hub.disconnect_client`, ...); `service.backplane` is
+    the hub's, and the life-cycle's (start and stop)."""
+    stray = sorted(use for use in backplane_uses() if use[:2] not in BACKPLANE_LIFE_CYCLE)
+    assert not stray, stray

@@ -153,6 +153,7 @@ def test_readme_first_command_serves_page_token_and_a_round_trip(run_sh: RunSh) 
     assert status == 200 and content_type.startswith("text/html")
     assert b"<script" in page and b"app.js" in page
     assert fetch(run_sh.url + "/static/app.js")[0] == 200
+    assert fetch(run_sh.url + "/wsapp.js")[0] == 200  # the page's client library (an ES module import)
 
     token = demo_token(run_sh, "first-contact")
     ws = websocket.create_connection(f"ws://127.0.0.1:{run_sh.port}/ws/echo", timeout=10, subprotocols=[token])

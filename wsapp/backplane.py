@@ -1,9 +1,12 @@
 """How a message reaches the connections it is for, on this worker or any other.
 
-`Backplane` is the one interface the hub talks to; `InProcessBackplane` (the embedded
-default) delivers straight into this worker's registry, and the Redis backplane
-(`wsapp.redis.backplane`) carries the same calls between workers and hosts. Nothing
-above this layer knows which one runs.
+The hub talks to three small interfaces: `Delivery` (who gets a frame: publish,
+disconnect, the server's joins), `Presence` (who is where: connections, rooms, members)
+and `Streams` (history: positions, keeping, replay). `Backplane` is the three over one
+transport, with its life (start, stop, healthy): `InProcessBackplane` (the embedded
+default) answers from this worker's registry and memory, and the Redis backplane
+(`wsapp.redis.backplane`) carries the same calls between workers and hosts. Only the hub
+(and the app's start and stop) calls it; nothing above this layer knows which one runs.
 """
 
 from __future__ import annotations
@@ -45,30 +48,41 @@ def close_local(registry: Registry, client_id: str, payload: bytes) -> int:
     return closed
 
 
-class Backplane(ABC):
-    history_on = False  # True: messages get positions (`publish_kept`), resumes replay
-    # True: a kept message can still be on its way to this node after its history was read
-    # (Redis: publish and delivery are apart), so a resumed stream drops offsets it replayed
-    in_flight = False
+class Delivery(ABC):
+    """Who gets a frame: this node's connections and, through the backplane, every other
+    node's (python-socketio's managers and Centrifugo's broker are the models)."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def start(self) -> None:
-        """Begin listening (called once the worker serves)."""
-
-    def stop(self) -> None:
-        """Stop listening and forget this node's presence."""
-
-    @property
-    def healthy(self) -> bool:
-        return True
+    registry: Registry
 
     @abstractmethod
     def publish(self, target: Target, frame: bytes) -> int:
         """Deliver an encoded frame to every connection `target` names, on every node.
 
         Returns the number of connections it reached (cluster-wide)."""
+
+    def disconnect(self, client_id: str, code: int, reason: str) -> int:
+        """Close every connection of `client_id`, on every node; returns how many (other
+        nodes count their addressable connections, as presence does)."""
+        return close_local(self.registry, client_id, close_payload(code, reason))
+
+    # server-side subscriptions (`WSApp.join`/`leave`): the hub acts on this node's
+    # connections, then the backplane carries the same to the client's other nodes, the way
+    # `disconnect` travels (a control message on the client's channel), where the hub's
+    # `on_control` acts on theirs
+    on_control: Callable[[str, str, str], int] | None = None  # (client id, "join"/"leave", room)
+
+    def control(self, client_id: str, op: str, room: str) -> int:
+        """Have the other nodes `op` ("join" or "leave") `client_id`'s connections to `room`;
+        returns how many connections they hold for it (join: the client's addressable ones;
+        leave: its ones in the room), as `disconnect` counts. No other node here: 0."""
+        return 0
+
+
+class Presence(ABC):
+    """Who is where, cluster-wide: connections, rooms, their members and member entries
+    (Centrifugo's presence manager is the model). The in-process registry holds it all."""
+
+    registry: Registry
 
     @abstractmethod
     def room_members(self, room: str) -> list[str]:
@@ -78,14 +92,52 @@ class Backplane(ABC):
     def clients(self) -> dict[str, int]:
         """Chat client ids and their connection counts, cluster-wide."""
 
-    # history (only called when `history_on`)
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
+    def connections_elsewhere(self, client_id: str) -> int:
+        """Connections `client_id` holds on other nodes (for the per-client limit)."""
+        return 0
+
+    def member_info(self, room: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The presence entries (`WSAPP_PRESENCE_CLAIMS`) of `client_ids` in `room`, cluster-wide."""
+        return self.registry.member_info(room, client_ids)
+
+    def connected(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
+        """`peer` was added to the local registry. Returns where `streams` stand, read once
+        the connection counts (so nothing published after the read misses it); `touch` as
+        in `Streams.positions`. Redis: one round trip for both, shared with other connects."""
+        raise NotImplementedError
+
+    def disconnected(self, peer: Peer, rooms: list[str]) -> None:
+        """`peer` was removed from the local registry, and with it from `rooms`."""
+
+    def joined(self, peer: Peer, room: str) -> bool:
+        """`peer` joined `room` locally; True if its client id is new in the room everywhere.
+        Must cost the same however many rooms the client holds."""
+        return True
+
+    def left(self, peer: Peer, room: str) -> bool:
+        """`peer` left `room` locally; True if its client id is gone from the room everywhere.
+        Must cost the same however many rooms the client holds."""
+        return True
+
+
+class Streams:
+    """Message history: positions, keeping, replay (only called when `history_on`)."""
+
+    history_on = False  # True: messages get positions (`publish_kept`), resumes replay
+    # True: a kept message can still be on its way to this node after its history was read
+    # (Redis: publish and delivery are apart), so a resumed stream drops offsets it replayed
+    in_flight = False
+
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "", *, charged: bool = False
+    ) -> Published:
         """Give `obj` the next position of `stream`, keep it, deliver it to `target` on
         every node. With `create` False (a direct message) nothing is kept or sent when
         nobody receives it and the stream does not exist (the client id was not seen
         within the history window). With `key` (an idempotency key, already scoped to
         its sender): when `stream` had a publish with that key within the history TTL,
-        nothing is sent and that publish's result comes back (`duplicate`), cluster-wide."""
+        nothing is sent and that publish's result comes back (`duplicate`), cluster-wide.
+        `charged`: a client's own message, counted against its history budget."""
         raise NotImplementedError
 
     def positions(self, streams: list[str], touch: str = "") -> list[Position]:
@@ -102,50 +154,26 @@ class Backplane(ABC):
         read: the position is the last message's). `recovered` False: it cannot be read."""
         raise NotImplementedError
 
-    def disconnect(self, client_id: str, code: int, reason: str) -> int:
-        """Close every connection of `client_id`, on every node; returns how many (other
-        nodes count their addressable connections, as presence does)."""
-        return close_local(self.registry, client_id, close_payload(code, reason))
 
-    def connections_elsewhere(self, client_id: str) -> int:
-        """Connections `client_id` holds on other nodes (for the per-client limit)."""
-        return 0
+class Backplane(Delivery, Presence, Streams):
+    """The three interfaces the hub talks to, over one transport (this worker's memory,
+    or Redis), with the life of that transport."""
 
-    # server-side subscriptions (`WSApp.join`/`leave`): the hub acts on this node's
-    # connections, then the backplane carries the same to the client's other nodes, the way
-    # `disconnect` travels (a control message on the client's channel), where the hub's
-    # `on_control` acts on theirs
-    on_control: Callable[[str, str, str], int] | None = None  # (client id, "join"/"leave", room)
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
-    def control(self, client_id: str, op: str, room: str) -> int:
-        """Have the other nodes `op` ("join" or "leave") `client_id`'s connections to `room`;
-        returns how many connections they hold for it (join: the client's addressable ones;
-        leave: its ones in the room), as `disconnect` counts. No other node here: 0."""
-        return 0
+    def start(self) -> None:
+        """Begin listening (called once the worker serves)."""
 
-    def member_info(self, room: str, client_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The presence entries (`WSAPP_PRESENCE_CLAIMS`) of `client_ids` in `room`, cluster-wide."""
-        return self.registry.member_info(room, client_ids)
+    def stop(self) -> None:
+        """Stop listening and forget this node's presence."""
 
-    # presence bookkeeping; the in-process registry already holds it all
+    @property
+    def healthy(self) -> bool:
+        return True
+
     def connected(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
-        """`peer` was added to the local registry. Returns where `streams` stand, read once
-        the connection counts (so nothing published after the read misses it); `touch` as
-        in `positions`. Redis: one round trip for both, shared with other connects."""
         return self.positions(list(streams), touch) if streams else []
-
-    def disconnected(self, peer: Peer, rooms: list[str]) -> None:
-        """`peer` was removed from the local registry, and with it from `rooms`."""
-
-    def joined(self, peer: Peer, room: str) -> bool:
-        """`peer` joined `room` locally; True if its client id is new in the room everywhere.
-        Must cost the same however many rooms the client holds."""
-        return True
-
-    def left(self, peer: Peer, room: str) -> bool:
-        """`peer` left `room` locally; True if its client id is gone from the room everywhere.
-        Must cost the same however many rooms the client holds."""
-        return True
 
 
 class InProcessBackplane(Backplane):
@@ -156,7 +184,9 @@ class InProcessBackplane(Backplane):
         self.history = history
         self.history_on = history is not None
 
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "", *, charged: bool = False
+    ) -> Published:
         history = self.history
         assert history is not None
         if key:

@@ -28,7 +28,8 @@ from typing import Any
 from . import history, protocol
 from .backplane import close_payload
 from .history import Published, check_key
-from .redis.bus import Bus, connect
+from .redis.bus import Bus
+from .redis.connect import connect
 from .registry import Target
 
 

@@ -320,7 +320,7 @@ class WSApp:
 
     def disconnect(self, client_id: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "") -> int:
         """Close every connection of `client_id` (any route), on every node: revoking access."""
-        return self.service.backplane.disconnect(client_id, code, reason)
+        return self.service.hub.disconnect_client(client_id, code, reason)
 
     def test_client(self, path: str = "/ws/chat", **kwargs: Any) -> WebSocketTestClient:
         """A connected in-process client of this app's route at `path`, for tests

@@ -1,4 +1,6 @@
-"""Messaging: who gets what. Chat sessions and the HTTP API call only this.
+"""Messaging: who gets what. Chat sessions, resume, the handshake, the HTTP API and the
+extension call only this: the backplane is the hub's (the extension only starts and stops it;
+tests/test_structure.py checks).
 
 The hub encodes each message once into a WebSocket frame and hands it to the
 backplane, which puts the same bytes on every connection it reaches; `delivered` is
@@ -22,7 +24,7 @@ import gevent
 
 from . import history, protocol
 from .backplane import Backplane
-from .history import Position, Published, check_key
+from .history import Position, Published, Replay, check_key
 from .registry import Departure, Join, Peer, Registry, Target
 
 log = logging.getLogger("wsapp.hub")
@@ -98,6 +100,28 @@ class Hub:
         self.presence_info = presence_info  # WSAPP_PRESENCE_CLAIMS set: member lists carry `info`
         backplane.on_control = self._on_control  # another node's server_join / server_leave
 
+    # ---- the backplane's state, for the layers above (they ask the hub, never it) -------
+
+    @property
+    def history_on(self) -> bool:
+        """Messages get positions and are kept; resumes replay (`Backplane.history_on`)."""
+        return self.backplane.history_on
+
+    @property
+    def in_flight(self) -> bool:
+        """A kept message can still be on its way here after its history was read
+        (`Backplane.in_flight`): a resumed stream drops the offsets it replayed."""
+        return self.backplane.in_flight
+
+    @property
+    def healthy(self) -> bool:
+        """The backplane reaches the other nodes (`/readyz`)."""
+        return self.backplane.healthy
+
+    def connections_elsewhere(self, client_id: str) -> int:
+        """Connections `client_id` holds on other nodes (for the per-client limit)."""
+        return self.backplane.connections_elsewhere(client_id)
+
     # ---- connections ----------------------------------------------------------------
 
     def connect(self, peer: Peer, streams: Sequence[str] = (), touch: str = "") -> list[Position]:
@@ -112,6 +136,11 @@ class Hub:
         Idempotent: a peer already removed (evicted earlier) is left alone. Each step
         runs even if another raised; the first error is raised at the end."""
         self.announce_departure(peer, self.registry.remove(peer))
+
+    def disconnect_client(self, client_id: str, code: int, reason: str) -> int:
+        """Close every connection of `client_id` (any route), on every node; returns how
+        many (`Backplane.disconnect`)."""
+        return self.backplane.disconnect(client_id, code, reason)
 
     def evict(self, peer: Peer) -> None:
         """The connection dropped `peer` as a slow consumer: out of the registry and its
@@ -160,32 +189,41 @@ class Hub:
     # Each returns a `Published`: an int (`delivered`) with the message's stream, offset
     # and epoch. `key`: an idempotency key (`check_key`), scoped to the sender and the
     # stream. `frame_type`: the frame's `type` instead of the built-in one (`check_type`);
-    # such a frame is live only: no position, not kept, no key.
+    # such a frame is live only: no position, not kept, no key. `charged`: a client's own
+    # message (a chat frame of a token without the admin role), counted against its
+    # history budget (`WSAPP_HISTORY_BYTES_PER_CLIENT`); the server's own publishes are not.
 
-    def broadcast(self, sender: str, data: Any, key: str = "", frame_type: str | None = None) -> Published:
+    def broadcast(
+        self, sender: str, data: Any, key: str = "", frame_type: str | None = None, *, charged: bool = False
+    ) -> Published:
         obj = protocol.broadcast(sender, data)
-        return self._publish(Target("all"), history.stream_broadcast(), obj, True, sender, key, frame_type)
+        return self._publish(Target("all"), history.stream_broadcast(), obj, True, sender, key, frame_type, charged)
 
-    def send(self, sender: str, to: str, data: Any, key: str = "", frame_type: str | None = None) -> Published:
+    def send(
+        self, sender: str, to: str, data: Any, key: str = "", frame_type: str | None = None, *, charged: bool = False
+    ) -> Published:
         obj = protocol.direct(sender, to, data)
         return self._publish(Target("client", to), history.stream_direct(to), obj, self.store_offline, sender, key,
-                             frame_type)  # fmt: skip
+                             frame_type, charged)  # fmt: skip
 
-    def send_direct(self, sender: str, to: str, data: Any, key: str = "") -> tuple[Published, bool]:
+    def send_direct(
+        self, sender: str, to: str, data: Any, key: str = "", *, charged: bool = False
+    ) -> tuple[Published, bool]:
         """(the result, stored): stored is True when nobody was reached but the message was
         kept in `to`'s direct stream for its next resume."""
-        result = self.send(sender, to, data, key)
+        result = self.send(sender, to, data, key, charged=charged)
         return result, result.stored
 
     def send_to_room(
-        self, sender: str, room: str, data: Any, key: str = "", frame_type: str | None = None
+        self, sender: str, room: str, data: Any, key: str = "", frame_type: str | None = None, *, charged: bool = False
     ) -> Published:
         obj = protocol.room_message(room, sender, data)
-        return self._publish(Target("room", room), history.stream_room(room), obj, True, sender, key, frame_type)
+        return self._publish(Target("room", room), history.stream_room(room), obj, True, sender, key, frame_type,
+                             charged)  # fmt: skip
 
     def _publish(
         self, target: Target, stream: str, obj: dict[str, Any], create: bool, sender: str, key: str,
-        frame_type: str | None,
+        frame_type: str | None, charged: bool = False,
     ) -> Published:  # fmt: skip
         if frame_type is not None and frame_type != obj["type"]:
             obj = {"type": check_type(frame_type), **{k: v for k, v in obj.items() if k != "type"}}
@@ -199,7 +237,7 @@ class Hub:
         if not self.backplane.history_on:
             return Published(self.backplane.publish(target, protocol.text_frame(obj)), stream)
         scoped = f"{len(sender)}:{sender}:{key}" if key else ""  # one sender cannot claim another's key
-        return self.backplane.publish_kept(target, stream, obj, create, scoped)
+        return self.backplane.publish_kept(target, stream, obj, create, scoped, charged=charged)
 
     # ---- reading streams -----------------------------------------------------------------
 
@@ -208,6 +246,11 @@ class Hub:
         if not self.backplane.history_on:
             return history.EMPTY
         return self.backplane.positions([stream])[0]
+
+    def replay(self, stream: str, pos: Position) -> Replay:
+        """What `stream` published after `pos`, as frames, or that it cannot be told (a
+        resume's catch-up; history on only)."""
+        return self.backplane.replay(stream, pos)
 
     def history(self, stream: str, since: Position | None, limit: int) -> Page:
         """At most `limit` messages of `stream` after `since`, in order (see `Page`); with

@@ -258,7 +258,7 @@ def run_session(
     ws.on_evict = functools.partial(hub.evict, peer)
     # only chat answers a `resume` frame (an app's route would hold these streams forever);
     # held within the send queue's bounds, for at most WSAPP_RESUME_TIMEOUT
-    if resume and route.resumable and service.backplane.history_on:
+    if resume and route.resumable and service.hub.history_on:
         hold_streams(peer, settings.resume_timeout_s)
     conn = Connection(peer, ident, service)
     failed = False
@@ -275,7 +275,7 @@ def run_session(
             peer.remote_addr,
             accepted.token_source,
         )
-        own = own_streams(peer.client_id) if route.addressable and service.backplane.history_on else []
+        own = own_streams(peer.client_id) if route.addressable and service.hub.history_on else []
         conn.streams = dict(zip(own, hub.connect(peer, own, touch=own[-1] if own else ""), strict=True))
         for hook in service.hooks.connect_hooks:
             hook(conn)

@@ -371,8 +371,9 @@ OPTIONS: tuple[Option, ...] = (
         "history_bytes_per_client",
         "1048576",
         _int(0),
-        "With Redis: bytes of history one client id's messages may add per `WSAPP_HISTORY_TTL` window, "
+        "With Redis: bytes of history one client id's chat messages may add per `WSAPP_HISTORY_TTL` window, "
         "cluster-wide (JSON text plus 214 bytes per message); past it its messages are delivered but not kept. "
+        "Admin tokens and the server's own publishes (`ws.send`, the HTTP API, the Emitter) are not counted. "
         "`0`: no bound.",
     ),
     Option(

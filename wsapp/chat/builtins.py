@@ -113,13 +113,13 @@ def _left(room: str, code: str, message: str) -> dict[str, Any]:
 def broadcast(conn: Connection, frame: dict[str, Any]) -> int:
     cmd = protocol.command(frame, frame.get("id"), "broadcast")
     hub = conn.service.hub
-    return hub.broadcast(conn.client_id, cmd.data)
+    return hub.broadcast(conn.client_id, cmd.data, charged=not conn.identity.is_admin)
 
 
 def direct(conn: Connection, frame: dict[str, Any]) -> int:
     cmd = protocol.command(frame, frame.get("id"), "direct")
     hub = conn.service.hub
-    delivered, stored = hub.send_direct(conn.client_id, cmd.to, cmd.data)
+    delivered, stored = hub.send_direct(conn.client_id, cmd.to, cmd.data, charged=not conn.identity.is_admin)
     if stored:
         return protocol.Stored(0)
     if delivered == 0:
@@ -132,7 +132,7 @@ def room(conn: Connection, frame: dict[str, Any]) -> int:
     hub = conn.service.hub
     if cmd.room not in conn.peer.rooms:
         raise FrameError("not_in_room", f"join {cmd.room!r} before sending to it")
-    return hub.send_to_room(conn.client_id, cmd.room, cmd.data)
+    return hub.send_to_room(conn.client_id, cmd.room, cmd.data, charged=not conn.identity.is_admin)
 
 
 def join(conn: Connection, frame: dict[str, Any]) -> int:

@@ -34,13 +34,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
-from ..backplane import Backplane
 from ..history import EMPTY, Position, stream_broadcast, stream_direct, stream_room
 from ..protocol import FrameError
 from ..registry import UNBOUNDED, Join, Peer
 from . import gates
 
 if TYPE_CHECKING:
+    from ..hub import Hub
     from ..session import Connection
 
 log = logging.getLogger("wsapp.chat.resume")
@@ -61,7 +61,7 @@ def parse_position(value: Any, what: str, msg_id: Any) -> Position:
 
 
 def catch_up(
-    peer: Peer, backplane: Backplane, stream: str, pos: Position, limit: int, max_bytes: int = UNBOUNDED
+    peer: Peer, hub: Hub, stream: str, pos: Position, limit: int, max_bytes: int = UNBOUNDED
 ) -> dict[str, Any]:
     """Replay `stream` after `pos` to `peer` and go live (see the module's docstring).
     `limit` and `max_bytes` bound what the connection's gates hold (its send queue's
@@ -79,7 +79,7 @@ def catch_up(
     ws = peer.ws
     sent = 0
     try:
-        replay = backplane.replay(stream, pos)
+        replay = hub.replay(stream, pos)
         recovered, last, epoch = replay.recovered, replay.position.offset, replay.position.epoch
         if recovered:
             for _offset, frame in replay.frames:
@@ -90,7 +90,7 @@ def catch_up(
             rounds += 1
             gate.take()
             gate.overflowed = False
-            more = backplane.replay(stream, Position(last, epoch))
+            more = hub.replay(stream, Position(last, epoch))
             recovered = more.recovered and rounds <= MAX_ROUNDS
             for _offset, frame in more.frames if recovered else ():
                 ws.send_frame(frame)
@@ -102,8 +102,8 @@ def catch_up(
                 last = offset
     finally:  # open at the last offset sent (messages still on their way are dropped)
         gate.take()
-        gate.floor = max(last, 0) if backplane.in_flight else 0
-        if not backplane.in_flight:
+        gate.floor = max(last, 0) if hub.in_flight else 0
+        if not hub.in_flight:
             held.pop(stream, None)
             if not held and peer.gates is held:
                 peer.gates = None
@@ -115,7 +115,7 @@ def handle_resume(conn: Connection, frame: dict[str, Any]) -> int:
     then one `resumed` frame with a result per stream."""
     msg_id = frame.get("id")
     service = conn.service
-    peer, backplane, settings = conn.peer, service.backplane, service.settings
+    peer, hub, settings = conn.peer, service.hub, service.settings
     wanted: dict[str, Position] = {}
     for key in ("broadcast", "direct"):
         if key in frame:
@@ -133,12 +133,12 @@ def handle_resume(conn: Connection, frame: dict[str, Any]) -> int:
 
     gates.stop_waiting(peer)  # parsed: this resume owns the gates now (before any switch)
     limit, max_bytes = peer.ws.max_queue, peer.ws.max_queue_bytes  # the send queue's bounds
-    on = backplane.history_on
+    on = hub.history_on
     out: dict[str, Any] = {"type": "resumed"}
     streams = {"broadcast": stream_broadcast(), "direct": stream_direct(conn.client_id)}
     for key, stream in streams.items():
         if key in wanted:
-            out[key] = catch_up(peer, backplane, stream, wanted[key], limit, max_bytes) if on else _lost()
+            out[key] = catch_up(peer, hub, stream, wanted[key], limit, max_bytes) if on else _lost()
     if gates.open_gates(peer):  # streams held by ?resume=1 but not asked about; overflowed: closed
         return 0
     results: dict[str, Any] = {}
@@ -158,7 +158,7 @@ def _resume_room(conn: Connection, room: str, pos: Position, limit: int, max_byt
     if room not in peer.rooms and not conn.service.hooks.may_join(conn.identity, room):
         return {"error": "forbidden", "message": f"you may not join {room!r}"}
     stream = stream_room(room)
-    on = service.backplane.history_on
+    on = service.hub.history_on
     if on:  # held before the join: from the join on, its messages wait for the replay
         gates.gate(peer, stream, limit, max_bytes)
     try:
@@ -172,7 +172,7 @@ def _resume_room(conn: Connection, room: str, pos: Position, limit: int, max_byt
                 peer.gates = None
         return {"error": err.code, "message": err.message}
     members = service.hub.room_members(room) if result in (Join.NEW_CLIENT, Join.NEW_CONNECTION) else None
-    out = catch_up(peer, service.backplane, stream, pos, limit, max_bytes) if on else _lost()
+    out = catch_up(peer, service.hub, stream, pos, limit, max_bytes) if on else _lost()
     if members is not None:
         out["members"] = members
     return out

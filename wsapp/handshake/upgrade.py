@@ -81,7 +81,7 @@ class Upgrader:
         if raw is None:
             raise takeover.UnsupportedServer()
         client_id = accepted.identity.client_id
-        slot = service.registry.reserve(client_id, elsewhere=service.backplane.connections_elsewhere(client_id))
+        slot = service.registry.reserve(client_id, elsewhere=service.hub.connections_elsewhere(client_id))
         service.metrics.connection_slots.inc()
         remote = client_address(req.remote_addr or "", headers.get("X-Forwarded-For"), settings.trusted_proxies)
         accepted = dataclasses.replace(accepted, remote_addr=remote)

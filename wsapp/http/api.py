@@ -143,7 +143,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
             check_key(key)
         except ValueError as err:
             raise ApiError("bad_request", f"Idempotency-Key: {err}") from None
-        if not service.backplane.history_on:
+        if not service.hub.history_on:
             raise ApiError("bad_request", "Idempotency-Key needs history on (WSAPP_HISTORY_SIZE, WSAPP_HISTORY_TTL)")
         wait = keys.take(identity.client_id)
         if wait > 0:
@@ -269,7 +269,7 @@ def add_routes(bp: Blueprint, service: Service) -> None:
         problems = []
         if service.registry.draining:
             problems.append("shutting down")
-        if not service.backplane.healthy:
+        if not service.hub.healthy:
             problems.append("backplane unavailable")
         if problems:
             return jsonify(status="not_ready", error="not_ready", message="; ".join(problems)), 503

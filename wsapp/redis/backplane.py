@@ -27,7 +27,8 @@ Presence writes are absolute values computed from the registry, serialised by
 connect, join or leave writes only the client's count and the one room's count (O(1)
 however many rooms the client holds); a disconnect, each room the peer was in; the
 heartbeat's reconcile and a reconnect rewrite everything.
-The key layout, wire format and Lua scripts live in `wsapp.redis.bus`, shared with `wsapp.emitter`.
+The key layout (`wsapp.redis.keys`), wire format (`wsapp.redis.wire`) and Lua scripts
+(`wsapp.redis.bus`) are shared with `wsapp.emitter`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ from ..logsafe import safe
 from ..metrics import HISTORY_LOST, HISTORY_OVER_BUDGET
 from ..registry import Peer, Registry, Target, deliver, receiving
 from ..settings import Settings
-from .bus import COMMAND_TIMEOUT_S, REDIS_ERRORS, Bus, Op, connect, decode_envelope, decode_kept, node_id, target_tag
+from .bus import Bus, Op
+from .connect import COMMAND_TIMEOUT_S, REDIS_ERRORS, connect
+from .keys import WriteKey, Writes, node_id, target_tag
 from .subscriber import Subscriber, SubscribeTimeout
+from .wire import decode_envelope, decode_kept
 
 log = logging.getLogger("wsapp.redis")
 
@@ -96,30 +100,30 @@ class _Mirror:
         self.room_totals: dict[str, int] = {}
         self.total = 0
 
-    def set(self, cid: str, n: int, rooms: dict[str, int], writes: dict[tuple[str, str], int]) -> None:
-        """Record `cid`'s whole local state; add to `writes` the (hash, field) -> value changes (0 deletes)."""
+    def set(self, cid: str, n: int, rooms: dict[str, int], writes: Writes) -> None:
+        """Record `cid`'s whole local state; add to `writes` the `WriteKey` -> value changes (0 deletes)."""
         self.set_client(cid, n, writes)
         for room in self.rooms.get(cid, {}).keys() | rooms.keys():
             self.set_room(cid, room, rooms.get(room, 0), writes)
 
-    def set_client(self, cid: str, n: int, writes: dict[tuple[str, str], int]) -> None:
+    def set_client(self, cid: str, n: int, writes: Writes) -> None:
         """Record that `cid` holds `n` addressable connections here."""
         old_n = self.clients.get(cid, 0)
         if n != old_n:
             self.total += n - old_n
-            writes[("c", cid)] = n
-            writes[("t", "*")] = self.total
+            writes[WriteKey.client(cid)] = n
+            writes[WriteKey.total()] = self.total
             _put(self.clients, cid, n)
 
-    def set_room(self, cid: str, room: str, n: int, writes: dict[tuple[str, str], int]) -> None:
+    def set_room(self, cid: str, room: str, n: int, writes: Writes) -> None:
         """Record that `cid` has `n` connections in `room` here. O(1)."""
         mine = self.rooms.get(cid, {})
         delta = n - mine.get(room, 0)
         if not delta:
             return
-        writes[("r:" + room, cid)] = n
+        writes[WriteKey.member(room, cid)] = n
         total = self.room_totals.get(room, 0) + delta
-        writes[("t", "r:" + room)] = total
+        writes[WriteKey.room_total(room)] = total
         _put(self.room_totals, room, total)
         _put(mine, room, n)
         if mine:
@@ -265,7 +269,9 @@ class RedisBackplane(Backplane):
 
     # ---- history: one script per message keeps it and publishes it to every receiver ----
 
-    def publish_kept(self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "") -> Published:
+    def publish_kept(
+        self, target: Target, stream: str, obj: dict[str, Any], create: bool, key: str = "", *, charged: bool = False
+    ) -> Published:
         """This node's peers get the message from the stream's channel too, so every node
         delivers a stream's messages in offset order (one channel per stream, ordered).
         While Redis is away the message goes to this node's peers only, without a
@@ -275,7 +281,7 @@ class RedisBackplane(Backplane):
         if self._healthy:
             prefix = body_prefix(obj)
             try:
-                store = self._within_budget(obj.get("from"), prefix, stream)
+                store = not charged or self._within_budget(obj.get("from"), prefix, stream)
                 size, ttl = self.history_size, self.history_ttl_s
                 # `delivered` leaves out the connections here holding the stream for a resume
                 counted = receiving(peers, stream)
@@ -563,7 +569,7 @@ class RedisBackplane(Backplane):
         with self._lock:
             if not self._healthy:
                 return
-            writes: dict[tuple[str, str], int] = {}
+            writes: Writes = {}
             asks: list[tuple[str, str]] = []
             for request in batch:
                 if request.ops is not None:
@@ -606,12 +612,12 @@ class RedisBackplane(Backplane):
         with self._lock:
             if not self._healthy:
                 return
-            writes: dict[tuple[str, str], int] = {}
+            writes: Writes = {}
             for cid in cids:
                 self._mirror.set(cid, *self._local_state(cid), writes)
             self._execute(writes)
 
-    def _infos(self, writes: dict[tuple[str, str], int]) -> dict[str, str]:
+    def _infos(self, writes: Writes) -> dict[str, str]:
         """Client id -> its presence entry's JSON, for the clients whose room counts `writes`
         sets above 0 (from their connections here: the newest with one). Empty when off."""
         if not self.presence_on:
@@ -624,7 +630,7 @@ class RedisBackplane(Backplane):
                 out[cid] = protocol.encode(max(infos, key=lambda pair: pair[0])[1]) if infos else ""
         return out
 
-    def _execute(self, writes: dict[tuple[str, str], int]) -> None:
+    def _execute(self, writes: Writes) -> None:
         """Send `writes`; under `_lock`."""
         if not writes:
             return
@@ -638,7 +644,7 @@ class RedisBackplane(Backplane):
         with self._lock:
             self.bus.unregister()  # what a previous connection left (this node's id lives as long as the process)
             self.bus.register(self.presence_ttl_s)
-            mirror, writes = _Mirror(), dict[tuple[str, str], int]()
+            mirror, writes = _Mirror(), Writes()
             for cid in {p.client_id for p in self.registry.peers() if p.addressable}:
                 mirror.set(cid, *self._local_state(cid), writes)
             if writes:

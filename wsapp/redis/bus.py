@@ -1,172 +1,31 @@
-"""The Redis side of the backplane: key layout, wire format and Lua scripts, no greenlets.
-
-`Bus` is shared by the web workers (`wsapp.redis.backplane`) and by publishers outside
-them (`wsapp.emitter`), so both speak one format.
-
-**Layout: everything about one target lives in one hash slot.** A target is the
-broadcast (`{all}`), a client id (`{c<hash>}`) or a room (`{r<hash>}`), where `<hash>` is
-32 hex digits of SHA-256 of the name (`name_tag`: a client cannot choose the slot); its
-keys and its channel start with `wsapp:<tag>`, so on Redis Cluster they share a slot and
-each script touches one slot and declares its keys:
-
-* `<tag>:n` hash: node -> connections that node holds for the target;
-* `<tag>:m` hash (rooms): client id -> `"node=count node=count"`, where its connections in
-  the room are (member lists, "new in the room everywhere", the exclusion of presence);
-* `<tag>:h` Redis Stream and `<tag>:hm` hash (epoch, last offset): the target's history;
-* `<tag>:hb` (client ids): the bytes of history this client id's messages were granted in
-  the current `WSAPP_HISTORY_TTL` window (`_CHARGE`; `WSAPP_HISTORY_BYTES_PER_CLIENT`);
-* `<tag>:bus:<db>`: the channel. A node subscribes to it while it holds a connection the
-  target reaches, so **a node hears only what it delivers**. Sharded pub/sub
-  (`SSUBSCRIBE`/`SPUBLISH`) where the server has it (Redis 7), classic otherwise.
-
-Per node (slot `{n:<node>}`): `:c` (client id -> connections, for `/api/clients`) and `:r`
-(room -> connections, to clean up after the node dies). Liveness: the sorted set
-`wsapp:{nodes}`, node -> deadline in Redis server time. Readers drop the counts of nodes
-past their deadline (`Liveness`); the first live node whose heartbeat sees a dead one
-removes its entries target by target (`Bus.reap`).
-
-A message on a channel is one line of JSON (wire version, origin node, target) and then
-the encoded WebSocket frame (`w1`), or, for a kept message, its offset in the header and
-the JSON text after it (`w2`).
+"""The Redis side of the backplane: the Lua scripts (in scripts/, read once at import)
+and the operations on the keys (`Bus`: publish, history, presence reads and writes,
+registration, heartbeat and reaping), no greenlets. Shared by the web workers
+(`wsapp.redis.backplane`) and by publishers outside them (`wsapp.emitter`), so both
+speak one format; the names are in `wsapp.redis.keys`, the envelopes in
+`wsapp.redis.wire`, the connection in `wsapp.redis.connect`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
-from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..history import EMPTY, Position, Replay, decide, text_frame
 from ..registry import Target
-from .url import SENTINEL_SCHEMES, SentinelTarget, sentinel_target
+from .connect import is_cluster
+from .keys import NODES_KEY, Writes, idempotency_hash, name_tag, node_tag, stream_tag, target_tag
+from .keys import channel as channel_name
+from .keys import key as key_name
+from .liveness import Liveness
+from .wire import encode_envelope, kept_head
 
-PREFIX = "wsapp:"  # every key and channel; use another database (redis://host/1) to separate deployments
-WIRE_VERSION = "w1"
-KEPT_VERSION = "w2"  # a message with a position in its stream's history (see `_PUBLISH_KEPT`)
-# a cluster client also raises RedisClusterException (no node reachable, a slot not
-# covered while the cluster comes back), which is not a RedisError
-REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
-COMMAND_TIMEOUT_S = 1.0  # a hung Redis stalls one caller this long, then the node serves local-only
-POOL_SIZE = 64  # connections per worker (per cluster node); callers wait for one beyond it
-# How long a caller waits for a free pooled connection: longer than a command's timeout, so a
-# reconnect storm that keeps all 64 busy queues instead of looking like Redis being down
-# (a Redis that hangs still fails each command after COMMAND_TIMEOUT_S, freeing them).
-POOL_WAIT_S = 10.0
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-NODES_KEY = PREFIX + "{nodes}"
 REAP_CLAIM_MS = 10_000  # one live node cleans up a dead one; another takes over after this
-
-
-def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, name: str = "wsapp") -> Any:
-    """A client that fails fast: short timeouts and no retries (the callers decide).
-
-    `redis+cluster://host:port` (or `rediss+cluster://`) is a Redis Cluster reached
-    through any of its nodes; `redis+sentinel://host:port,host:port/service[/db]` (or
-    `rediss+sentinel://`) the primary that Redis Sentinel names for `service`, asked
-    again on every new connection (so a failover is followed by reconnecting); anything
-    else is one Redis."""
-    parts = urlsplit(url)
-    common = {
-        "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0),
-        "client_name": name,
-    }  # fmt: skip
-    if parts.scheme in CLUSTER_SCHEMES:
-        plain = urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme]))
-        return RedisCluster.from_url(
-            plain, max_connections=POOL_SIZE, connection_pool_class=redis.BlockingConnectionPool,
-            timeout=max(timeout_s, POOL_WAIT_S), **common,
-        )  # fmt: skip
-    if parts.scheme in SENTINEL_SCHEMES:
-        return _sentinel_primary(sentinel_target(url), timeout_s, common)
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=max(timeout_s, POOL_WAIT_S), protocol=2, **common
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-class _SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool):
-    """Sentinel's pool (the primary asked for on every new connection) that, like the
-    other pools here, makes a caller wait for a free connection instead of failing."""
-
-
-def _sentinel_primary(target: SentinelTarget, timeout_s: float, common: dict[str, Any]) -> Any:
-    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels),
-        sentinel_kwargs=timeouts,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        ssl=target.tls,
-        protocol=2,
-        **common,
-    )
-    return sentinel.master_for(  # type: ignore[no-untyped-call]
-        target.service,
-        connection_pool_class=_SentinelBlockingPool,
-        max_connections=POOL_SIZE,
-        timeout=max(timeout_s, POOL_WAIT_S),
-    )
-
-
-def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster)
-
-
-# ---- names ---------------------------------------------------------------------------------
-
-
-def name_tag(kind: str, key: str) -> str:
-    """The hash tag of client id or room `key` (`kind` "c" or "r"): derived from a hash of
-    the name, never the name itself, so a client cannot pick the slot its keys land on
-    (`evil}<i>` names spread like any others). 128 bits of SHA-256: two names never
-    share a tag. Hex only, no ':' after the kind letter: the layout before (`{c:<id>}`,
-    `{r:<name>}`) cannot be mistaken for it (docs/scaling.md, "Migrating")."""
-    cached = _TAGS.get((kind, key))
-    if cached is None:
-        if len(_TAGS) >= _TAGS_MAX:
-            _TAGS.clear()
-        digest = hashlib.sha256(f"{kind}:{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        cached = _TAGS[(kind, key)] = "{" + kind + digest + "}"
-    return cached
-
-
-_TAGS: dict[tuple[str, str], str] = {}  # a per-message hash is cheap; a dict lookup is cheaper
-_TAGS_MAX = 4096
-
-
-def target_tag(target: Target) -> str:
-    """The hash tag of everything about `target` (a `close` goes to the client's channel)."""
-    if target.kind == "all":
-        return "{all}"
-    if target.kind in ("client", "close", "control"):  # a server join/leave goes to the client's channel too
-        return name_tag("c", target.key)
-    return name_tag("r", target.key)
-
-
-def stream_tag(stream: str) -> str:
-    """The tag of a history stream (`broadcast`, `direct:<id>`, `room:<name>`): its target's."""
-    kind, _, key = stream.partition(":")
-    if kind == "broadcast":
-        return "{all}"
-    return name_tag({"direct": "c", "room": "r"}[kind], key)
-
-
-def idempotency_hash(stream: str, key: str) -> str:
-    """The name part of an idempotency key's Redis key: bounded, whatever the key holds."""
-    return hashlib.sha256(f"{stream}\0{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class Kept(NamedTuple):
@@ -178,49 +37,6 @@ class Kept(NamedTuple):
     others: int
     epoch: str
     duplicate: bool
-
-
-def node_tag(node: str) -> str:
-    return "{n:" + node + "}"
-
-
-# ---- wire format -----------------------------------------------------------------------------
-
-
-def encode_envelope(origin: str, target: Target, frame: bytes) -> bytes:
-    """What goes on a channel: a JSON header line (no raw newline in it), then the frame bytes."""
-    header = json.dumps([WIRE_VERSION, origin, target.kind, target.key, target.exclude_client])
-    return header.encode("ascii") + b"\n" + frame
-
-
-KINDS = ("all", "client", "room", "close", "control")  # "control": a server join/leave (`Bus.control`)
-
-
-def decode_envelope(payload: bytes) -> tuple[str, Target, bytes]:
-    """A `w1` envelope (frame bytes), or a `w2` one (a kept message: see `decode_kept`)."""
-    head, sep, frame = payload.partition(b"\n")
-    version, origin, kind, key, exclude, *_rest = json.loads(head)
-    if not sep or version not in (WIRE_VERSION, KEPT_VERSION) or kind not in KINDS:
-        raise ValueError(f"not a {WIRE_VERSION} envelope")
-    return str(origin), Target(kind, key, exclude), frame
-
-
-def kept_head(origin: str, target: Target, stream: str) -> str:
-    """The start of a `w2` header; the publish script appends the offset, `]` and a newline,
-    then the message's JSON text (not a WebSocket frame: each node encodes it once)."""
-    return json.dumps([KEPT_VERSION, origin, target.kind, target.key, target.exclude_client, stream])[:-1] + ","
-
-
-def decode_kept(payload: bytes) -> tuple[Target, str, int, bytes] | None:
-    """(target, stream, offset, JSON text) of a `w2` envelope; None for a `w1` one."""
-    head, sep, body = payload.partition(b"\n")
-    fields = json.loads(head)
-    if not isinstance(fields, list) or len(fields) != 7 or fields[0] != KEPT_VERSION:
-        return None  # a w1 envelope (or garbage, which `decode_envelope` refuses)
-    _version, _origin, kind, key, exclude, stream, offset = fields
-    if not sep or kind not in ("all", "client", "room"):
-        raise ValueError(f"not a {KEPT_VERSION} envelope")
-    return Target(kind, key, exclude), str(stream), int(offset), body
 
 
 # ---- scripts: each touches the keys of one tag, all declared in KEYS ------------------------
@@ -246,75 +62,17 @@ _COUNT_SET = _script_text("count_set")
 _NODES = _script_text("nodes")
 
 
-# One step of `Bus._run`: (script, keys, args), or ("index", key, [field, value]) for a
+# One step of `Bus.run`: (script, keys, args), or ("index", key, [field, value]) for a
 # node's own index (HSET, or HDEL at 0).
 Op = tuple[Any, Any, list[Any]]
-
-
-class Liveness:
-    """Which nodes count: a copy of the nodes' deadlines, in Redis server time.
-
-    Refreshed by every heartbeat (and, for readers that beat no heart, when older than
-    `max_age_s`). A node missing from a fresh copy is dead: a node registers before it
-    writes any presence, and its entries outlive it only until it is reaped."""
-
-    def __init__(self, max_age_s: float) -> None:
-        self.max_age_s = max_age_s
-        self.deadlines: dict[str, int] = {}
-        self._skew_ms = 0.0  # Redis server time minus this process's monotonic clock
-        self._fetched = -1e18  # monotonic seconds of the last copy
-        self.absent: set[str] = set()  # nodes seen in presence but not in the copy
-        self._dead: list[str] = []  # `dead()` as last computed, valid until `_recheck_ms`
-        self._recheck_ms = float("-inf")
-
-    def update(self, now_ms: int, flat: list[Any]) -> None:
-        self._fetched = time.monotonic()
-        self.absent = set()
-        self._recheck_ms = float("-inf")
-        self._skew_ms = now_ms - self._fetched * 1000
-        self.deadlines = {n.decode(): int(float(d)) for n, d in zip(flat[::2], flat[1::2], strict=True)}
-
-    def stale(self, nodes: Iterable[str] = ()) -> bool:
-        """Read the table again? When it is older than `max_age_s`, or a node is unknown:
-        registered after the copy, or dead and reaped (then read again at most every 0.2 s)."""
-        age = time.monotonic() - self._fetched
-        if age > self.max_age_s:
-            return True
-        unknown = [n for n in nodes if n not in self.deadlines]
-        return bool(unknown) and (age > 0.2 or not self.absent.issuperset(unknown))
-
-    def missing(self, nodes: Iterable[str]) -> None:
-        """`nodes` are not in a copy just read: dead (until a later copy says otherwise)."""
-        self.absent.update(n for n in nodes if n not in self.deadlines)
-
-    def alive(self, node: str) -> bool:
-        deadline = self.deadlines.get(node)
-        return deadline is not None and deadline > time.monotonic() * 1000 + self._skew_ms
-
-    def dead(self) -> list[str]:
-        """Nodes past their deadline. Asked on every publish: the list is computed again only
-        when the copy changed or the next deadline has passed, not once per message."""
-        now = time.monotonic() * 1000 + self._skew_ms
-        if now >= self._recheck_ms:
-            self._dead = [n for n, d in self.deadlines.items() if d <= now]
-            self._recheck_ms = min((d for d in self.deadlines.values() if d > now), default=float("inf"))
-        return self._dead
-
-
-_NODE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def node_id(host: str, pid: int, suffix: str) -> str:
-    """A node id for `<tag>:m` values and key names: no space, no '=', no braces."""
-    return f"{_NODE_ID_UNSAFE.sub('_', host)}-{pid}-{suffix}"
 
 
 class Bus:
     """The Redis side of the backplane, shared with the external emitter: scripts and keys.
 
-    Presence writes come in as the diffs `wsapp.redis.backplane._Mirror` computes:
-    (`"c"`, client id) -> connections, (`"t"`, `"*"`) -> total, (`"r:<room>"`, client id) ->
-    connections in the room, (`"t"`, `"r:<room>"`) -> the room's total here; 0 deletes."""
+    Presence writes come in as the diffs `wsapp.redis.backplane._Mirror` computes, keyed by
+    `WriteKey` (`wsapp.redis.keys`): a client's connections, the node's total, a client's
+    connections in a room, the room's total here; 0 deletes."""
 
     def __init__(self, client: Any, node: str, liveness_max_age_s: float = 1.0) -> None:
         self.client = client
@@ -357,11 +115,11 @@ class Bus:
         return "SPUBLISH" if self.sharded else "PUBLISH"
 
     def channel(self, tag: str) -> str:
-        return f"{PREFIX}{tag}:bus:{self.db}"
+        return channel_name(tag, self.db)
 
     @staticmethod
     def key(tag: str, suffix: str) -> str:
-        return f"{PREFIX}{tag}:{suffix}"
+        return key_name(tag, suffix)
 
     # ---- liveness ----------------------------------------------------------------------------
 
@@ -407,27 +165,6 @@ class Bus:
                 encode_envelope(self.node_id, target, frame), always, *self._dead()]  # fmt: skip
         return max(0, int(self._publish(keys=keys, args=args)))
 
-    def publish_kept(
-        self,
-        target: Target,
-        stream: str,
-        prefix: str,
-        here: int,
-        create: bool,
-        size: int,
-        ttl_s: float,
-        store: bool = True,
-    ) -> tuple[int, bool]:
-        """Keep and publish one message (`_PUBLISH_KEPT`); `here` is the connections this
-        caller holds for `target`; `store` False gives it a position but keeps it not (a
-        gap). Returns (connections on the other live nodes, published), published False
-        only for a direct message nobody receives to a stream that does not exist.
-
-        Raises `redis.exceptions.OutOfMemoryError` when Redis is full (nothing written
-        then: `publish_lost` delivers the message)."""
-        kept = self.publish_at(target, stream, prefix, here, create, size, ttl_s, store)
-        return kept.others, kept.status != 0
-
     def publish_at(
         self,
         target: Target,
@@ -441,10 +178,16 @@ class Bus:
         key: str = "",
         counted: int = 0,
     ) -> Kept:
-        """`publish_kept` with the message's position, and with an idempotency `key` (already
-        scoped to its sender; `counted` is the caller's own receivers `delivered` counts):
-        a key seen for `stream` within `ttl_s` sends nothing and answers the first result
-        (`Kept.duplicate`), atomically with the publish, so two nodes never both send."""
+        """Keep and publish one message (`_PUBLISH_KEPT`) and say where it stands (`Kept`);
+        `here` is the connections this caller holds for `target`; `store` False gives it a
+        position but keeps it not (a gap). Nothing is published (status 0) only for a direct
+        message nobody receives to a stream that does not exist. With an idempotency `key`
+        (already scoped to its sender; `counted` is the caller's own receivers `delivered`
+        counts), a key seen for `stream` within `ttl_s` sends nothing and answers the first
+        result (`Kept.duplicate`), atomically with the publish, so two nodes never both send.
+
+        Raises `redis.exceptions.OutOfMemoryError` when Redis is full (nothing written
+        then: `publish_lost` delivers the message)."""
         tag = target_tag(target)
         keys = [self.key(tag, "n"), self.key(tag, "m"), self.key(tag, "h"), self.key(tag, "hm")]
         if key:
@@ -595,7 +338,7 @@ class Bus:
 
     def write_presence(
         self,
-        writes: dict[tuple[str, str], int],
+        writes: Writes,
         asks: Sequence[tuple[str, str]] = (),
         infos: Mapping[str, str] | None = None,
     ) -> list[bool]:
@@ -609,7 +352,7 @@ class Bus:
 
     def presence_ops(
         self,
-        writes: dict[tuple[str, str], int],
+        writes: Writes,
         asks: Sequence[tuple[str, str]] = (),
         infos: Mapping[str, str] | None = None,
     ) -> tuple[list[Op], Callable[[list[Any]], list[bool]]]:

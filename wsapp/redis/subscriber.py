@@ -1,6 +1,6 @@
 """This node's interest on Redis pub/sub: the channels of the targets it holds connections for.
 
-A node subscribes to a target's channel (`wsapp.redis.bus`) while its registry holds a
+A node subscribes to a target's channel (`wsapp.redis.keys`) while its registry holds a
 connection the target reaches, and to nothing else, so a message reaches only the nodes
 that deliver it. Subscribing happens *before* the node's presence counts the connection,
 and unsubscribing *after* presence stops counting it: whoever counts a node as a
@@ -35,7 +35,8 @@ from gevent import monkey
 from gevent.event import Event
 
 from ..metrics import BACKPLANE_IN
-from .bus import COMMAND_TIMEOUT_S, Bus
+from .bus import Bus
+from .connect import COMMAND_TIMEOUT_S
 
 log = logging.getLogger("wsapp.redis")
 
